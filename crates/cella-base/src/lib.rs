@@ -1,0 +1,8 @@
+//! Small shared vocabulary for every Cella crate.
+//!
+//! Domain code never reads the system time directly: it takes a [`Clock`], so tests drive
+//! TTLs, leases and timeouts with a [`ManualClock`] deterministically.
+
+mod clock;
+
+pub use clock::{Clock, ManualClock, SystemClock};

@@ -1,0 +1,896 @@
+//! A member of the consistent core: openraft wired to the log, the state machine and peers,
+//! and the operations the APIs call.
+//!
+//! Writes become commands in the Raft log; a follower forwards them to the leader. Reads are
+//! linearizable by default: the leader confirms its leadership with a quorum (read index) and
+//! the answering node waits until it has applied that far. Serializable reads skip that and
+//! answer from the local replica.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cella_base::{Clock, SystemClock};
+use cella_proto::cella::core::v1::{
+    self as corepb, command, command_result, forward_request, forward_response,
+    raft_peer_client::RaftPeerClient,
+};
+use cella_proto::etcdserverpb::{self as pb, response_op};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::{BasicNode, ChangeMembers, RaftMetrics, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::error::{CoreError, CoreResult};
+use crate::lease::LeaseTimer;
+use crate::log_store::LogStore;
+use crate::metrics;
+use crate::network::{PeerChannels, PeerNetworkFactory};
+use crate::state_machine::{Shared, StateMachine};
+use crate::types::{Command, NodeId, Raft};
+use crate::validate::{self, Limits};
+
+/// Tunables of the consistent core; the `[core]` table of the server's TOML file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CoreConfig {
+    /// Name shared by the members of one cluster; the cluster id is derived from it.
+    pub cluster_name: String,
+    /// Election timeout in milliseconds (randomized up to 1.5×); heartbeats every tenth of it.
+    pub election_timeout_ms: u64,
+    /// Take a snapshot (and compact the Raft log) after this many entries.
+    pub snapshot_every: u64,
+    /// How long a write or read may wait for the cluster before failing.
+    pub request_timeout_ms: u64,
+    /// Keep this many revisions of history; older ones are compacted automatically (0: never).
+    pub auto_compaction_revisions: i64,
+    /// Request size limits.
+    pub limits: Limits,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self {
+            cluster_name: "cella".into(),
+            election_timeout_ms: 1000,
+            snapshot_every: 10_000,
+            request_timeout_ms: 5000,
+            auto_compaction_revisions: 0,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Where a member runs and who its initial peers are.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    /// This member's id.
+    pub node_id: NodeId,
+    /// Address (HOST:PORT) the member serves clients and peers on.
+    pub addr: String,
+    /// Initial members by id, this one included; used only on first start.
+    pub initial_members: BTreeMap<NodeId, String>,
+    /// Directory for the Raft log and snapshots.
+    pub data_dir: PathBuf,
+}
+
+/// A running member of the consistent core. Cheap to clone.
+#[derive(Clone)]
+pub struct Core {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: NodeId,
+    cluster_id: u64,
+    raft: Raft,
+    metrics: watch::Receiver<RaftMetrics<NodeId, BasicNode>>,
+    shared: Arc<Shared>,
+    channels: PeerChannels,
+    config: CoreConfig,
+    clock: Arc<dyn Clock>,
+    background: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn internal(e: impl std::fmt::Display) -> CoreError {
+    CoreError::Internal(e.to_string())
+}
+
+/// FNV-1a, for a stable cluster id from the cluster name.
+fn stable_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+impl Core {
+    /// Opens the data directory, starts Raft, and on a cluster's first start lets the member
+    /// with the lowest id initialize it.
+    pub async fn start(member: Membership, config: CoreConfig) -> CoreResult<Core> {
+        let raft_dir = member.data_dir.join("raft");
+        let fresh = !raft_dir.exists();
+        let log = LogStore::open(&raft_dir.join("log")).map_err(internal)?;
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+        let state_machine =
+            StateMachine::open(raft_dir.join("snapshot"), LeaseTimer::new(clock.clone()))
+                .map_err(internal)?;
+        let shared = state_machine.shared();
+        let timeout = config.election_timeout_ms.max(10);
+        let raft_config = openraft::Config {
+            cluster_name: config.cluster_name.clone(),
+            election_timeout_min: timeout,
+            election_timeout_max: timeout * 3 / 2,
+            heartbeat_interval: (timeout / 10).max(1),
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every.max(1)),
+            max_in_snapshot_log_to_keep: 1000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(internal)?;
+        let channels = PeerChannels::default();
+        let network = PeerNetworkFactory {
+            channels: channels.clone(),
+        };
+        let raft = Raft::new(
+            member.node_id,
+            Arc::new(raft_config),
+            network,
+            log,
+            state_machine,
+        )
+        .await
+        .map_err(internal)?;
+        let first_member = member.initial_members.keys().next().copied();
+        if fresh && first_member == Some(member.node_id) {
+            let nodes: BTreeMap<NodeId, BasicNode> = member
+                .initial_members
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode::new(addr)))
+                .collect();
+            raft.initialize(nodes).await.map_err(internal)?;
+        }
+        let core = Core {
+            inner: Arc::new(Inner {
+                id: member.node_id,
+                cluster_id: stable_hash(config.cluster_name.as_bytes()),
+                metrics: raft.metrics(),
+                raft,
+                shared,
+                channels,
+                config,
+                clock,
+                background: std::sync::Mutex::new(Vec::new()),
+            }),
+        };
+        let lease_loop = tokio::spawn(core.clone().expire_leases());
+        core.inner
+            .background
+            .lock()
+            .expect("background list poisoned only by a panic")
+            .push(lease_loop);
+        Ok(core)
+    }
+
+    /// This member's id.
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// The request limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.config.limits
+    }
+
+    pub(crate) fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
+    fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.inner.config.request_timeout_ms)
+    }
+
+    /// The response header for an answer at `revision`.
+    pub fn header(&self, revision: i64) -> pb::ResponseHeader {
+        pb::ResponseHeader {
+            cluster_id: self.inner.cluster_id,
+            member_id: self.inner.id,
+            revision,
+            raft_term: self.inner.metrics.borrow().current_term,
+        }
+    }
+
+    /// Completes a header that carries only a revision (or none: the newest).
+    fn stamp(&self, header: Option<pb::ResponseHeader>) -> Option<pb::ResponseHeader> {
+        let revision = header.map_or_else(|| self.revision(), |h| h.revision);
+        Some(self.header(revision))
+    }
+
+    /// The newest revision this member has applied.
+    pub fn revision(&self) -> i64 {
+        self.inner.shared.store().revision()
+    }
+
+    /// True once this member knows a leader and can serve requests.
+    pub fn is_ready(&self) -> bool {
+        let m = self.inner.metrics.borrow();
+        m.current_leader.is_some() && m.running_state.is_ok()
+    }
+
+    /// Stops Raft and background tasks.
+    pub async fn shutdown(&self) {
+        for task in self
+            .inner
+            .background
+            .lock()
+            .expect("background list poisoned only by a panic")
+            .drain(..)
+        {
+            task.abort();
+        }
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+
+    // ---- writes -------------------------------------------------------------------------
+
+    /// Proposes a command and waits until it is applied here; forwards to the leader if
+    /// this member is a follower.
+    async fn propose(&self, cmd: corepb::Command) -> CoreResult<command_result::Result> {
+        let result = tokio::time::timeout(self.request_timeout(), self.propose_inner(cmd, true))
+            .await
+            .unwrap_or(Err(CoreError::Timeout));
+        metrics::count_proposal(result.is_ok());
+        result
+    }
+
+    async fn propose_inner(
+        &self,
+        cmd: corepb::Command,
+        may_forward: bool,
+    ) -> CoreResult<command_result::Result> {
+        match self.inner.raft.client_write(Command(cmd.clone())).await {
+            Ok(resp) => match resp.data.0.result {
+                Some(command_result::Result::Refused(r)) => Err(refusal_error(r)),
+                Some(result) => Ok(result),
+                None => Err(internal("applied command returned no result")),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) if may_forward => {
+                let reply = self
+                    .forward(&to, forward_request::Request::Propose(cmd))
+                    .await?;
+                match reply {
+                    forward_response::Response::Applied(corepb::CommandResult {
+                        result: Some(command_result::Result::Refused(r)),
+                    }) => Err(refusal_error(r)),
+                    forward_response::Response::Applied(corepb::CommandResult {
+                        result: Some(result),
+                    }) => Ok(result),
+                    other => Err(internal(format!("unexpected forward reply {other:?}"))),
+                }
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(CoreError::NoLeader)
+            }
+            Err(e) => Err(internal(e)),
+        }
+    }
+
+    /// Sends work to the leader named in `to`.
+    async fn forward(
+        &self,
+        to: &ForwardToLeader<NodeId, BasicNode>,
+        request: forward_request::Request,
+    ) -> CoreResult<forward_response::Response> {
+        let node = to.leader_node.as_ref().ok_or(CoreError::NoLeader)?;
+        let channel = self
+            .inner
+            .channels
+            .get(&node.addr)
+            .map_err(|_| CoreError::NoLeader)?;
+        let mut req = tonic::Request::new(corepb::ForwardRequest {
+            request: Some(request),
+        });
+        req.set_timeout(self.request_timeout());
+        let reply = RaftPeerClient::new(channel)
+            .max_decoding_message_size(usize::MAX)
+            .forward(req)
+            .await
+            .map_err(|status| match status.code() {
+                tonic::Code::Unavailable | tonic::Code::Cancelled => CoreError::NoLeader,
+                tonic::Code::DeadlineExceeded => CoreError::Timeout,
+                code => CoreError::Remote {
+                    code,
+                    message: status.message().to_string(),
+                },
+            })?;
+        match reply.into_inner().response {
+            Some(forward_response::Response::Refused(r)) => Err(refusal_error(r)),
+            Some(response) => Ok(response),
+            None => Err(internal("empty forward reply")),
+        }
+    }
+
+    /// Serves a request forwarded by a follower (this member should be the leader).
+    pub(crate) async fn handle_forward(
+        &self,
+        request: forward_request::Request,
+    ) -> forward_response::Response {
+        use forward_request::Request as Req;
+        use forward_response::Response as Resp;
+        let result = match request {
+            Req::Propose(cmd) => self
+                .propose_inner(cmd, false)
+                .await
+                .map(|r| Resp::Applied(corepb::CommandResult { result: Some(r) })),
+            Req::ReadIndex(_) => self.local_read_index().await.map(Resp::ReadIndex),
+            Req::LeaseKeepAlive(req) => self.local_keep_alive(req.id).map(Resp::LeaseKeepAlive),
+            Req::LeaseTimeToLive(req) => Ok(Resp::LeaseTimeToLive(self.local_time_to_live(&req))),
+            Req::MemberAdd(req) => self.local_member_add(req).await.map(Resp::MemberAdd),
+            Req::MemberRemove(req) => self
+                .local_member_remove(req.id)
+                .await
+                .map(Resp::MemberRemove),
+        };
+        result.unwrap_or_else(|e| {
+            Resp::Refused(corepb::Refusal {
+                code: e.grpc_code() as i32,
+                message: e.to_string(),
+            })
+        })
+    }
+
+    /// Puts a key.
+    pub async fn put(&self, req: pb::PutRequest) -> CoreResult<pb::PutResponse> {
+        validate::put(&req, self.limits())?;
+        match self
+            .propose(corepb::Command {
+                op: Some(command::Op::Put(req)),
+            })
+            .await?
+        {
+            command_result::Result::Put(resp) => Ok(pb::PutResponse {
+                header: self.stamp(resp.header),
+                ..resp
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Deletes a key or range.
+    pub async fn delete_range(
+        &self,
+        req: pb::DeleteRangeRequest,
+    ) -> CoreResult<pb::DeleteRangeResponse> {
+        validate::delete_range(&req, self.limits())?;
+        match self
+            .propose(corepb::Command {
+                op: Some(command::Op::DeleteRange(req)),
+            })
+            .await?
+        {
+            command_result::Result::DeleteRange(resp) => Ok(pb::DeleteRangeResponse {
+                header: self.stamp(resp.header),
+                ..resp
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Runs a transaction. A read-only txn is served like a read, without a log entry.
+    pub async fn txn(&self, req: pb::TxnRequest) -> CoreResult<pb::TxnResponse> {
+        validate::txn(&req, self.limits())?;
+        match self
+            .propose(corepb::Command {
+                op: Some(command::Op::Txn(req)),
+            })
+            .await?
+        {
+            command_result::Result::Txn(mut resp) => {
+                let header = self
+                    .stamp(resp.header.clone())
+                    .expect("stamp always returns a header");
+                fill_txn_headers(&mut resp, &header);
+                Ok(resp)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Compacts history up to `revision`.
+    pub async fn compact(&self, req: pb::CompactionRequest) -> CoreResult<pb::CompactionResponse> {
+        validate::compaction(&req)?;
+        match self
+            .propose(corepb::Command {
+                op: Some(command::Op::Compact(req)),
+            })
+            .await?
+        {
+            command_result::Result::Compact(resp) => Ok(pb::CompactionResponse {
+                header: self.stamp(resp.header),
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    // ---- reads --------------------------------------------------------------------------
+
+    /// Serves a Range, linearizable unless `serializable` is set.
+    pub async fn range(&self, req: pb::RangeRequest) -> CoreResult<pb::RangeResponse> {
+        validate::range(&req, self.limits())?;
+        if !req.serializable {
+            self.read_barrier().await?;
+        }
+        let mut resp = self.inner.shared.store().range(&req)?;
+        resp.header = self.stamp(resp.header);
+        Ok(resp)
+    }
+
+    /// Waits until this member has applied everything committed before the call began.
+    pub async fn read_barrier(&self) -> CoreResult<()> {
+        let index = match self.inner.raft.get_read_log_id().await {
+            Ok((read, _)) => read.map_or(0, |l| l.index),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(to))) => {
+                match self
+                    .forward(
+                        &to,
+                        forward_request::Request::ReadIndex(corepb::ReadIndexRequest {}),
+                    )
+                    .await?
+                {
+                    forward_response::Response::ReadIndex(i) => i,
+                    other => return Err(internal(format!("unexpected forward reply {other:?}"))),
+                }
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                return Err(CoreError::NoLeader)
+            }
+            Err(e) => return Err(internal(e)),
+        };
+        self.inner
+            .raft
+            .wait(Some(self.request_timeout()))
+            .applied_index_at_least(Some(index), "read barrier")
+            .await
+            .map(|_| ())
+            .map_err(|_| CoreError::Timeout)
+    }
+
+    async fn local_read_index(&self) -> CoreResult<u64> {
+        match self.inner.raft.get_read_log_id().await {
+            Ok((read, _)) => Ok(read.map_or(0, |l| l.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                Err(CoreError::NoLeader)
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                Err(CoreError::NoLeader)
+            }
+            Err(e) => Err(internal(e)),
+        }
+    }
+
+    // ---- leases -------------------------------------------------------------------------
+
+    /// The shortest TTL granted: long enough to survive a leader election.
+    fn min_lease_ttl(&self) -> i64 {
+        (self.inner.config.election_timeout_ms * 3)
+            .div_ceil(2000)
+            .max(1) as i64
+    }
+
+    /// Grants a lease; the id is chosen here when the request leaves it 0.
+    pub async fn lease_grant(
+        &self,
+        mut req: pb::LeaseGrantRequest,
+    ) -> CoreResult<pb::LeaseGrantResponse> {
+        validate::lease_grant(&req, self.limits())?;
+        req.ttl = req.ttl.max(self.min_lease_ttl());
+        if req.id == 0 {
+            let store = self.inner.shared.store();
+            req.id = loop {
+                let id = rand::random::<i64>() & i64::MAX;
+                if id != 0 && store.lease(id).is_none() {
+                    break id;
+                }
+            };
+        }
+        match self
+            .propose(corepb::Command {
+                op: Some(command::Op::LeaseGrant(req)),
+            })
+            .await?
+        {
+            command_result::Result::LeaseGrant(resp) => Ok(pb::LeaseGrantResponse {
+                header: self.stamp(resp.header),
+                ..resp
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Revokes a lease and deletes its keys.
+    pub async fn lease_revoke(
+        &self,
+        req: pb::LeaseRevokeRequest,
+    ) -> CoreResult<pb::LeaseRevokeResponse> {
+        match self
+            .propose(corepb::Command {
+                op: Some(command::Op::LeaseRevoke(req)),
+            })
+            .await?
+        {
+            command_result::Result::LeaseRevoke(resp) => Ok(pb::LeaseRevokeResponse {
+                header: self.stamp(resp.header),
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        let m = self.inner.metrics.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.inner.id)
+    }
+
+    fn leader_hint(&self) -> ForwardToLeader<NodeId, BasicNode> {
+        let m = self.inner.metrics.borrow();
+        let leader_node = m
+            .current_leader
+            .and_then(|id| m.membership_config.membership().get_node(&id).cloned());
+        ForwardToLeader {
+            leader_id: m.current_leader,
+            leader_node,
+        }
+    }
+
+    /// Refreshes a lease on the leader; TTL 0 in the answer means the lease is gone.
+    pub async fn lease_keep_alive(&self, id: i64) -> CoreResult<pb::LeaseKeepAliveResponse> {
+        if self.is_leader() {
+            return self.local_keep_alive(id);
+        }
+        let req = pb::LeaseKeepAliveRequest { id };
+        match self
+            .forward(
+                &self.leader_hint(),
+                forward_request::Request::LeaseKeepAlive(req),
+            )
+            .await?
+        {
+            forward_response::Response::LeaseKeepAlive(resp) => Ok(resp),
+            other => Err(internal(format!("unexpected forward reply {other:?}"))),
+        }
+    }
+
+    fn local_keep_alive(&self, id: i64) -> CoreResult<pb::LeaseKeepAliveResponse> {
+        if !self.is_leader() {
+            return Err(CoreError::NoLeader);
+        }
+        let ttl = self.inner.shared.leases().renew(id).unwrap_or(0);
+        Ok(pb::LeaseKeepAliveResponse {
+            header: self.stamp(None),
+            id,
+            ttl,
+        })
+    }
+
+    /// Remaining and granted TTL of a lease (TTL -1 when it does not exist), from the leader.
+    pub async fn lease_time_to_live(
+        &self,
+        req: pb::LeaseTimeToLiveRequest,
+    ) -> CoreResult<pb::LeaseTimeToLiveResponse> {
+        if self.is_leader() {
+            return Ok(self.local_time_to_live(&req));
+        }
+        match self
+            .forward(
+                &self.leader_hint(),
+                forward_request::Request::LeaseTimeToLive(req),
+            )
+            .await?
+        {
+            forward_response::Response::LeaseTimeToLive(resp) => Ok(resp),
+            other => Err(internal(format!("unexpected forward reply {other:?}"))),
+        }
+    }
+
+    fn local_time_to_live(&self, req: &pb::LeaseTimeToLiveRequest) -> pb::LeaseTimeToLiveResponse {
+        let store = self.inner.shared.store();
+        let Some(lease) = store.lease(req.id) else {
+            return pb::LeaseTimeToLiveResponse {
+                header: self.stamp(None),
+                id: req.id,
+                ttl: -1,
+                ..Default::default()
+            };
+        };
+        let ttl = self
+            .inner
+            .shared
+            .leases()
+            .remaining_secs(req.id)
+            .unwrap_or(lease.ttl);
+        let keys = if req.keys {
+            lease.keys.iter().cloned().collect()
+        } else {
+            Vec::new()
+        };
+        pb::LeaseTimeToLiveResponse {
+            header: self.stamp(None),
+            id: req.id,
+            ttl,
+            granted_ttl: lease.ttl,
+            keys,
+        }
+    }
+
+    /// All lease ids.
+    pub fn lease_leases(&self) -> pb::LeaseLeasesResponse {
+        let store = self.inner.shared.store();
+        let leases = store
+            .leases()
+            .map(|(id, _)| pb::LeaseStatus { id })
+            .collect();
+        pb::LeaseLeasesResponse {
+            header: Some(self.header(store.revision())),
+            leases,
+        }
+    }
+
+    /// Leader-only loop: revokes expired leases, and restarts deadlines on gaining leadership.
+    async fn expire_leases(self) {
+        let mut was_leader = false;
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            let leader = self.is_leader();
+            if leader && !was_leader {
+                self.inner.shared.leases().restart_all();
+            }
+            was_leader = leader;
+            if !leader {
+                continue;
+            }
+            self.auto_compact().await;
+            let expired = self.inner.shared.leases().expired();
+            for id in expired {
+                // Retry later if the revoke does not go through (leadership lost, timeout).
+                self.inner.shared.leases().renew(id);
+                metrics::count_expired_lease();
+                let core = self.clone();
+                tokio::spawn(async move {
+                    let req = pb::LeaseRevokeRequest { id };
+                    match core
+                        .propose(corepb::Command {
+                            op: Some(command::Op::LeaseRevoke(req)),
+                        })
+                        .await
+                    {
+                        Ok(_)
+                        | Err(CoreError::Remote {
+                            code: tonic::Code::NotFound,
+                            ..
+                        }) => {}
+                        Err(e) => {
+                            tracing::warn!(lease = id, error = %e, "revoking expired lease failed; will retry")
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    /// Keeps history to the configured number of revisions.
+    async fn auto_compact(&self) {
+        let keep = self.inner.config.auto_compaction_revisions;
+        if keep <= 0 {
+            return;
+        }
+        let (revision, compacted) = {
+            let store = self.inner.shared.store();
+            (store.revision(), store.compact_revision())
+        };
+        // Compact in steps of a tenth of the window, not on every write.
+        let target = revision - keep;
+        if target > compacted + keep / 10 {
+            if let Err(e) = self
+                .compact(pb::CompactionRequest {
+                    revision: target,
+                    physical: false,
+                })
+                .await
+            {
+                tracing::debug!(error = %e, "auto compaction");
+            }
+        }
+    }
+
+    // ---- membership and status ----------------------------------------------------------
+
+    /// The members as etcd describes them.
+    pub fn members(&self) -> Vec<pb::Member> {
+        let m = self.inner.metrics.borrow();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, node)| pb::Member {
+                id: *id,
+                name: format!("cella-{id}"),
+                peer_ur_ls: vec![format!("http://{}", node.addr)],
+                client_ur_ls: vec![format!("http://{}", node.addr)],
+                is_learner: !voters.contains(id),
+            })
+            .collect()
+    }
+
+    /// Adds a member (as a voter unless `is_learner`); the new member is then started with
+    /// the same peers list. Runs on the leader.
+    pub async fn member_add(&self, req: pb::MemberAddRequest) -> CoreResult<pb::MemberAddResponse> {
+        if self.is_leader() {
+            return self.local_member_add(req).await;
+        }
+        match self
+            .forward(
+                &self.leader_hint(),
+                forward_request::Request::MemberAdd(req),
+            )
+            .await?
+        {
+            forward_response::Response::MemberAdd(resp) => Ok(resp),
+            other => Err(internal(format!("unexpected forward reply {other:?}"))),
+        }
+    }
+
+    async fn local_member_add(
+        &self,
+        req: pb::MemberAddRequest,
+    ) -> CoreResult<pb::MemberAddResponse> {
+        let url = req.peer_ur_ls.first().ok_or(CoreError::InvalidField {
+            field: "peerURLs",
+            rule: "must hold one URL",
+        })?;
+        let addr = url
+            .strip_prefix("http://")
+            .filter(|a| a.parse::<std::net::SocketAddr>().is_ok() || a.contains(':'))
+            .ok_or_else(|| CoreError::InvalidPeerUrl { url: url.clone() })?
+            .to_string();
+        let id = self.members().iter().map(|m| m.id).max().unwrap_or(0) + 1;
+        let raft = &self.inner.raft;
+        raft.add_learner(id, BasicNode::new(&addr), false)
+            .await
+            .map_err(membership_error)?;
+        if !req.is_learner {
+            raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                .await
+                .map_err(membership_error)?;
+        }
+        let members = self.members();
+        let member = members.iter().find(|m| m.id == id).cloned();
+        Ok(pb::MemberAddResponse {
+            header: self.stamp(None),
+            member,
+            members,
+        })
+    }
+
+    /// Removes a member. Runs on the leader.
+    pub async fn member_remove(
+        &self,
+        req: pb::MemberRemoveRequest,
+    ) -> CoreResult<pb::MemberRemoveResponse> {
+        if self.is_leader() {
+            return self.local_member_remove(req.id).await;
+        }
+        match self
+            .forward(
+                &self.leader_hint(),
+                forward_request::Request::MemberRemove(req),
+            )
+            .await?
+        {
+            forward_response::Response::MemberRemove(resp) => Ok(resp),
+            other => Err(internal(format!("unexpected forward reply {other:?}"))),
+        }
+    }
+
+    async fn local_member_remove(&self, id: NodeId) -> CoreResult<pb::MemberRemoveResponse> {
+        let member = self
+            .members()
+            .into_iter()
+            .find(|m| m.id == id)
+            .ok_or(CoreError::MemberNotFound { id })?;
+        let change = if member.is_learner {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        };
+        self.inner
+            .raft
+            .change_membership(change, false)
+            .await
+            .map_err(membership_error)?;
+        Ok(pb::MemberRemoveResponse {
+            header: self.stamp(None),
+            members: self.members(),
+        })
+    }
+
+    /// This member's view of the cluster, as etcd's Status call reports it.
+    pub fn status(&self) -> pb::StatusResponse {
+        let (leader, raft_index, raft_term, applied) = {
+            let m = self.inner.metrics.borrow();
+            (
+                m.current_leader.unwrap_or(0),
+                m.last_log_index.unwrap_or(0),
+                m.current_term,
+                m.last_applied.map_or(0, |l| l.index),
+            )
+        };
+        let size = self.inner.shared.store().size_bytes();
+        let is_learner = self
+            .members()
+            .iter()
+            .any(|m| m.id == self.inner.id && m.is_learner);
+        pb::StatusResponse {
+            header: Some(self.header(self.revision())),
+            version: crate::ETCD_API_VERSION.to_string(),
+            db_size: size,
+            leader,
+            raft_index,
+            raft_term,
+            raft_applied_index: applied,
+            errors: Vec::new(),
+            db_size_in_use: size,
+            is_learner,
+        }
+    }
+
+    /// The clock lease deadlines are measured on.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+}
+
+fn refusal_error(r: corepb::Refusal) -> CoreError {
+    CoreError::Remote {
+        code: tonic::Code::from_i32(r.code),
+        message: r.message,
+    }
+}
+
+fn unexpected(result: command_result::Result) -> CoreError {
+    internal(format!(
+        "command applied to an unexpected result: {result:?}"
+    ))
+}
+
+fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> CoreError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => CoreError::NoLeader,
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => CoreError::Remote {
+            code: tonic::Code::FailedPrecondition,
+            message: format!("etcdserver: membership change refused: {e}"),
+        },
+        other => internal(other),
+    }
+}
+
+/// Fills the header of a txn response and of every response nested in it.
+pub(crate) fn fill_txn_headers(resp: &mut pb::TxnResponse, header: &pb::ResponseHeader) {
+    resp.header = Some(header.clone());
+    for op in &mut resp.responses {
+        match &mut op.response {
+            Some(response_op::Response::ResponseRange(r)) => r.header = Some(header.clone()),
+            Some(response_op::Response::ResponsePut(r)) => r.header = Some(header.clone()),
+            Some(response_op::Response::ResponseDeleteRange(r)) => r.header = Some(header.clone()),
+            Some(response_op::Response::ResponseTxn(t)) => fill_txn_headers(t, header),
+            None => {}
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! The Raft state machine: applies committed commands to the store, and snapshots it.
+//!
+//! The store lives in memory; the Raft log is its write-ahead log. A snapshot file holds the
+//! whole store (history since the last compaction included) with the log position it covers:
+//!
+//! ```text
+//! snapshot   [crc32: u32 LE][postcard(SnapshotFile)]   replaced atomically (temp, fsync, rename)
+//! ```
+//!
+//! On start the node loads the snapshot, and openraft re-applies the log after it. Applying is
+//! deterministic: every replica gets the same results at the same revisions.
+
+use std::io::Cursor;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use cella_proto::cella::core::v1::{self as corepb, command, command_result};
+use cella_proto::etcdserverpb as pb;
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    EntryPayload, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError,
+    StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::error::CoreError;
+use crate::lease::LeaseTimer;
+use crate::log_store::write_atomically;
+use crate::metrics;
+use crate::mvcc::{Store, StoreImage};
+use crate::node::fill_txn_headers;
+use crate::types::{Applied, Entry, LogId, NodeId, TypeConfig};
+
+type Membership = StoredMembership<NodeId, openraft::BasicNode>;
+
+/// What the state machine shares with readers: the store, lease timing, progress.
+pub(crate) struct Shared {
+    pub store: RwLock<Store>,
+    pub leases: Mutex<LeaseTimer>,
+    /// The store's revision after each applied batch; watchers wait on it.
+    pub revision: watch::Sender<i64>,
+    applied: Mutex<(Option<LogId>, Membership)>,
+}
+
+impl Shared {
+    pub fn store(&self) -> std::sync::RwLockReadGuard<'_, Store> {
+        self.store
+            .read()
+            .expect("store lock poisoned only by a panic while applying")
+    }
+
+    fn store_mut(&self) -> std::sync::RwLockWriteGuard<'_, Store> {
+        self.store
+            .write()
+            .expect("store lock poisoned only by a panic while applying")
+    }
+
+    pub fn leases(&self) -> std::sync::MutexGuard<'_, LeaseTimer> {
+        self.leases
+            .lock()
+            .expect("lease timer lock poisoned only by a panic")
+    }
+
+    /// The last applied log position and the membership it carries.
+    pub fn applied(&self) -> (Option<LogId>, Membership) {
+        self.applied
+            .lock()
+            .expect("applied lock poisoned only by a panic")
+            .clone()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    meta: SnapshotMeta<NodeId, openraft::BasicNode>,
+    image: StoreImage,
+}
+
+/// The state machine handed to openraft.
+pub(crate) struct StateMachine {
+    shared: Arc<Shared>,
+    path: PathBuf,
+}
+
+fn read_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
+    StorageIOError::read_snapshot(None, &std::io::Error::other(e.to_string())).into()
+}
+
+fn write_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
+    StorageIOError::write_snapshot(None, &std::io::Error::other(e.to_string())).into()
+}
+
+fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotFile, StorageError<NodeId>> {
+    let crc = bytes
+        .get(0..4)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_le_bytes);
+    let payload = bytes.get(4..).unwrap_or_default();
+    if crc != Some(crc32fast::hash(payload)) {
+        return Err(read_err("snapshot checksum mismatch"));
+    }
+    postcard::from_bytes(payload).map_err(read_err)
+}
+
+fn encode_snapshot(file: &SnapshotFile) -> Result<Vec<u8>, StorageError<NodeId>> {
+    let payload = postcard::to_allocvec(file).map_err(write_err)?;
+    let mut bytes = crc32fast::hash(&payload).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&payload);
+    Ok(bytes)
+}
+
+impl StateMachine {
+    /// Opens the state machine at `path` (the snapshot file), loading the snapshot if any.
+    pub fn open(path: PathBuf, leases: LeaseTimer) -> Result<Self, StorageError<NodeId>> {
+        let (store, applied, membership) = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let file = decode_snapshot(&bytes)?;
+                (
+                    Store::from_image(file.image),
+                    file.meta.last_log_id,
+                    file.meta.last_membership,
+                )
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                (Store::default(), None, Membership::default())
+            }
+            Err(e) => return Err(read_err(e)),
+        };
+        let (revision, _) = watch::channel(store.revision());
+        let shared = Arc::new(Shared {
+            store: RwLock::new(store),
+            leases: Mutex::new(leases),
+            revision,
+            applied: Mutex::new((applied, membership)),
+        });
+        {
+            let store = shared.store();
+            shared
+                .leases()
+                .reset(store.leases().map(|(id, l)| (id, l.ttl)));
+        }
+        Ok(Self { shared, path })
+    }
+
+    /// The state shared with readers.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+}
+
+/// Applies one command to the store; a refusal changes nothing and is returned as a result.
+fn apply_command(
+    store: &mut Store,
+    leases: &mut LeaseTimer,
+    cmd: &corepb::Command,
+) -> corepb::CommandResult {
+    let result = match &cmd.op {
+        Some(command::Op::Put(req)) => store.put(req).map(command_result::Result::Put),
+        Some(command::Op::DeleteRange(req)) => {
+            Ok(command_result::Result::DeleteRange(store.delete_range(req)))
+        }
+        Some(command::Op::Txn(req)) => store.txn(req).map(command_result::Result::Txn),
+        Some(command::Op::Compact(req)) => store
+            .compact(req.revision)
+            .map(|_| command_result::Result::Compact(pb::CompactionResponse::default())),
+        Some(command::Op::LeaseGrant(req)) => store.lease_grant(req.id, req.ttl).map(|_| {
+            leases.granted(req.id, req.ttl);
+            command_result::Result::LeaseGrant(pb::LeaseGrantResponse {
+                id: req.id,
+                ttl: req.ttl,
+                ..Default::default()
+            })
+        }),
+        Some(command::Op::LeaseRevoke(req)) => store.lease_revoke(req.id).map(|_| {
+            leases.remove(req.id);
+            command_result::Result::LeaseRevoke(pb::LeaseRevokeResponse::default())
+        }),
+        None => Err(CoreError::InvalidField {
+            field: "command.op",
+            rule: "must hold one operation",
+        }),
+    };
+    let mut result = result.unwrap_or_else(|e| {
+        command_result::Result::Refused(corepb::Refusal {
+            code: e.grpc_code() as i32,
+            message: e.to_string(),
+        })
+    });
+    // The revision this command left the store at; the answering node adds the rest.
+    let header = pb::ResponseHeader {
+        revision: store.revision(),
+        ..Default::default()
+    };
+    match &mut result {
+        command_result::Result::Put(r) => r.header = Some(header),
+        command_result::Result::DeleteRange(r) => r.header = Some(header),
+        command_result::Result::Txn(r) => fill_txn_headers(r, &header),
+        command_result::Result::Compact(r) => r.header = Some(header),
+        command_result::Result::LeaseGrant(r) => r.header = Some(header),
+        command_result::Result::LeaseRevoke(r) => r.header = Some(header),
+        command_result::Result::Refused(_) => {}
+    }
+    corepb::CommandResult {
+        result: Some(result),
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), StorageError<NodeId>> {
+        Ok(self.shared.applied())
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let started = Instant::now();
+        let mut results = Vec::new();
+        let revision = {
+            let mut store = self.shared.store_mut();
+            let mut leases = self.shared.leases();
+            let mut applied = self
+                .shared
+                .applied
+                .lock()
+                .expect("applied lock poisoned only by a panic");
+            for entry in entries {
+                applied.0 = Some(entry.log_id);
+                match entry.payload {
+                    EntryPayload::Blank => results.push(Applied::default()),
+                    EntryPayload::Normal(cmd) => {
+                        results.push(Applied(apply_command(&mut store, &mut leases, &cmd.0)))
+                    }
+                    EntryPayload::Membership(m) => {
+                        applied.1 = StoredMembership::new(Some(entry.log_id), m);
+                        results.push(Applied::default());
+                    }
+                }
+            }
+            store.revision()
+        };
+        self.shared.revision.send_replace(revision);
+        metrics::observe_apply(started.elapsed());
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            shared: self.shared.clone(),
+            path: self.path.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let bytes = snapshot.into_inner();
+        let file = decode_snapshot(&bytes)?;
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
+            .await
+            .map_err(write_err)?
+            .map_err(write_err)?;
+        let store = Store::from_image(file.image);
+        let revision = store.revision();
+        self.shared
+            .leases()
+            .reset(store.leases().map(|(id, l)| (id, l.ttl)));
+        *self.shared.store_mut() = store;
+        *self
+            .shared
+            .applied
+            .lock()
+            .expect("applied lock poisoned only by a panic") =
+            (meta.last_log_id, meta.last_membership.clone());
+        self.shared.revision.send_replace(revision);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        let bytes = match tokio::fs::read(&self.path).await {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(read_err(e)),
+        };
+        let meta = decode_snapshot(&bytes)?.meta;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        }))
+    }
+}
+
+/// Writes the current store to the snapshot file.
+pub(crate) struct SnapshotBuilder {
+    shared: Arc<Shared>,
+    path: PathBuf,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        // Copy under the read lock (cheap: values are shared buffers), encode outside it.
+        let (image, (last_log_id, last_membership)) = {
+            let store = self.shared.store();
+            (store.image(), self.shared.applied())
+        };
+        let snapshot_id = last_log_id.map_or_else(
+            || "empty".to_string(),
+            |l| format!("{}-{}", l.leader_id, l.index),
+        );
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership,
+            snapshot_id,
+        };
+        let file = SnapshotFile {
+            meta: meta.clone(),
+            image,
+        };
+        let path = self.path.clone();
+        let bytes =
+            tokio::task::spawn_blocking(move || -> Result<Vec<u8>, StorageError<NodeId>> {
+                let bytes = encode_snapshot(&file)?;
+                write_atomically(&path, &bytes).map_err(write_err)?;
+                Ok(bytes)
+            })
+            .await
+            .map_err(write_err)??;
+        tracing::info!(index = ?meta.last_log_id.map(|l| l.index), bytes = bytes.len(), "snapshot written");
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+}

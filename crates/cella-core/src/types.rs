@@ -1,0 +1,50 @@
+//! The Raft type configuration: what the log carries and what applying it returns.
+
+use std::io::Cursor;
+
+use cella_proto::cella::core::v1 as corepb;
+use serde::{Deserialize, Serialize};
+
+openraft::declare_raft_types!(
+    /// Cella's consistent core as an openraft application.
+    pub TypeConfig:
+        D = Command,
+        R = Applied,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+/// A member id.
+pub type NodeId = u64;
+/// A log entry of the core.
+pub type Entry = openraft::Entry<TypeConfig>;
+/// A Raft log position.
+pub type LogId = openraft::LogId<NodeId>;
+/// The core's Raft handle.
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// A replicated write; stored in the log as its protobuf encoding.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command(#[serde(with = "prost_bytes")] pub corepb::Command);
+
+/// The result of applying one entry (empty for blank and membership entries).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Applied(#[serde(with = "prost_bytes")] pub corepb::CommandResult);
+
+/// Serde for prost messages as their protobuf bytes, so log and wire stay protobuf inside.
+mod prost_bytes {
+    use prost::Message;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<M: Message, S: Serializer>(msg: &M, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&msg.encode_to_vec())
+    }
+
+    pub fn deserialize<'de, M: Message + Default, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<M, D::Error> {
+        let bytes = serde_bytes::ByteBuf::deserialize(d)?;
+        M::decode(bytes.as_slice()).map_err(serde::de::Error::custom)
+    }
+}

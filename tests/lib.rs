@@ -1,0 +1,1 @@
+//! Cross-process tests live in the `[[test]]` targets of this package; see `tests/*.rs`.
