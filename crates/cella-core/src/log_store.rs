@@ -67,8 +67,11 @@ pub(crate) struct LogStore {
     writer: mpsc::Sender<WriteOp>,
 }
 
+/// Told once an append is durable, or that it failed.
+type AppendDone = Box<dyn FnOnce(io::Result<()>) + Send>;
+
 enum WriteOp {
-    Append(Vec<u8>, Option<u64>, LogFlushed<TypeConfig>),
+    Append(Vec<u8>, Option<u64>, AppendDone),
     Truncate(u64, oneshot::Sender<io::Result<()>>),
     Purge(LogId, oneshot::Sender<io::Result<()>>),
     SaveVote(Vote<NodeId>, oneshot::Sender<io::Result<()>>),
@@ -124,6 +127,28 @@ impl LogStore {
         rx.await
             .map_err(|_| storage_err(io_err("raft log writer stopped")))?
             .map_err(storage_err)
+    }
+
+    /// Makes entries visible to readers at once and queues them for the writer, which
+    /// calls `done` after the fsync that covers them.
+    fn queue_append(
+        &self,
+        entries: impl IntoIterator<Item = Entry>,
+        done: AppendDone,
+    ) -> Result<(), StorageError<NodeId>> {
+        let mut buf = Vec::new();
+        let mut first_index = None;
+        {
+            let mut cache = self.cache();
+            for entry in entries {
+                first_index.get_or_insert(entry.log_id.index);
+                encode_record(&mut buf, &entry).map_err(storage_err)?;
+                cache.entries.push_back(entry);
+            }
+        }
+        self.writer
+            .send(WriteOp::Append(buf, first_index, done))
+            .map_err(|_| storage_err(io_err("raft log writer stopped")))
     }
 }
 
@@ -189,19 +214,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut buf = Vec::new();
-        let mut first_index = None;
-        {
-            let mut cache = self.cache();
-            for entry in entries {
-                first_index.get_or_insert(entry.log_id.index);
-                encode_record(&mut buf, &entry).map_err(storage_err)?;
-                cache.entries.push_back(entry);
-            }
-        }
-        self.writer
-            .send(WriteOp::Append(buf, first_index, callback))
-            .map_err(|_| storage_err(io_err("raft log writer stopped")))
+        self.queue_append(
+            entries,
+            Box::new(move |result| callback.log_io_completed(result)),
+        )
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError<NodeId>> {
@@ -399,7 +415,7 @@ impl SegmentWriter {
                             Ok(()) => flushed.push(done),
                             Err(e) => {
                                 failure = Some(e.to_string());
-                                done.log_io_completed(Err(e));
+                                done(Err(e));
                             }
                         }
                     }
@@ -424,7 +440,7 @@ impl SegmentWriter {
             let result = self.sync();
             metrics::observe_log_fsync(started.elapsed(), flushed.len());
             for done in flushed {
-                done.log_io_completed(result.as_ref().map(|_| ()).map_err(|e| io_err(e)));
+                done(result.as_ref().map(|_| ()).map_err(|e| io_err(e)));
             }
         }
     }
@@ -514,7 +530,7 @@ impl SegmentWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::Command;
+    use crate::types::Batch;
     use cella_proto::cella::core::v1 as corepb;
     use cella_proto::etcdserverpb as pb;
     use openraft::{CommittedLeaderId, EntryPayload};
@@ -526,16 +542,24 @@ mod tests {
         };
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(Command(corepb::Command {
-                op: Some(corepb::command::Op::Put(put)),
+            payload: EntryPayload::Normal(Batch(corepb::CommandBatch {
+                commands: vec![corepb::Command {
+                    op: Some(corepb::command::Op::Put(put)),
+                }],
             })),
         }
     }
 
     async fn append(store: &mut LogStore, entries: Vec<Entry>) {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let cb = LogFlushed::new(None, tx);
-        store.append(entries, cb).await.expect("append queued");
+        store
+            .queue_append(
+                entries,
+                Box::new(move |result| {
+                    let _ = tx.send(result);
+                }),
+            )
+            .expect("append queued");
         rx.await.expect("flushed").expect("no io error");
     }
 

@@ -20,7 +20,7 @@ use cella_proto::etcdserverpb::{self as pb, response_op};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{BasicNode, ChangeMembers, RaftMetrics, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::error::{CoreError, CoreResult};
@@ -29,7 +29,7 @@ use crate::log_store::LogStore;
 use crate::metrics;
 use crate::network::{PeerChannels, PeerNetworkFactory};
 use crate::state_machine::{Shared, StateMachine};
-use crate::types::{Command, NodeId, Raft};
+use crate::types::{Batch, NodeId, Raft};
 use crate::validate::{self, Limits};
 
 /// Tunables of the consistent core; the `[core]` table of the server's TOML file.
@@ -82,6 +82,15 @@ pub struct Core {
     inner: Arc<Inner>,
 }
 
+/// Most commands proposed as one Raft entry.
+const MAX_BATCH_COMMANDS: usize = 512;
+
+/// A write waiting to be batched into a Raft entry.
+struct Proposal {
+    command: corepb::Command,
+    reply: oneshot::Sender<CoreResult<command_result::Result>>,
+}
+
 struct Inner {
     id: NodeId,
     cluster_id: u64,
@@ -91,6 +100,7 @@ struct Inner {
     channels: PeerChannels,
     config: CoreConfig,
     clock: Arc<dyn Clock>,
+    proposals: mpsc::Sender<Proposal>,
     background: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -152,6 +162,7 @@ impl Core {
                 .collect();
             raft.initialize(nodes).await.map_err(internal)?;
         }
+        let (proposals, proposal_queue) = mpsc::channel(4 * MAX_BATCH_COMMANDS);
         let core = Core {
             inner: Arc::new(Inner {
                 id: member.node_id,
@@ -162,15 +173,19 @@ impl Core {
                 channels,
                 config,
                 clock,
+                proposals,
                 background: std::sync::Mutex::new(Vec::new()),
             }),
         };
-        let lease_loop = tokio::spawn(core.clone().expire_leases());
+        let tasks = [
+            tokio::spawn(core.clone().expire_leases()),
+            tokio::spawn(core.clone().run_proposals(proposal_queue)),
+        ];
         core.inner
             .background
             .lock()
             .expect("background list poisoned only by a panic")
-            .push(lease_loop);
+            .extend(tasks);
         Ok(core)
     }
 
@@ -241,46 +256,87 @@ impl Core {
 
     // ---- writes -------------------------------------------------------------------------
 
-    /// Proposes a command and waits until it is applied here; forwards to the leader if
-    /// this member is a follower.
-    async fn propose(&self, cmd: corepb::Command) -> CoreResult<command_result::Result> {
-        let result = tokio::time::timeout(self.request_timeout(), self.propose_inner(cmd, true))
+    /// Proposes a command and waits until it is applied here. Concurrent proposals share
+    /// one Raft entry (see [`Core::run_proposals`]).
+    async fn propose(&self, command: corepb::Command) -> CoreResult<command_result::Result> {
+        let (reply, answer) = oneshot::channel();
+        let outcome = async {
+            self.inner
+                .proposals
+                .send(Proposal { command, reply })
+                .await
+                .map_err(|_| CoreError::Stopped)?;
+            answer.await.map_err(|_| CoreError::Stopped)?
+        };
+        let result = tokio::time::timeout(self.request_timeout(), outcome)
             .await
             .unwrap_or(Err(CoreError::Timeout));
         metrics::count_proposal(result.is_ok());
         result
     }
 
-    async fn propose_inner(
+    /// Batches proposals: while one batch is replicated and fsynced, the next accumulates,
+    /// so one fsync serves every write that arrived meanwhile (openraft 0.9 flushes the log
+    /// once per entry, so batching must happen before Raft).
+    async fn run_proposals(self, mut proposals: mpsc::Receiver<Proposal>) {
+        while let Some(first) = proposals.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH_COMMANDS {
+                match proposals.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            let commands = batch.iter().map(|p| p.command.clone()).collect();
+            match self.replicate(corepb::CommandBatch { commands }, true).await {
+                Ok(applied) => {
+                    for (proposal, result) in batch.into_iter().zip(applied.results) {
+                        let _ = proposal.reply.send(match result.result {
+                            Some(command_result::Result::Refused(r)) => Err(refusal_error(r)),
+                            Some(result) => Ok(result),
+                            None => Err(internal("applied command returned no result")),
+                        });
+                    }
+                }
+                Err(e) => {
+                    for proposal in batch {
+                        let _ = proposal.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Replicates a batch as one entry, through the leader, and returns its results.
+    async fn replicate(
         &self,
-        cmd: corepb::Command,
+        batch: corepb::CommandBatch,
         may_forward: bool,
-    ) -> CoreResult<command_result::Result> {
-        match self.inner.raft.client_write(Command(cmd.clone())).await {
-            Ok(resp) => match resp.data.0.result {
-                Some(command_result::Result::Refused(r)) => Err(refusal_error(r)),
-                Some(result) => Ok(result),
-                None => Err(internal("applied command returned no result")),
-            },
+    ) -> CoreResult<corepb::BatchResult> {
+        let expected = batch.commands.len();
+        let applied = match self.inner.raft.client_write(Batch(batch.clone())).await {
+            Ok(resp) => resp.data.0,
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) if may_forward => {
-                let reply = self
-                    .forward(&to, forward_request::Request::Propose(cmd))
-                    .await?;
-                match reply {
-                    forward_response::Response::Applied(corepb::CommandResult {
-                        result: Some(command_result::Result::Refused(r)),
-                    }) => Err(refusal_error(r)),
-                    forward_response::Response::Applied(corepb::CommandResult {
-                        result: Some(result),
-                    }) => Ok(result),
-                    other => Err(internal(format!("unexpected forward reply {other:?}"))),
+                match self
+                    .forward(&to, forward_request::Request::Propose(batch))
+                    .await?
+                {
+                    forward_response::Response::Applied(applied) => applied,
+                    other => return Err(internal(format!("unexpected forward reply {other:?}"))),
                 }
             }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                Err(CoreError::NoLeader)
+                return Err(CoreError::NoLeader)
             }
-            Err(e) => Err(internal(e)),
+            Err(e) => return Err(internal(e)),
+        };
+        if applied.results.len() != expected {
+            return Err(internal(format!(
+                "a batch of {expected} commands applied to {} results",
+                applied.results.len()
+            )));
         }
+        Ok(applied)
     }
 
     /// Sends work to the leader named in `to`.
@@ -326,10 +382,7 @@ impl Core {
         use forward_request::Request as Req;
         use forward_response::Response as Resp;
         let result = match request {
-            Req::Propose(cmd) => self
-                .propose_inner(cmd, false)
-                .await
-                .map(|r| Resp::Applied(corepb::CommandResult { result: Some(r) })),
+            Req::Propose(batch) => self.replicate(batch, false).await.map(Resp::Applied),
             Req::ReadIndex(_) => self.local_read_index().await.map(Resp::ReadIndex),
             Req::LeaseKeepAlive(req) => self.local_keep_alive(req.id).map(Resp::LeaseKeepAlive),
             Req::LeaseTimeToLive(req) => Ok(Resp::LeaseTimeToLive(self.local_time_to_live(&req))),

@@ -233,8 +233,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 applied.0 = Some(entry.log_id);
                 match entry.payload {
                     EntryPayload::Blank => results.push(Applied::default()),
-                    EntryPayload::Normal(cmd) => {
-                        results.push(Applied(apply_command(&mut store, &mut leases, &cmd.0)))
+                    EntryPayload::Normal(batch) => {
+                        let applied_batch = batch
+                            .0
+                            .commands
+                            .iter()
+                            .map(|cmd| apply_command(&mut store, &mut leases, cmd))
+                            .collect();
+                        results.push(Applied(corepb::BatchResult {
+                            results: applied_batch,
+                        }));
                     }
                     EntryPayload::Membership(m) => {
                         applied.1 = StoredMembership::new(Some(entry.log_id), m);

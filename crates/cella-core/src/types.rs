@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 openraft::declare_raft_types!(
     /// Cella's consistent core as an openraft application.
     pub TypeConfig:
-        D = Command,
+        D = Batch,
         R = Applied,
         NodeId = u64,
         Node = openraft::BasicNode,
@@ -24,13 +24,13 @@ pub type LogId = openraft::LogId<NodeId>;
 /// The core's Raft handle.
 pub type Raft = openraft::Raft<TypeConfig>;
 
-/// A replicated write; stored in the log as its protobuf encoding.
+/// Replicated writes proposed together; stored in the log as their protobuf encoding.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Command(#[serde(with = "prost_bytes")] pub corepb::Command);
+pub struct Batch(#[serde(with = "prost_bytes")] pub corepb::CommandBatch);
 
-/// The result of applying one entry (empty for blank and membership entries).
+/// The results of applying one entry, one per command (none for blank and membership entries).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Applied(#[serde(with = "prost_bytes")] pub corepb::CommandResult);
+pub struct Applied(#[serde(with = "prost_bytes")] pub corepb::BatchResult);
 
 /// Serde for prost messages as their protobuf bytes, so log and wire stay protobuf inside.
 mod prost_bytes {
