@@ -4,16 +4,22 @@
 //!
 //! ```text
 //! <first index, 20 digits>.seg   records, each [len: u32 LE][crc32 of payload: u32 LE][payload]
-//!                                where payload = postcard(Entry); a segment rolls at 64 MiB
+//!                                where payload = postcard(Entry), then zeros to the end
+//! spare.seg                      the next segment, already written with zeros
 //! vote                           [crc32: u32 LE][postcard(Vote)]
 //! purged                         [crc32: u32 LE][postcard(LogId)]: entries up to it are gone
 //! ```
 //!
+//! Segments are created at their full size (64 MiB) by writing zeros, off the write path (a
+//! spare is prepared in the background), so appends overwrite allocated blocks and
+//! `fdatasync` flushes data only, with no file-size or extent metadata to journal. A record
+//! never starts with a zero length, so the first zero length ends a segment's records.
+//!
 //! Crash guarantees: `append` reports an entry flushed only after `fdatasync` of its segment,
 //! and one `fdatasync` covers every append queued meanwhile (group commit). A record cut short
 //! or failing its checksum at the tail of the last segment is a write that was never
-//! acknowledged; recovery drops it and truncates the file there. Damage anywhere else refuses
-//! to start, because acknowledged entries would be lost. `vote` and `purged` are replaced
+//! acknowledged; recovery drops it and zeroes it out. Damage anywhere else refuses to start,
+//! because acknowledged entries would be lost. `vote` and `purged` are replaced
 //! atomically (write a temp file, fsync, rename, fsync the directory).
 //!
 //! All writes run on one thread in submission order, as openraft requires; readers see
@@ -23,6 +29,7 @@ use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
@@ -36,7 +43,9 @@ use tokio::sync::oneshot;
 use crate::metrics;
 use crate::types::{Entry, LogId, NodeId, TypeConfig};
 
+/// Size a segment is created at; a segment rolls when the next write would not fit.
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+const SPARE_SEGMENT: &str = "spare.seg";
 const RECORD_HEADER: usize = 8;
 
 /// The unpurged log, vote and purge point as seen by readers.
@@ -92,7 +101,7 @@ impl LogStore {
         fs::create_dir_all(dir)?;
         let vote = read_small_file::<Vote<NodeId>>(&dir.join("vote"))?;
         let purged = read_small_file::<LogId>(&dir.join("purged"))?;
-        let (segments, entries) = recover_segments(dir, purged)?;
+        let (segments, entries, end_of_records) = recover_segments(dir, purged)?;
         let cache = Arc::new(Mutex::new(LogCache {
             entries: entries.iter().map(|(e, _)| e.clone()).collect(),
             purged,
@@ -102,7 +111,7 @@ impl LogStore {
             .iter()
             .map(|(e, pos)| (e.log_id.index, *pos))
             .collect();
-        let writer = SegmentWriter::open(dir.to_path_buf(), segments, positions)?;
+        let writer = SegmentWriter::open(dir.to_path_buf(), segments, positions, end_of_records)?;
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("cella-raft-log".into())
@@ -305,6 +314,19 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Writes a segment-sized file of zeros through a temp name, durably.
+fn write_zeroed_segment(path: &Path) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = File::create(&tmp)?;
+    let zeros = vec![0u8; 1024 * 1024];
+    for _ in 0..SEGMENT_BYTES / zeros.len() as u64 {
+        file.write_all(&zeros)?;
+    }
+    file.sync_all()?;
+    fs::rename(&tmp, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
 /// Where a record sits: segment (by its first index) and byte offset.
 type Position = (u64, u64);
 
@@ -313,17 +335,19 @@ fn segment_path(dir: &Path, first_index: u64) -> PathBuf {
 }
 
 /// Reads every segment in order; returns segment first indexes and the entries after the
-/// purge point with their positions. Truncates a torn tail of the last segment.
+/// purge point with their positions, and where the last segment's records end. Wipes a
+/// torn tail of the last segment.
 fn recover_segments(
     dir: &Path,
     purged: Option<LogId>,
-) -> io::Result<(Vec<u64>, Vec<(Entry, Position)>)> {
+) -> io::Result<(Vec<u64>, Vec<(Entry, Position)>, u64)> {
     let mut segments: Vec<u64> = fs::read_dir(dir)?
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str()?.strip_suffix(".seg")?.parse().ok())
         .collect();
     segments.sort_unstable();
     let mut entries: Vec<(Entry, Position)> = Vec::new();
+    let mut end_of_records = 0;
     for (n, &first) in segments.iter().enumerate() {
         let path = segment_path(dir, first);
         let mut bytes = Vec::new();
@@ -345,22 +369,24 @@ fn recover_segments(
             entries.push((entry, (first, offset as u64)));
             offset += len;
         }
-        if offset < bytes.len() {
+        end_of_records = offset as u64;
+        // Past the last record: zeros, or in the last segment a torn write to wipe.
+        if let Some(dirty_end) = bytes.iter().rposition(|b| *b != 0).filter(|e| *e >= offset) {
             if n + 1 != segments.len() {
                 return Err(io_err(format!(
                     "{}: damaged record at offset {offset} before the last segment",
                     path.display()
                 )));
             }
-            tracing::warn!(segment = %path.display(), offset, dropped = bytes.len() - offset, "truncating torn tail of the raft log");
+            tracing::warn!(segment = %path.display(), offset, dropped = dirty_end + 1 - offset, "wiping torn tail of the raft log");
             let file = OpenOptions::new().write(true).open(&path)?;
-            file.set_len(offset as u64)?;
+            file.write_all_at(&vec![0; dirty_end + 1 - offset], offset as u64)?;
             file.sync_all()?;
         }
     }
     let purged_index = purged.map(|p| p.index);
     entries.retain(|(e, _)| purged_index.is_none_or(|p| e.log_id.index > p));
-    Ok((segments, entries))
+    Ok((segments, entries, end_of_records))
 }
 
 /// The single writer: owns the segment files and performs every write in order.
@@ -369,7 +395,10 @@ struct SegmentWriter {
     segments: Vec<u64>,
     /// Position of every entry in the segments, oldest first.
     positions: VecDeque<(u64, Position)>,
+    /// The open segment: first index, file, end of its records.
     current: Option<(u64, File, u64)>,
+    /// The background preparation of the next segment, if running.
+    spare: Option<std::thread::JoinHandle<io::Result<()>>>,
 }
 
 impl SegmentWriter {
@@ -377,23 +406,24 @@ impl SegmentWriter {
         dir: PathBuf,
         segments: Vec<u64>,
         positions: VecDeque<(u64, Position)>,
+        end_of_records: u64,
     ) -> io::Result<Self> {
         let current = match segments.last() {
             Some(&first) => {
-                let file = OpenOptions::new()
-                    .append(true)
-                    .open(segment_path(&dir, first))?;
-                let len = file.metadata()?.len();
-                Some((first, file, len))
+                let file = OpenOptions::new().write(true).open(segment_path(&dir, first))?;
+                Some((first, file, end_of_records))
             }
             None => None,
         };
-        Ok(Self {
+        let mut writer = Self {
             dir,
             segments,
             positions,
             current,
-        })
+            spare: None,
+        };
+        writer.prepare_spare();
+        Ok(writer)
     }
 
     fn run(mut self, rx: mpsc::Receiver<WriteOp>) {
@@ -456,7 +486,7 @@ impl SegmentWriter {
         if self
             .current
             .as_ref()
-            .is_none_or(|(_, _, len)| *len >= SEGMENT_BYTES)
+            .is_none_or(|(_, _, len)| *len > 0 && *len + buf.len() as u64 > SEGMENT_BYTES)
         {
             self.roll(first_index)?;
         }
@@ -472,19 +502,40 @@ impl SegmentWriter {
             offset += rec_len;
             index += 1;
         }
-        file.write_all(buf)?;
+        file.write_all_at(buf, *len)?;
         *len += buf.len() as u64;
         Ok(())
     }
 
     fn roll(&mut self, first_index: u64) -> io::Result<()> {
         self.sync()?;
+        let spare = self.dir.join(SPARE_SEGMENT);
+        match self.spare.take().map(|t| t.join()) {
+            Some(Ok(Ok(()))) => {}
+            // No spare ready (or it failed): make one here, on the write path this once.
+            _ => write_zeroed_segment(&spare)?,
+        }
         let path = segment_path(&self.dir, first_index);
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        fs::rename(&spare, &path)?;
         sync_dir(&self.dir)?;
+        let file = OpenOptions::new().write(true).open(&path)?;
         self.segments.push(first_index);
         self.current = Some((first_index, file, 0));
+        self.prepare_spare();
         Ok(())
+    }
+
+    /// Starts writing the next segment's zeros in the background.
+    fn prepare_spare(&mut self) {
+        let spare = self.dir.join(SPARE_SEGMENT);
+        if spare.exists() {
+            self.spare = Some(std::thread::spawn(|| Ok(())));
+            return;
+        }
+        self.spare = std::thread::Builder::new()
+            .name("cella-raft-log-spare".into())
+            .spawn(move || write_zeroed_segment(&spare))
+            .ok();
     }
 
     /// Removes entries from `index` on, from the files too.
@@ -498,10 +549,14 @@ impl SegmentWriter {
             let s = self.segments.pop().expect("checked non-empty");
             fs::remove_file(segment_path(&self.dir, s))?;
         }
+        let end = match &self.current {
+            Some((first, _, len)) if *first == segment => *len,
+            _ => SEGMENT_BYTES,
+        };
         let file = OpenOptions::new()
-            .append(true)
+            .write(true)
             .open(segment_path(&self.dir, segment))?;
-        file.set_len(offset)?;
+        file.write_all_at(&vec![0; end.saturating_sub(offset) as usize], offset)?;
         file.sync_all()?;
         sync_dir(&self.dir)?;
         self.current = Some((segment, file, offset));
@@ -571,10 +626,17 @@ mod tests {
             append(&mut store, (1..=3).map(|i| entry(i, "k")).collect()).await;
             store.save_vote(&Vote::new(2, 1)).await.expect("vote");
         }
-        // A torn record: a header promising more bytes than were written.
+        // A torn record after the last one: a header promising more bytes than were written.
         let seg = segment_path(dir.path(), 1);
-        let mut f = OpenOptions::new().append(true).open(&seg).expect("segment");
-        f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 9]).expect("write");
+        let bytes = fs::read(&seg).expect("segment");
+        assert_eq!(bytes.len() as u64, SEGMENT_BYTES, "segments are preallocated");
+        let mut end = 0;
+        while let Some((_, len)) = decode_record::<Entry>(&bytes[end..]) {
+            end += len;
+        }
+        let f = OpenOptions::new().write(true).open(&seg).expect("segment");
+        f.write_all_at(&[200, 0, 0, 0, 1, 2, 3, 4, 9], end as u64)
+            .expect("write");
         drop(f);
 
         let mut store = LogStore::open(dir.path()).expect("reopen");
