@@ -20,8 +20,6 @@ pub struct ServerConfig {
     pub peers: String,
     /// Where the node keeps its data.
     pub data_dir: PathBuf,
-    /// Log format: `human` or `json`.
-    pub log_format: String,
     /// The consistent core.
     pub core: CoreConfig,
 }
@@ -33,7 +31,6 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:7070".into(),
             peers: String::new(),
             data_dir: PathBuf::from("./cella-data"),
-            log_format: "human".into(),
             core: CoreConfig::default(),
         }
     }

@@ -1,0 +1,194 @@
+//! `cella`: the one binary. Runs a node (`up`, `server`), talks to the core (`kv`, `lease`,
+//! `status`) and measures it (`bench`).
+//!
+//! Exit codes: 0 ok, 1 failed, 2 bad usage. Results go to stdout in `--output`'s format;
+//! logs and errors go to stderr.
+
+mod kv;
+mod lease;
+mod output;
+mod serve;
+mod status;
+
+use std::fmt;
+use std::future::Future;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use cella_sdk::Client;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::output::Format;
+
+/// Cella: a microservice platform in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "cella", version)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags every subcommand accepts.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Global options")]
+struct GlobalArgs {
+    /// Node to talk to, as HOST:PORT or http://HOST:PORT.
+    #[arg(
+        long,
+        global = true,
+        env = "CELLA_ENDPOINT",
+        default_value = "127.0.0.1:7070"
+    )]
+    endpoint: String,
+    /// Bearer token sent with every request.
+    #[arg(long, global = true, env = "CELLA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// How to print results.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
+    /// How to write logs (to stderr); the level comes from RUST_LOG (default info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start an embedded single node.
+    Up(serve::UpArgs),
+    /// Start a member of a replicated cluster.
+    Server(serve::ServerArgs),
+    /// Read, write, delete and watch keys.
+    #[command(subcommand)]
+    Kv(kv::KvCommand),
+    /// Grant, inspect, refresh and revoke leases.
+    #[command(subcommand)]
+    Lease(lease::LeaseCommand),
+    /// Show every member: leader, term, raft index, applied index, lag.
+    Status,
+    /// Measure Cella (and peers such as etcd) with benchmark workloads.
+    Bench(cella_bench::BenchArgs),
+}
+
+/// The `--log-format` choices.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where and how the CLI reaches the core.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    endpoint: String,
+    token: Option<String>,
+}
+
+impl Remote {
+    /// Connects to the `--endpoint` node.
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        self.connect_to(&self.endpoint).await
+    }
+
+    /// Connects to another node with the same credentials.
+    pub async fn connect_to(&self, endpoint: &str) -> anyhow::Result<Client> {
+        let mut builder = Client::builder(endpoint);
+        if let Some(token) = &self.token {
+            builder = builder.token(token);
+        }
+        Ok(builder.connect().await?)
+    }
+}
+
+/// Bad input found after parsing (clap reports the rest itself); exits with 2 like clap.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Runs `work` until it ends or Ctrl-C is pressed; Ctrl-C counts as success.
+pub async fn until_interrupted(
+    work: impl Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    tokio::select! {
+        result = work => result,
+        signal = tokio::signal::ctrl_c() => signal.context("listening for Ctrl-C"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.global.log_format);
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            if is_bad_usage(&error) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// Bad usage found after parsing: our own checks, and a malformed `--endpoint` or `--token`.
+fn is_bad_usage(error: &anyhow::Error) -> bool {
+    use cella_sdk::Error::{InvalidEndpoint, InvalidToken};
+    error.downcast_ref::<UsageError>().is_some()
+        || matches!(
+            error.downcast_ref(),
+            Some(InvalidEndpoint { .. } | InvalidToken)
+        )
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let format = cli.global.output;
+    let remote = Remote {
+        endpoint: cli.global.endpoint,
+        token: cli.global.token,
+    };
+    match cli.command {
+        Command::Up(args) => serve::up(args).await,
+        Command::Server(args) => serve::server(args).await,
+        Command::Kv(command) => kv::run(command, &remote, format).await,
+        Command::Lease(command) => lease::run(command, &remote, format).await,
+        Command::Status => status::run(&remote, format).await,
+        Command::Bench(args) => cella_bench::run(args).await,
+    }
+}
+
+/// Logs to stderr, human-readable or JSON, filtered by RUST_LOG (default `info`, openraft at `warn`).
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

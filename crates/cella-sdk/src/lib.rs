@@ -1,0 +1,30 @@
+//! Rust client for Cella's consistent core.
+//!
+//! The core speaks etcd v3's gRPC API, so this client also works against etcd. One
+//! [`Client`] holds one HTTP/2 connection; each service handle it hands out shares it.
+//!
+//! ```no_run
+//! # async fn demo() -> cella_sdk::Result<()> {
+//! let client = cella_sdk::Client::connect("127.0.0.1:7070").await?;
+//! client.kv().put("greeting", "hello").await?;
+//! let value = client.kv().get("greeting").await?.map(|kv| kv.value);
+//! # Ok(()) }
+//! ```
+//!
+//! Errors are one enum, [`Error`]; server errors keep the server's message.
+
+#![warn(missing_docs)]
+
+mod client;
+mod error;
+mod types;
+
+pub mod cluster;
+pub mod kv;
+pub mod lease;
+pub mod maintenance;
+pub mod watch;
+
+pub use client::{Client, ClientBuilder};
+pub use error::{Error, Result};
+pub use types::{LeaseId, MemberId, ParseLeaseIdError, Revision};
