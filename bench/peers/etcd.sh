@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Starts and stops a single-node etcd to benchmark Cella against.
+#
+#   bench/peers/etcd.sh start [PORT]   # client port PORT (default 2379), peer port PORT+1
+#   bench/peers/etcd.sh stop  [PORT]
+#
+# start installs Debian's etcd-server if etcd is missing, runs etcd on 127.0.0.1 with a
+# fresh data dir under a temp dir and etcd's default durability (fsync on every commit, as
+# Cella does), waits until it reports healthy, and records its PID. stop kills exactly that
+# PID (TERM, then KILL after 10 s) and removes the data dir. Two instances need client ports
+# at least 2 apart, since each also takes PORT+1 for peer traffic.
+#
+# State lives in ${CELLA_BENCH_STATE:-/tmp/cella-bench}/etcd-PORT.{pid,dir,log}.
+set -euo pipefail
+
+action=${1:-}
+port=${2:-2379}
+state=${CELLA_BENCH_STATE:-/tmp/cella-bench}
+pidfile=$state/etcd-$port.pid
+dirfile=$state/etcd-$port.dir
+logfile=$state/etcd-$port.log
+start_timeout=30
+
+usage() {
+    echo "usage: $0 start|stop [PORT]" >&2
+    exit 2
+}
+
+[[ $port =~ ^[0-9]+$ ]] && ((port > 0 && port < 65535)) || usage
+
+port_in_use() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# True when etcd on $port answers /health with "health":"true".
+healthy() {
+    local reply
+    reply=$(
+        exec 2>/dev/null
+        exec 3<>"/dev/tcp/127.0.0.1/$port" || exit 1
+        printf 'GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
+        timeout 2 cat <&3
+    ) || return 1
+    [[ $reply == *'"health":"true"'* ]]
+}
+
+install_etcd() {
+    command -v etcd >/dev/null && return
+    echo "etcd not found; installing Debian's etcd-server" >&2
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y etcd-server
+}
+
+# Prints the PID in the pid file if that process is still the etcd we started.
+our_pid() {
+    [[ -f $pidfile ]] || return 1
+    local pid
+    pid=$(<"$pidfile")
+    [[ $pid =~ ^[0-9]+$ ]] || return 1
+    [[ -r /proc/$pid/cmdline ]] || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "--data-dir $(<"$dirfile")/data" || return 1
+    echo "$pid"
+}
+
+start() {
+    install_etcd
+    mkdir -p "$state"
+    if pid=$(our_pid); then
+        echo "etcd on port $port is already running (pid $pid)" >&2
+        exit 1
+    fi
+    local peer=$((port + 1))
+    for p in "$port" "$peer"; do
+        if port_in_use "$p"; then
+            echo "port $p is in use; pick another client port (etcd also needs PORT+1)" >&2
+            exit 1
+        fi
+    done
+    local dir
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/cella-bench-etcd-$port.XXXXXX")
+    echo "$dir" >"$dirfile"
+    # Default durability: no --unsafe-no-fsync. A larger backend quota keeps long put
+    # runs from hitting the 2 GiB NOSPACE alarm; it does not change what is synced.
+    etcd --name "bench-$port" \
+        --data-dir "$dir/data" \
+        --listen-client-urls "http://127.0.0.1:$port" \
+        --advertise-client-urls "http://127.0.0.1:$port" \
+        --listen-peer-urls "http://127.0.0.1:$peer" \
+        --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+        --initial-cluster "bench-$port=http://127.0.0.1:$peer" \
+        --initial-cluster-state new \
+        --quota-backend-bytes 8589934592 \
+        --logger zap --log-level warn \
+        >"$logfile" 2>&1 </dev/null &
+    local pid=$!
+    echo "$pid" >"$pidfile"
+    local waited=0
+    until healthy; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "etcd exited during start; log: $logfile" >&2
+            tail -n 20 "$logfile" >&2
+            rm -f "$pidfile"
+            rm -rf "$dir"
+            exit 1
+        fi
+        if ((waited >= start_timeout * 10)); then
+            echo "etcd did not become healthy within ${start_timeout}s; log: $logfile" >&2
+            kill "$pid" 2>/dev/null || true
+            rm -f "$pidfile"
+            exit 1
+        fi
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    echo "etcd $(etcd --version | sed -n 's/^etcd Version: //p') on 127.0.0.1:$port (pid $pid, data $dir)" >&2
+}
+
+stop() {
+    local pid
+    if ! pid=$(our_pid); then
+        echo "no etcd started by this script on port $port" >&2
+        rm -f "$pidfile"
+        return 0
+    fi
+    kill -TERM "$pid"
+    for _ in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        echo "etcd (pid $pid) ignored TERM for 10s; killing it" >&2
+        kill -KILL "$pid"
+    fi
+    local dir
+    dir=$(<"$dirfile")
+    [[ $dir == */cella-bench-etcd-"$port".* ]] && rm -rf "$dir"
+    rm -f "$pidfile" "$dirfile"
+    echo "etcd on port $port stopped (pid $pid)" >&2
+}
+
+case $action in
+start) start ;;
+stop) stop ;;
+*) usage ;;
+esac

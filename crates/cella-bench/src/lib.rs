@@ -1,0 +1,184 @@
+//! `cella bench`: one etcd v3 client that measures Cella and its peers side by side.
+//!
+//! A run is one workload at one or more client levels against one or more named targets.
+//! At each level every target is measured in turn (the order rotates from level to level so
+//! drift hits all targets alike); each measurement sets up its clients, warms up, then runs
+//! the shared load loop bounded by both time and operation count. The result is a markdown
+//! section (printed, and appended to `--out`) with throughput, latency percentiles and
+//! errors per target and level, and ratios to the baseline target (`etcd` by default).
+//!
+//! - [`args`]: the command-line options and their parsers.
+//! - `driver`: the one load loop every workload uses.
+//! - `workloads`: kv-put, kv-get, txn-cas, lease-keepalive, watch-fanout.
+//! - `stats`, `report`, `progress`: histograms and ratios, the markdown section, the
+//!   stderr progress line.
+
+#![warn(missing_docs)]
+
+pub mod args;
+mod conn;
+mod driver;
+mod progress;
+mod report;
+mod stats;
+mod workloads;
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use anyhow::Context;
+
+pub use args::{BenchArgs, Workload};
+
+use crate::args::format_duration;
+use crate::conn::Connections;
+use crate::driver::{Bounds, GRACE};
+use crate::progress::Progress;
+use crate::report::{Machine, Report};
+use crate::stats::{ErrorTally, LevelResult, Measurement};
+use crate::workloads::Settings;
+
+/// Time a measurement may spend on setup and teardown (connect, preload, grants, watches)
+/// on top of its warm-up and measured run before it is abandoned.
+const SETUP_ALLOWANCE: Duration = Duration::from_secs(60);
+
+/// Runs the benchmark described by `args`, printing the result section to stdout.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let settings = Settings {
+        bounds: Bounds {
+            duration: args.duration,
+            count: args.count,
+            rate: args.rate,
+        },
+        warmup: args.warmup,
+        value_size: args.value_size as usize,
+        key_space: u64::from(args.key_space),
+        serializable: args.serializable,
+        streams: args.streams as usize,
+    };
+    let date = report::utc_now();
+    let machine = Machine::this();
+
+    let mut targets = Vec::new();
+    for target in &args.targets.0 {
+        let conns = Connections::open(target, args.connections).await?;
+        let version = match conns.server_version().await {
+            Ok(v) if !v.is_empty() => v,
+            Ok(_) => "unknown (empty)".to_string(),
+            Err(e) => format!("unknown ({})", e.root_cause()),
+        };
+        targets.push((target, conns, version));
+    }
+
+    let level_limit = settings.warmup + settings.bounds.duration + GRACE + SETUP_ALLOWANCE;
+    let mut results = Vec::new();
+    for (li, &clients) in args.clients.0.iter().enumerate() {
+        for k in 0..targets.len() {
+            let ti = (li + k) % targets.len();
+            let (target, conns, _) = &targets[ti];
+            let label = format!("{} {} @{clients}", args.workload.name(), target.name);
+            let progress = Progress::for_terminal(label.clone());
+            let level =
+                workloads::run_level(args.workload, conns, clients, &settings, progress.as_ref());
+            let measured = match tokio::time::timeout(level_limit, level).await {
+                Ok(Ok(m)) => m,
+                Ok(Err(e)) => failed(stats::describe(&e)),
+                Err(_) => failed(format!(
+                    "did not finish within {}",
+                    format_duration(level_limit)
+                )),
+            };
+            let result = LevelResult::from_measurement(&target.name, clients, &measured);
+            eprintln!(
+                "{label}: {:.0} ops/s, p50 {} µs, p99 {} µs, p99.9 {} µs, {} errors",
+                result.ops_per_sec,
+                result.latency.p50,
+                result.latency.p99,
+                result.latency.p999,
+                result.errors
+            );
+            results.push((li, ti, result));
+        }
+    }
+    results.sort_by_key(|(li, ti, _)| (*li, *ti));
+
+    let report = Report {
+        workload: args.workload.name().to_string(),
+        date,
+        command: report::command_line(),
+        commit: report::git_commit(),
+        machine,
+        targets: targets
+            .iter()
+            .map(|(t, _, version)| (t.name.clone(), t.uri.clone(), version.clone()))
+            .collect(),
+        settings: settings_shown(&args),
+        baseline: args.baseline.clone(),
+        results: results.into_iter().map(|(_, _, r)| r).collect(),
+    };
+    let section = report.to_markdown();
+    print!("{section}");
+    if let Some(path) = &args.out {
+        append(path, &section).with_context(|| format!("appending to {}", path.display()))?;
+        eprintln!("appended to {}", path.display());
+    }
+    Ok(())
+}
+
+/// A measurement that could not be taken: no samples, one error saying why.
+fn failed(message: String) -> Measurement {
+    let mut errors = ErrorTally::default();
+    errors.add(message, 1);
+    Measurement {
+        elapsed: Duration::ZERO,
+        latencies: stats::Latencies::new(),
+        errors,
+    }
+}
+
+/// The settings that shape this workload's numbers, for the report header.
+fn settings_shown(args: &BenchArgs) -> Vec<(String, String)> {
+    let mut shown = vec![
+        ("duration".to_string(), format_duration(args.duration)),
+        ("count cap".to_string(), args.count.to_string()),
+        ("warm-up".to_string(), format_duration(args.warmup)),
+        ("connections".to_string(), args.connections.to_string()),
+    ];
+    let rate = match (args.rate, args.workload) {
+        (Some(rate), _) => Some(rate),
+        (None, Workload::WatchFanout) => Some(workloads::DEFAULT_WATCH_RATE),
+        (None, _) => None,
+    };
+    if let Some(rate) = rate {
+        shown.push(("rate".to_string(), format!("{rate} ops/s")));
+    }
+    if args.workload != Workload::LeaseKeepalive {
+        shown.push(("value size".to_string(), format!("{} B", args.value_size)));
+    }
+    match args.workload {
+        Workload::KvPut => shown.push(("key space".to_string(), args.key_space.to_string())),
+        Workload::KvGet => {
+            shown.push(("key space".to_string(), args.key_space.to_string()));
+            let reads = if args.serializable {
+                "serializable"
+            } else {
+                "linearizable"
+            };
+            shown.push(("reads".to_string(), reads.to_string()));
+        }
+        Workload::WatchFanout => shown.push(("streams".to_string(), args.streams.to_string())),
+        Workload::TxnCas | Workload::LeaseKeepalive => {}
+    }
+    shown
+}
+
+fn append(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    file.write_all(text.as_bytes())
+}

@@ -1,0 +1,105 @@
+//! The five workloads. Each builds its clients (and any fixture: preloaded keys, leases,
+//! watchers), then hands them to the shared driver through [`measure`]; none has a load loop
+//! of its own.
+
+mod kv;
+mod lease;
+mod txn;
+mod watch;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::args::Workload;
+use crate::conn::Connections;
+use crate::driver::{drive, Bounds, LoadClient};
+use crate::progress::Progress;
+use crate::stats::Measurement;
+
+pub(crate) use watch::DEFAULT_RATE as DEFAULT_WATCH_RATE;
+
+/// Key prefix every workload writes under, so benchmark data is easy to find and delete.
+const KEY_PREFIX: &str = "/cella-bench/";
+
+/// Everything a workload needs besides its connections and client count.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// Bounds of the measured run.
+    pub bounds: Bounds,
+    /// Length of the unmeasured warm-up run (bounded by `bounds.count` too).
+    pub warmup: Duration,
+    /// Size of every value written.
+    pub value_size: usize,
+    /// Distinct keys for kv-put and kv-get.
+    pub key_space: u64,
+    /// kv-get reads serializably.
+    pub serializable: bool,
+    /// watch-fanout's watch streams.
+    pub streams: usize,
+}
+
+/// Runs `workload` once at `clients` against `conns`; `progress` labels the progress line.
+pub(crate) async fn run_level(
+    workload: Workload,
+    conns: &Connections,
+    clients: usize,
+    settings: &Settings,
+    progress: Option<&Progress>,
+) -> anyhow::Result<Measurement> {
+    match workload {
+        Workload::KvPut => kv::run_put(conns, clients, settings, progress).await,
+        Workload::KvGet => kv::run_get(conns, clients, settings, progress).await,
+        Workload::TxnCas => txn::run(conns, clients, settings, progress).await,
+        Workload::LeaseKeepalive => lease::run(conns, clients, settings, progress).await,
+        Workload::WatchFanout => watch::run(conns, clients, settings, progress).await,
+    }
+}
+
+/// Warms up with `clients`, then measures them: the one path from clients to numbers.
+async fn measure<C: LoadClient>(
+    clients: Vec<C>,
+    settings: &Settings,
+    progress: Option<&Progress>,
+) -> anyhow::Result<(Vec<C>, Measurement)> {
+    let mut clients = clients;
+    if !settings.warmup.is_zero() {
+        let warmup = Bounds {
+            duration: settings.warmup,
+            ..settings.bounds
+        };
+        clients = drive(clients, warmup, None).await?.0;
+    }
+    for client in &mut clients {
+        client.start_measuring();
+    }
+    drive(clients, settings.bounds, progress).await
+}
+
+/// A value of `size` bytes that starts with `head` (filler after it).
+fn value_with_head(head: &[u8], size: usize) -> Bytes {
+    let mut v = Vec::with_capacity(size.max(head.len()));
+    v.extend_from_slice(head);
+    v.resize(size.max(head.len()), b'x');
+    Bytes::from(v)
+}
+
+/// The key `n` of a workload's key space, fixed width so keys sort numerically.
+fn numbered_key(workload: &str, n: u64) -> Bytes {
+    Bytes::from(format!("{KEY_PREFIX}{workload}/{n:010}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_and_keys() {
+        assert_eq!(value_with_head(b"ab", 4), Bytes::from_static(b"abxx"));
+        assert_eq!(value_with_head(b"abcd", 2), Bytes::from_static(b"abcd"));
+        assert_eq!(
+            numbered_key("kv", 42),
+            Bytes::from_static(b"/cella-bench/kv/0000000042")
+        );
+    }
+}
