@@ -7,10 +7,10 @@ use std::path::PathBuf;
 
 use cella_server::ServerConfig;
 
-/// `cella up`: an embedded single node.
+/// Settings shared by `cella up` and `cella server`.
 #[derive(Debug, clap::Args)]
-pub struct UpArgs {
-    /// Address for gRPC, REST, /metrics and the health checks [default: 127.0.0.1:7070].
+pub struct NodeArgs {
+    /// Address for gRPC, REST, /metrics and the health checks (and peers) [default: 127.0.0.1:7070].
     #[arg(long, env = "CELLA_LISTEN")]
     pub listen: Option<String>,
     /// Where the node keeps its data [default: ./cella-data].
@@ -24,38 +24,50 @@ pub struct UpArgs {
     pub election_timeout_ms: Option<u64>,
 }
 
+impl NodeArgs {
+    /// The config file (or defaults) with these flags laid over it.
+    fn resolve(self) -> anyhow::Result<ServerConfig> {
+        let mut config = ServerConfig::load(self.config.as_deref())?;
+        override_with(&mut config.listen, self.listen);
+        override_with(&mut config.data_dir, self.data_dir);
+        override_with(
+            &mut config.core.election_timeout_ms,
+            self.election_timeout_ms,
+        );
+        Ok(config)
+    }
+}
+
+/// `cella up`: an embedded single node.
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
 /// `cella server`: a member of a replicated cluster.
 #[derive(Debug, clap::Args)]
 pub struct ServerArgs {
     /// This member's id, one of the ids in --peers.
     #[arg(long, env = "CELLA_NODE_ID")]
     pub node_id: Option<u64>,
-    /// Address for client and peer traffic.
-    #[arg(long, env = "CELLA_LISTEN")]
-    pub listen: Option<String>,
     /// Initial members as `ID=HOST:PORT,...` (including this one).
     #[arg(long, env = "CELLA_PEERS")]
     pub peers: Option<String>,
-    /// Where the node keeps its data.
-    #[arg(long, env = "CELLA_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Optional TOML config file; flags and CELLA_* env take precedence over it.
-    #[arg(long, env = "CELLA_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Raft election timeout in milliseconds [default: 1000].
-    #[arg(long, env = "CELLA_ELECTION_TIMEOUT_MS")]
-    pub election_timeout_ms: Option<u64>,
+    #[command(flatten)]
+    node: NodeArgs,
 }
 
 /// Runs `cella up` until a stop signal.
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
-    let mut config = ServerConfig::load(args.config.as_deref())?;
-    override_with(&mut config.listen, args.listen);
-    override_with(&mut config.data_dir, args.data_dir);
-    override_with(&mut config.core.election_timeout_ms, args.election_timeout_ms);
+    let mut config = args.node.resolve()?;
     config.peers.clear();
     config.node_id = 1;
-    println!("cella: embedded node on {} (data in {})", config.listen, config.data_dir.display());
+    println!(
+        "cella: embedded node on {} (data in {})",
+        config.listen,
+        config.data_dir.display()
+    );
     println!("  etcd v3 gRPC + REST: http://{0}   health: http://{0}/healthz   metrics: http://{0}/metrics", config.listen);
     println!("  try: cella kv put hello world && cella kv get hello     (Ctrl-C stops)");
     cella_server::run(config, stop_signal()).await
@@ -63,12 +75,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
 
 /// Runs `cella server` until a stop signal.
 pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
-    let mut config = ServerConfig::load(args.config.as_deref())?;
+    let mut config = args.node.resolve()?;
     override_with(&mut config.node_id, args.node_id);
-    override_with(&mut config.listen, args.listen);
     override_with(&mut config.peers, args.peers);
-    override_with(&mut config.data_dir, args.data_dir);
-    override_with(&mut config.core.election_timeout_ms, args.election_timeout_ms);
     cella_server::run(config, stop_signal()).await
 }
 

@@ -94,7 +94,7 @@ pub enum CoreError {
     /// A read or watch at a revision that compaction removed.
     #[error("etcdserver: mvcc: required revision has been compacted")]
     Compacted {
-        /// Revisions at or below this are gone.
+        /// Revisions below this are gone.
         compact_revision: i64,
     },
     /// A read or compaction at a revision not yet written.

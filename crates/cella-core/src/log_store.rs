@@ -25,12 +25,15 @@
 //! All writes run on one thread in submission order, as openraft requires; readers see
 //! appended entries at once through an in-memory copy of the unpurged log.
 
+// openraft's storage traits return its (large) StorageError by value.
+#![allow(clippy::result_large_err)]
+
 use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::FileExt;
 use std::ops::{Bound, RangeBounds};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 
@@ -99,9 +102,18 @@ impl LogStore {
     /// writer thread.
     pub fn open(dir: &Path) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
-        let vote = read_small_file::<Vote<NodeId>>(&dir.join("vote"))?;
+        // A committed vote would make openraft resume as leader of its old term without
+        // knowing the commit index, so its first read index could predate acknowledged
+        // writes. Reopened as uncommitted, the node wins a new term (and commits a fresh
+        // entry) before it leads again.
+        let vote = read_small_file::<Vote<NodeId>>(&dir.join("vote"))?
+            .map(|v| Vote::new(v.leader_id.term, v.leader_id.node_id));
         let purged = read_small_file::<LogId>(&dir.join("purged"))?;
-        let (segments, entries, end_of_records) = recover_segments(dir, purged)?;
+        let Recovered {
+            segments,
+            entries,
+            end_of_records,
+        } = recover_segments(dir, purged)?;
         let cache = Arc::new(Mutex::new(LogCache {
             entries: entries.iter().map(|(e, _)| e.clone()).collect(),
             purged,
@@ -273,31 +285,41 @@ fn decode_record<T: DeserializeOwned>(bytes: &[u8]) -> Option<(T, usize)> {
     Some((postcard::from_bytes(payload).ok()?, RECORD_HEADER + len))
 }
 
-fn read_small_file<T: DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
-    let bytes = match fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
+/// Encodes a value as `[crc32: u32 LE][postcard(value)]`, the framing of small files and
+/// snapshots.
+pub(crate) fn encode_framed<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
+    let payload = postcard::to_allocvec(value).map_err(io_err)?;
+    let mut bytes = crc32fast::hash(&payload).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&payload);
+    Ok(bytes)
+}
+
+/// Decodes what [`encode_framed`] wrote, checking the checksum.
+pub(crate) fn decode_framed<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
     let crc = bytes
         .get(0..4)
         .and_then(|b| b.try_into().ok())
         .map(u32::from_le_bytes);
     let payload = bytes.get(4..).unwrap_or_default();
     if crc != Some(crc32fast::hash(payload)) {
-        return Err(io_err(format!("{}: checksum mismatch", path.display())));
+        return Err(io_err("checksum mismatch"));
     }
-    postcard::from_bytes(payload)
-        .map(Some)
-        .map_err(|e| io_err(format!("{}: {e}", path.display())))
+    postcard::from_bytes(payload).map_err(io_err)
+}
+
+fn read_small_file<T: DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
+    match fs::read(path) {
+        Ok(bytes) => decode_framed(&bytes)
+            .map(Some)
+            .map_err(|e| io_err(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Replaces a small file atomically and durably.
 pub(crate) fn write_small_file<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
-    let payload = postcard::to_allocvec(value).map_err(io_err)?;
-    let mut bytes = crc32fast::hash(&payload).to_le_bytes().to_vec();
-    bytes.extend_from_slice(&payload);
-    write_atomically(path, &bytes)
+    write_atomically(path, &encode_framed(value)?)
 }
 
 /// Writes `bytes` to `path` through a temp file, fsync and rename, then fsyncs the directory.
@@ -327,6 +349,16 @@ fn write_zeroed_segment(path: &Path) -> io::Result<()> {
     sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
+/// What recovery found on disk.
+struct Recovered {
+    /// First index of each segment, in order.
+    segments: Vec<u64>,
+    /// Entries after the purge point, with their positions.
+    entries: Vec<(Entry, Position)>,
+    /// Where the last segment's records end.
+    end_of_records: u64,
+}
+
 /// Where a record sits: segment (by its first index) and byte offset.
 type Position = (u64, u64);
 
@@ -337,10 +369,7 @@ fn segment_path(dir: &Path, first_index: u64) -> PathBuf {
 /// Reads every segment in order; returns segment first indexes and the entries after the
 /// purge point with their positions, and where the last segment's records end. Wipes a
 /// torn tail of the last segment.
-fn recover_segments(
-    dir: &Path,
-    purged: Option<LogId>,
-) -> io::Result<(Vec<u64>, Vec<(Entry, Position)>, u64)> {
+fn recover_segments(dir: &Path, purged: Option<LogId>) -> io::Result<Recovered> {
     let mut segments: Vec<u64> = fs::read_dir(dir)?
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str()?.strip_suffix(".seg")?.parse().ok())
@@ -386,7 +415,11 @@ fn recover_segments(
     }
     let purged_index = purged.map(|p| p.index);
     entries.retain(|(e, _)| purged_index.is_none_or(|p| e.log_id.index > p));
-    Ok((segments, entries, end_of_records))
+    Ok(Recovered {
+        segments,
+        entries,
+        end_of_records,
+    })
 }
 
 /// The single writer: owns the segment files and performs every write in order.
@@ -410,7 +443,9 @@ impl SegmentWriter {
     ) -> io::Result<Self> {
         let current = match segments.last() {
             Some(&first) => {
-                let file = OpenOptions::new().write(true).open(segment_path(&dir, first))?;
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(segment_path(&dir, first))?;
                 Some((first, file, end_of_records))
             }
             None => None,
@@ -470,7 +505,7 @@ impl SegmentWriter {
             let result = self.sync();
             metrics::observe_log_fsync(started.elapsed(), flushed.len());
             for done in flushed {
-                done(result.as_ref().map(|_| ()).map_err(|e| io_err(e)));
+                done(result.as_ref().map(|_| ()).map_err(io_err));
             }
         }
     }
@@ -629,7 +664,11 @@ mod tests {
         // A torn record after the last one: a header promising more bytes than were written.
         let seg = segment_path(dir.path(), 1);
         let bytes = fs::read(&seg).expect("segment");
-        assert_eq!(bytes.len() as u64, SEGMENT_BYTES, "segments are preallocated");
+        assert_eq!(
+            bytes.len() as u64,
+            SEGMENT_BYTES,
+            "segments are preallocated"
+        );
         let mut end = 0;
         while let Some((_, len)) = decode_record::<Entry>(&bytes[end..]) {
             end += len;

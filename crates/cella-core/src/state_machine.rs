@@ -10,6 +10,9 @@
 //! On start the node loads the snapshot, and openraft re-applies the log after it. Applying is
 //! deterministic: every replica gets the same results at the same revisions.
 
+// openraft's storage traits return its (large) StorageError by value.
+#![allow(clippy::result_large_err)]
+
 use std::io::Cursor;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -27,7 +30,7 @@ use tokio::sync::watch;
 
 use crate::error::CoreError;
 use crate::lease::LeaseTimer;
-use crate::log_store::write_atomically;
+use crate::log_store::{decode_framed, encode_framed, write_atomically};
 use crate::metrics;
 use crate::mvcc::{Store, StoreImage};
 use crate::node::fill_txn_headers;
@@ -93,22 +96,11 @@ fn write_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
 }
 
 fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotFile, StorageError<NodeId>> {
-    let crc = bytes
-        .get(0..4)
-        .and_then(|b| b.try_into().ok())
-        .map(u32::from_le_bytes);
-    let payload = bytes.get(4..).unwrap_or_default();
-    if crc != Some(crc32fast::hash(payload)) {
-        return Err(read_err("snapshot checksum mismatch"));
-    }
-    postcard::from_bytes(payload).map_err(read_err)
+    decode_framed(bytes).map_err(|e| read_err(format!("snapshot: {e}")))
 }
 
 fn encode_snapshot(file: &SnapshotFile) -> Result<Vec<u8>, StorageError<NodeId>> {
-    let payload = postcard::to_allocvec(file).map_err(write_err)?;
-    let mut bytes = crc32fast::hash(&payload).to_le_bytes().to_vec();
-    bytes.extend_from_slice(&payload);
-    Ok(bytes)
+    encode_framed(file).map_err(write_err)
 }
 
 impl StateMachine {

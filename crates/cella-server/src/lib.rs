@@ -101,6 +101,27 @@ fn router(core: Core) -> Router {
         .into_axum_router()
         .merge(cella_core::rest::router(core))
         .merge(ops)
+        .fallback(no_route)
+}
+
+/// Unknown paths: gRPC clients get `Unimplemented`, as tonic answers them; everyone else a
+/// JSON 404 instead of tonic's empty HTTP 200.
+async fn no_route(request: axum::extract::Request) -> axum::response::Response {
+    let path = request.uri().path().to_string();
+    let grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"));
+    if grpc {
+        return tonic::Status::unimplemented(format!("unknown method {path}")).into_http();
+    }
+    let message = format!(
+        "no route for {} {path}; the API is described at /openapi.json",
+        request.method()
+    );
+    let body = serde_json::json!({ "error": message, "code": tonic::Code::NotFound as i32, "message": message });
+    (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {

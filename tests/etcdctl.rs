@@ -1,0 +1,192 @@
+//! etcd's own command-line client against a real `cella up`: the wire API must be etcd v3's.
+//!
+//! Installs Debian's etcd-client (through `scripts/install-test-deps.sh`) when `etcdctl` is
+//! missing, then drives put, get (--prefix, --rev), del, txn, watch (--prefix, --rev), the
+//! lease verbs, member list and endpoint status, checking etcdctl's own output.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use cella_testkit::{workspace_root, Node, NodeOptions};
+
+fn ensure_etcdctl() {
+    let found = Command::new("etcdctl")
+        .arg("version")
+        .env("ETCDCTL_API", "3")
+        .output()
+        .is_ok();
+    if !found {
+        let status = Command::new(workspace_root().join("scripts/install-test-deps.sh"))
+            .status()
+            .expect("running scripts/install-test-deps.sh");
+        assert!(status.success(), "installing etcdctl failed");
+    }
+}
+
+struct Etcdctl {
+    endpoint: String,
+}
+
+impl Etcdctl {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoint))
+            .arg("--command-timeout=10s")
+            .args(args);
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let out = self.command(args).output().expect("etcdctl runs");
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn stdout(&self, args: &[&str]) -> String {
+        String::from_utf8_lossy(&self.run(args).stdout).into_owned()
+    }
+
+    /// Runs a long-lived command (watch, keep-alive) for `for_how_long`, then kills it.
+    fn run_for(&self, args: &[&str], for_how_long: Duration) -> String {
+        let mut child = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("etcdctl starts");
+        std::thread::sleep(for_how_long);
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("etcdctl output");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etcdctl_works_unchanged_against_cella() {
+    ensure_etcdctl();
+    let mut node = Node::embedded(NodeOptions::default()).expect("cella up starts");
+    node.wait_ready(Duration::from_secs(20))
+        .await
+        .expect("node ready");
+    let ctl = Etcdctl {
+        endpoint: node.addr().to_string(),
+    };
+
+    // put / get / prefix / rev / del
+    assert_eq!(ctl.stdout(&["put", "fruit/apple", "red"]).trim(), "OK");
+    assert_eq!(ctl.stdout(&["put", "fruit/banana", "yellow"]).trim(), "OK");
+    assert_eq!(ctl.stdout(&["put", "fruit/apple", "green"]).trim(), "OK");
+    assert_eq!(ctl.stdout(&["get", "fruit/apple"]), "fruit/apple\ngreen\n");
+    assert_eq!(
+        ctl.stdout(&["get", "--prefix", "fruit/"]),
+        "fruit/apple\ngreen\nfruit/banana\nyellow\n"
+    );
+    // Revision 2 is the first put on a fresh store (which starts at revision 1).
+    assert_eq!(
+        ctl.stdout(&["get", "fruit/apple", "--rev=2"]),
+        "fruit/apple\nred\n"
+    );
+    let json = ctl.stdout(&["get", "fruit/apple", "-w", "json"]);
+    assert!(json.contains("\"revision\":4"), "header revision in {json}");
+    assert_eq!(ctl.stdout(&["del", "fruit/banana"]).trim(), "1");
+    assert_eq!(
+        ctl.stdout(&["get", "--prefix", "fruit/", "--keys-only"]),
+        "fruit/apple\n\n"
+    );
+
+    // txn: compare-and-swap, both branches
+    let txn = |input: &str| {
+        let mut child = ctl
+            .command(&["txn"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("txn");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write txn");
+        let out = child.wait_with_output().expect("txn output");
+        assert!(
+            out.status.success(),
+            "txn failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let swapped = txn(
+        "value(\"fruit/apple\") = \"green\"\n\nput fruit/apple ripe\n\nput fruit/apple unripe\n\n",
+    );
+    assert!(swapped.starts_with("SUCCESS"), "{swapped}");
+    let refused =
+        txn("value(\"fruit/apple\") = \"green\"\n\nput fruit/apple again\n\nget fruit/apple\n\n");
+    assert!(refused.starts_with("FAILURE"), "{refused}");
+    assert!(refused.contains("ripe"), "{refused}");
+
+    // watch from an old revision replays history, then sees new writes
+    let watcher = {
+        let endpoint = ctl.endpoint.clone();
+        std::thread::spawn(move || {
+            Etcdctl { endpoint }.run_for(
+                &["watch", "--prefix", "fruit/", "--rev=2"],
+                Duration::from_secs(3),
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    ctl.run(&["put", "fruit/cherry", "dark"]);
+    let events = watcher.join().expect("watcher thread");
+    assert!(events.starts_with("PUT\nfruit/apple\nred\n"), "{events}");
+    assert!(events.contains("DELETE\nfruit/banana\n"), "{events}");
+    assert!(events.contains("PUT\nfruit/cherry\ndark\n"), "{events}");
+
+    // leases: grant, attach, time-to-live, keep-alive, revoke deletes the key
+    let granted = ctl.stdout(&["lease", "grant", "30"]);
+    let id = granted
+        .split_whitespace()
+        .nth(1)
+        .expect("lease id")
+        .to_string();
+    assert!(granted.contains("granted with TTL(30s)"), "{granted}");
+    ctl.run(&["put", "session", "alive", &format!("--lease={id}")]);
+    let ttl = ctl.stdout(&["lease", "timetolive", &id, "--keys"]);
+    assert!(
+        ttl.contains("granted with TTL(30s)") && ttl.contains("attached keys([session])"),
+        "{ttl}"
+    );
+    let kept = ctl.stdout(&["lease", "keep-alive", "--once", &id]);
+    assert!(kept.contains("keepalived with TTL(30)"), "{kept}");
+    assert!(ctl.stdout(&["lease", "list"]).contains(&id));
+    assert!(ctl.stdout(&["lease", "revoke", &id]).contains("revoked"));
+    assert_eq!(ctl.stdout(&["get", "session"]), "");
+
+    // cluster and status
+    let members = ctl.stdout(&["member", "list"]);
+    assert!(
+        members.contains(&format!("started, cella-1, http://{}", ctl.endpoint)),
+        "{members}"
+    );
+    let status = ctl.stdout(&["endpoint", "status", "-w", "json"]);
+    assert!(
+        status.contains("\"leader\":1") && status.contains("\"raft_term\""),
+        "{status}"
+    );
+
+    // compaction: old revisions are gone, with etcd's error
+    ctl.run(&["compact", "4"]);
+    let old = ctl
+        .command(&["get", "fruit/apple", "--rev=2"])
+        .output()
+        .expect("etcdctl runs");
+    assert!(!old.status.success());
+    assert!(String::from_utf8_lossy(&old.stderr).contains("required revision has been compacted"));
+
+    node.stop().await.expect("node stops cleanly");
+}
