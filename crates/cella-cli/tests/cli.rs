@@ -1,14 +1,18 @@
 //! The `cella` binary as a user runs it: exit codes, messages and parseable output.
 //!
-//! Usage and connection errors need no server. The round trips need one at
-//! `CELLA_TEST_ENDPOINT` (an etcd v3 server works too) and are ignored until the core server
-//! lands; then they start a node through cella-testkit.
+//! Usage and connection errors need no server. Each round trip starts its own `cella up`
+//! through cella-testkit (nextest runs every test in its own process, so a node could not be
+//! shared anyway) and talks to it as HOST:PORT.
 
 use std::net::TcpListener;
 use std::process::{Command, Output};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use cella_testkit::{Node, NodeOptions};
 use serde_json::Value;
+
+/// How long a fresh node may take to elect itself and answer `/readyz`.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Runs `cella` with `args` against `endpoint`, ignoring any CELLA_* settings of the caller.
 fn cella(endpoint: &str, args: &[&str]) -> Output {
@@ -121,13 +125,38 @@ fn unreachable_endpoint_exits_1() {
     }
 }
 
-/// The server under test, or `None` (after saying so) when none is configured.
-fn server() -> Option<String> {
-    let endpoint = std::env::var("CELLA_TEST_ENDPOINT").ok();
-    if endpoint.is_none() {
-        println!("skipped: CELLA_TEST_ENDPOINT unset");
+/// A fresh `cella up` for one test. Dropping it (say, when the test fails) kills the node;
+/// [`Server::stop`] stops it gracefully and requires a clean exit.
+struct Server {
+    runtime: tokio::runtime::Runtime,
+    node: Node,
+}
+
+impl Server {
+    /// Starts the node from the test's own thread (see cella-testkit's node docs) and waits
+    /// until it is ready.
+    fn start() -> Server {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        let mut node = Node::embedded(NodeOptions::default()).expect("cella up starts");
+        runtime
+            .block_on(node.wait_ready(READY_TIMEOUT))
+            .expect("cella up becomes ready");
+        Server { runtime, node }
     }
-    endpoint
+
+    /// The node's address as HOST:PORT, the form `--endpoint` documents first.
+    fn endpoint(&self) -> String {
+        self.node.addr().to_string()
+    }
+
+    fn stop(mut self) {
+        self.runtime
+            .block_on(self.node.stop())
+            .expect("cella up stops cleanly");
+    }
 }
 
 fn unique_prefix(test: &str) -> String {
@@ -139,9 +168,9 @@ fn unique_prefix(test: &str) -> String {
 }
 
 #[test]
-#[ignore = "needs the core server; un-ignored when it lands"]
 fn kv_round_trip_in_table_and_json() {
-    let Some(endpoint) = server() else { return };
+    let server = Server::start();
+    let endpoint = server.endpoint();
     let prefix = unique_prefix("kv");
     let key = format!("{prefix}greeting");
 
@@ -177,12 +206,13 @@ fn kv_round_trip_in_table_and_json() {
     assert_eq!(deleted["deleted"], 1);
     assert_eq!(deleted["prev_kvs"][0]["value"], "world");
     assert_eq!(succeed(&endpoint, &["kv", "get", &key]), "");
+    server.stop();
 }
 
 #[test]
-#[ignore = "needs the core server; un-ignored when it lands"]
 fn lease_ids_print_and_parse_as_hex() {
-    let Some(endpoint) = server() else { return };
+    let server = Server::start();
+    let endpoint = server.endpoint();
     let key = format!("{}leased", unique_prefix("lease"));
 
     let granted = succeed(&endpoint, &["lease", "grant", "30"]);
@@ -217,12 +247,13 @@ fn lease_ids_print_and_parse_as_hex() {
         "{}",
         stderr(&gone)
     );
+    server.stop();
 }
 
 #[test]
-#[ignore = "needs the core server; un-ignored when it lands"]
 fn status_lists_every_member_with_a_leader() {
-    let Some(endpoint) = server() else { return };
+    let server = Server::start();
+    let endpoint = server.endpoint();
     let status = json(&endpoint, &["status"]);
     let members = status["members"].as_array().expect("a members array");
     assert!(!members.is_empty());
@@ -236,4 +267,5 @@ fn status_lists_every_member_with_a_leader() {
     );
     let table = succeed(&endpoint, &["status"]);
     assert!(table.starts_with("ID "), "{table}");
+    server.stop();
 }

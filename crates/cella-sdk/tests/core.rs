@@ -1,8 +1,8 @@
 //! The SDK against a live core: KV, txn, leases, keep-alive, watch, cluster and status.
 //!
-//! The server comes from `CELLA_TEST_ENDPOINT` (any etcd v3 server works too); each test uses
-//! its own key prefix, so runs do not disturb each other. Ignored until the core server lands;
-//! then these start a node through cella-testkit.
+//! Each test starts its own `cella up` through cella-testkit (nextest runs every test in its
+//! own process, so a node could not be shared anyway), which also keeps the compaction test
+//! from cutting into another test's history. Keys still carry a per-test prefix.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,23 +12,31 @@ use cella_sdk::kv::{
 };
 use cella_sdk::watch::{Event, EventKind, WatchOptions, WatchStream};
 use cella_sdk::{Client, Error, Result, Revision};
+use cella_testkit::{Node, NodeOptions};
 use futures::StreamExt;
-use tokio::sync::RwLock;
-
-/// Tests that read old revisions hold it shared; the compaction test holds it exclusively.
-static HISTORY: RwLock<()> = RwLock::const_new(());
 
 /// How long a test waits for an expected watch event.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A client for the server under test; `None` (after saying so) when none is configured.
-async fn connect() -> Option<Client> {
-    let Ok(endpoint) = std::env::var("CELLA_TEST_ENDPOINT") else {
-        println!("skipped: CELLA_TEST_ENDPOINT unset");
-        return None;
-    };
-    let client = Client::connect(&endpoint).await;
-    Some(client.expect("CELLA_TEST_ENDPOINT is reachable"))
+/// How long a fresh node may take to elect itself and answer `/readyz`.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Starts a fresh `cella up`, waits until it is ready and connects a client to it. Keep the
+/// node alive for the whole test; dropping it kills the process.
+async fn start() -> (Node, Client) {
+    let mut node = Node::embedded(NodeOptions::default()).expect("cella up starts");
+    node.wait_ready(READY_TIMEOUT)
+        .await
+        .expect("cella up becomes ready");
+    let client = Client::connect(&node.endpoint())
+        .await
+        .unwrap_or_else(|error| panic!("{} is reachable: {error}", node.endpoint()));
+    (node, client)
+}
+
+/// Stops the node gracefully; it must exit with status 0.
+async fn stop(mut node: Node) {
+    node.stop().await.expect("cella up stops cleanly");
 }
 
 /// A key prefix that no other test or run uses.
@@ -58,12 +66,8 @@ fn value_of(event: &Event) -> Option<&[u8]> {
 }
 
 #[tokio::test]
-#[ignore = "needs the core server; un-ignored when it lands"]
 async fn put_get_range_and_delete_round_trip() -> Result<()> {
-    let Some(client) = connect().await else {
-        return Ok(());
-    };
-    let _history = HISTORY.read().await;
+    let (node, client) = start().await;
     let kv = client.kv();
     let prefix = unique_prefix("round-trip");
     let (a, b) = (format!("{prefix}a"), format!("{prefix}b"));
@@ -138,15 +142,13 @@ async fn put_get_range_and_delete_round_trip() -> Result<()> {
     assert_eq!(kv.get(a).await?, None);
     assert_eq!(kv.delete_prefix(prefix.clone()).await?.deleted, 1);
     assert_eq!(kv.get_prefix(prefix).await?.count, 0);
+    stop(node).await;
     Ok(())
 }
 
 #[tokio::test]
-#[ignore = "needs the core server; un-ignored when it lands"]
 async fn txn_compare_and_swap_takes_each_branch() -> Result<()> {
-    let Some(client) = connect().await else {
-        return Ok(());
-    };
+    let (node, client) = start().await;
     let kv = client.kv();
     let key = format!("{}k", unique_prefix("txn"));
     let written = kv.put(key.clone(), "v1").await?;
@@ -188,15 +190,13 @@ async fn txn_compare_and_swap_takes_each_branch() -> Result<()> {
         kv.get(absent).await?.map(|kv| kv.value),
         Some(Bytes::from_static(b"new"))
     );
+    stop(node).await;
     Ok(())
 }
 
 #[tokio::test]
-#[ignore = "needs the core server; un-ignored when it lands"]
 async fn revoking_a_lease_deletes_its_keys() -> Result<()> {
-    let Some(client) = connect().await else {
-        return Ok(());
-    };
+    let (node, client) = start().await;
     let (kv, leases) = (client.kv(), client.lease());
     let key = format!("{}leased", unique_prefix("lease"));
 
@@ -231,15 +231,13 @@ async fn revoking_a_lease_deletes_its_keys() -> Result<()> {
         matches!(again, Err(Error::LeaseNotFound { .. })),
         "{again:?}"
     );
+    stop(node).await;
     Ok(())
 }
 
 #[tokio::test]
-#[ignore = "needs the core server; un-ignored when it lands"]
 async fn keep_alive_holds_a_short_lease_until_dropped() -> Result<()> {
-    let Some(client) = connect().await else {
-        return Ok(());
-    };
+    let (node, client) = start().await;
     let (kv, leases) = (client.kv(), client.lease());
     let key = format!("{}kept", unique_prefix("keep-alive"));
 
@@ -263,15 +261,13 @@ async fn keep_alive_holds_a_short_lease_until_dropped() -> Result<()> {
         None,
         "the lease expired once refreshes stopped"
     );
+    stop(node).await;
     Ok(())
 }
 
 #[tokio::test]
-#[ignore = "needs the core server; un-ignored when it lands"]
 async fn keep_alive_of_a_missing_lease_fails() -> Result<()> {
-    let Some(client) = connect().await else {
-        return Ok(());
-    };
+    let (node, client) = start().await;
     let leases = client.lease();
     let lease = leases.grant(30).await?;
     leases.revoke(lease.id).await?;
@@ -280,16 +276,13 @@ async fn keep_alive_of_a_missing_lease_fails() -> Result<()> {
         matches!(result, Err(Error::LeaseNotFound { .. })),
         "{result:?}"
     );
+    stop(node).await;
     Ok(())
 }
 
 #[tokio::test]
-#[ignore = "needs the core server; un-ignored when it lands"]
 async fn watch_sees_puts_and_deletes_with_previous_values() -> Result<()> {
-    let Some(client) = connect().await else {
-        return Ok(());
-    };
-    let _history = HISTORY.read().await;
+    let (node, client) = start().await;
     let kv = client.kv();
     let prefix = unique_prefix("watch");
     let key = format!("{prefix}k");
@@ -320,16 +313,15 @@ async fn watch_sees_puts_and_deletes_with_previous_values() -> Result<()> {
         .await?;
     let replayed = next_events(&mut replay, 3).await?;
     assert_eq!(replayed[..3], events[..3]);
+    // Open watches would hold up the node's graceful stop for its whole drain timeout.
+    drop((live, replay));
+    stop(node).await;
     Ok(())
 }
 
 #[tokio::test]
-#[ignore = "needs the core server; un-ignored when it lands"]
 async fn watch_from_a_compacted_revision_reports_the_compact_revision() -> Result<()> {
-    let Some(client) = connect().await else {
-        return Ok(());
-    };
-    let _history = HISTORY.write().await;
+    let (node, client) = start().await;
     let kv = client.kv();
     let key = format!("{}k", unique_prefix("compacted"));
     let old = kv.put(key.clone(), "1").await?;
@@ -349,20 +341,19 @@ async fn watch_from_a_compacted_revision_reports_the_compact_revision() -> Resul
         matches!(error, Error::Compacted { compact_revision } if compact_revision == newer.revision),
         "{error:?}"
     );
+    stop(node).await;
     Ok(())
 }
 
 #[tokio::test]
-#[ignore = "needs the core server; un-ignored when it lands"]
 async fn members_and_status_agree() -> Result<()> {
-    let Some(client) = connect().await else {
-        return Ok(());
-    };
+    let (node, client) = start().await;
     let members = client.cluster().members().await?;
     let status = client.maintenance().status().await?;
     assert!(members.iter().any(|member| member.id == status.member_id));
     let leader = status.leader.expect("the cluster has a leader");
     assert!(members.iter().any(|member| member.id == leader));
     assert!(status.raft_applied_index > 0 && status.revision > Revision(0));
+    stop(node).await;
     Ok(())
 }
