@@ -190,3 +190,66 @@ async fn etcdctl_works_unchanged_against_cella() {
 
     node.stop().await.expect("node stops cleanly");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etcdctl_adds_and_removes_a_member_online() {
+    ensure_etcdctl();
+    let mut cluster = cella_testkit::Cluster::start(3).expect("cluster starts");
+    cluster
+        .wait_ready(Duration::from_secs(30))
+        .await
+        .expect("cluster ready");
+    cluster
+        .wait_leader(Duration::from_secs(30))
+        .await
+        .expect("leader");
+    let ctl = Etcdctl {
+        endpoint: cluster.member(1).addr().to_string(),
+    };
+    ctl.run(&["put", "before", "join"]);
+
+    // Add member 4, then start it with the peers list that includes it.
+    let new_addr =
+        std::net::SocketAddr::from(([127, 0, 0, 1], cella_testkit::free_port().expect("port")));
+    let added = ctl.stdout(&[
+        "member",
+        "add",
+        "cella-4",
+        &format!("--peer-urls=http://{new_addr}"),
+    ]);
+    assert!(added.contains("Member"), "{added}");
+    let mut peers: Vec<_> = cluster
+        .ids()
+        .into_iter()
+        .map(|id| (id, cluster.member(id).addr()))
+        .collect();
+    peers.push((4, new_addr));
+    let mut joined = Node::member(4, &peers, NodeOptions::default()).expect("member 4 starts");
+    joined
+        .wait_ready(Duration::from_secs(30))
+        .await
+        .expect("member 4 ready");
+    let members = ctl.stdout(&["member", "list"]);
+    assert_eq!(members.lines().count(), 4, "{members}");
+    assert!(
+        members.contains(&format!("cella-4, http://{new_addr}")),
+        "{members}"
+    );
+
+    // The new member serves: it has the old data and forwards writes to the leader.
+    let on_new = Etcdctl {
+        endpoint: new_addr.to_string(),
+    };
+    assert_eq!(on_new.stdout(&["get", "before"]), "before\njoin\n");
+    on_new.run(&["put", "after", "join"]);
+    assert_eq!(ctl.stdout(&["get", "after"]), "after\njoin\n");
+
+    // Remove it again: three members remain and the cluster still writes.
+    let removed = ctl.stdout(&["member", "remove", "4"]);
+    assert!(removed.contains("removed from cluster"), "{removed}");
+    let members = ctl.stdout(&["member", "list"]);
+    assert_eq!(members.lines().count(), 3, "{members}");
+    ctl.run(&["put", "after", "leave"]);
+    assert_eq!(ctl.stdout(&["get", "after"]), "after\nleave\n");
+    drop(joined);
+}
