@@ -139,7 +139,9 @@ impl Core {
             heartbeat_interval: (timeout / 10).max(1),
             install_snapshot_timeout: 10_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every.max(1)),
-            max_in_snapshot_log_to_keep: 1000,
+            // Entries kept behind a snapshot, so a briefly lagging follower catches up from
+            // the log rather than by a whole snapshot.
+            max_in_snapshot_log_to_keep: config.snapshot_every.clamp(1, 1000),
             ..Default::default()
         }
         .validate()

@@ -287,6 +287,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .expect("applied lock poisoned only by a panic") =
             (meta.last_log_id, meta.last_membership.clone());
         self.shared.revision.send_replace(revision);
+        tracing::info!(index = ?meta.last_log_id.map(|l| l.index), revision, "installed a snapshot from the leader");
         Ok(())
     }
 
