@@ -4,5 +4,7 @@
 //! TTLs, leases and timeouts with a [`ManualClock`] deterministically.
 
 mod clock;
+mod utc;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use utc::UtcTime;

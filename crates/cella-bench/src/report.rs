@@ -5,8 +5,8 @@
 //! every level, the ratio table against the baseline target (if it was measured), and the
 //! error messages seen. `bench/results/README.md` describes the format for readers.
 
+use cella_base::UtcTime;
 use std::fmt::Write as _;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::stats::{ratios, LevelResult};
 
@@ -140,37 +140,15 @@ fn shell_quote(arg: &str) -> String {
 
 /// Now as `YYYY-MM-DD HH:MM:SS UTC`.
 pub(crate) fn utc_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    format_utc(secs)
+    format_utc(UtcTime::now())
 }
 
-/// Formats seconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS UTC`.
-fn format_utc(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
+/// Formats a UTC time as `YYYY-MM-DD HH:MM:SS UTC`.
+fn format_utc(t: UtcTime) -> String {
     format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+        t.year, t.month, t.day, t.hour, t.minute, t.second
     )
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day), after Howard Hinnant.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 impl Report {
@@ -385,9 +363,25 @@ Errors:
 
     #[test]
     fn dates() {
-        assert_eq!(format_utc(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(format_utc(951_782_400), "2000-02-29 00:00:00 UTC");
-        assert_eq!(format_utc(1_735_787_045), "2025-01-02 03:04:05 UTC");
+        use std::time::{Duration, UNIX_EPOCH};
+        assert_eq!(
+            format_utc(UtcTime::from_system_time(
+                UNIX_EPOCH + Duration::from_secs(0)
+            )),
+            "1970-01-01 00:00:00 UTC"
+        );
+        assert_eq!(
+            format_utc(UtcTime::from_system_time(
+                UNIX_EPOCH + Duration::from_secs(951_782_400)
+            )),
+            "2000-02-29 00:00:00 UTC"
+        );
+        assert_eq!(
+            format_utc(UtcTime::from_system_time(
+                UNIX_EPOCH + Duration::from_secs(1_735_787_045)
+            )),
+            "2025-01-02 03:04:05 UTC"
+        );
     }
 
     #[test]

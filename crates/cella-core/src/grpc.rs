@@ -291,10 +291,7 @@ impl Cluster for ClusterService {
         &self,
         _request: Request<pb::MemberListRequest>,
     ) -> GrpcResult<pb::MemberListResponse> {
-        Ok(Response::new(pb::MemberListResponse {
-            header: Some(self.0.header(self.0.revision())),
-            members: self.0.members(),
-        }))
+        Ok(Response::new(self.0.member_list()))
     }
 
     async fn member_promote(

@@ -100,7 +100,6 @@ struct Inner {
     shared: Arc<Shared>,
     channels: PeerChannels,
     config: CoreConfig,
-    clock: Arc<dyn Clock>,
     proposals: mpsc::Sender<Proposal>,
     background: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
@@ -124,9 +123,8 @@ impl Core {
         let fresh = !raft_dir.exists();
         let log = LogStore::open(&raft_dir.join("log")).map_err(internal)?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
-        let state_machine =
-            StateMachine::open(raft_dir.join("snapshot"), LeaseTimer::new(clock.clone()))
-                .map_err(internal)?;
+        let state_machine = StateMachine::open(raft_dir.join("snapshot"), LeaseTimer::new(clock))
+            .map_err(internal)?;
         let shared = state_machine.shared();
         let timeout = config.election_timeout_ms.max(10);
         let raft_config = openraft::Config {
@@ -178,7 +176,6 @@ impl Core {
                 shared,
                 channels,
                 config,
-                clock,
                 proposals,
                 background: std::sync::Mutex::new(Vec::new()),
             }),
@@ -193,11 +190,6 @@ impl Core {
             .expect("background list poisoned only by a panic")
             .extend(tasks);
         Ok(core)
-    }
-
-    /// This member's id.
-    pub fn id(&self) -> NodeId {
-        self.inner.id
     }
 
     /// The request limits in force.
@@ -791,6 +783,14 @@ impl Core {
             .collect()
     }
 
+    /// MemberList's answer.
+    pub fn member_list(&self) -> pb::MemberListResponse {
+        pb::MemberListResponse {
+            header: Some(self.header(self.revision())),
+            members: self.members(),
+        }
+    }
+
     /// Adds a member (as a voter unless `is_learner`); the new member is then started with
     /// the same peers list. Runs on the leader.
     pub async fn member_add(&self, req: pb::MemberAddRequest) -> CoreResult<pb::MemberAddResponse> {
@@ -911,11 +911,6 @@ impl Core {
             db_size_in_use: size,
             is_learner,
         }
-    }
-
-    /// The clock lease deadlines are measured on.
-    pub fn clock(&self) -> &Arc<dyn Clock> {
-        &self.inner.clock
     }
 }
 

@@ -141,10 +141,7 @@ async fn lease_keep_alive(state: State<Core>, body: Bytes) -> Response {
 
 async fn member_list(state: State<Core>, body: Bytes) -> Response {
     call(state, body, |c, _: pb::MemberListRequest| async move {
-        Ok(pb::MemberListResponse {
-            header: Some(c.header(c.revision())),
-            members: c.members(),
-        })
+        Ok(c.member_list())
     })
     .await
 }
