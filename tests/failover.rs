@@ -1,13 +1,9 @@
 //! Leader failover (SPEC §1, Reliability): a 3-node cluster under a concurrent write load
 //! loses its leader to kill -9. Measured: the time from the kill to the first acknowledged
-//! write sent after it, to any surviving member (`CELLA_ELECTION_TIMEOUT_MS` = 1000 here).
-//! SPEC §1 asks for two election timeouts. Typical failovers meet it, and the median of the
-//! rounds must; but openraft 0.9 has no pre-vote, so when the survivor with the shorter log
-//! campaigns first it is refused and its raised term costs the other a round or two. The
-//! worst round is therefore bounded at four timeouts until pre-vote lands (see issue 3's
-//! note). Checked: no acknowledged write is lost, on the
-//! survivors (linearizable reads) and, after it restarts and catches up, on the killed
-//! node (serializable reads, served from its own state). Three rounds, each killing
+//! write sent after it, to any surviving member (`CELLA_ELECTION_TIMEOUT_MS` = 1000 here);
+//! SPEC §1 asks for two election timeouts, in every round. Checked: no acknowledged write is
+//! lost, on the survivors (linearizable reads) and, after it restarts and catches up, on the
+//! killed node (serializable reads, served from its own state). Three rounds, each killing
 //! whichever member leads at the time.
 
 use std::time::{Duration, Instant};
@@ -126,27 +122,18 @@ async fn new_leader_serves_writes_after_a_leader_kill_and_no_ack_is_lost() -> an
             cluster.member(id).log_report()
         );
     }
-    let mut sorted = failovers.clone();
-    sorted.sort();
-    let median = sorted[sorted.len() / 2];
-    let slowest = sorted.last().copied().unwrap_or_default();
+    let slowest = failovers.iter().max().copied().unwrap_or_default();
     println!(
-        "failover: {ROUNDS} leader kills, first write after kill {failovers:?} (median {median:?}, \
-         max {slowest:?}; SPEC target {:?}), {} acknowledged writes all present on every member, \
-         total {:?}",
+        "failover: {ROUNDS} leader kills, first write after kill {failovers:?} (max {slowest:?}; \
+         SPEC target {:?}), {} acknowledged writes all present on every member, total {:?}",
         2 * ELECTION_TIMEOUT,
         all.acked.len(),
         started.elapsed()
     );
     assert!(
-        median <= 2 * ELECTION_TIMEOUT,
-        "the median failover took {median:?} ({failovers:?}), more than 2 election timeouts ({:?})",
+        slowest <= 2 * ELECTION_TIMEOUT,
+        "a failover took {slowest:?} ({failovers:?}), more than 2 election timeouts ({:?})",
         2 * ELECTION_TIMEOUT
-    );
-    assert!(
-        slowest <= 4 * ELECTION_TIMEOUT,
-        "a failover took {slowest:?} ({failovers:?}), more than 4 election timeouts ({:?})",
-        4 * ELECTION_TIMEOUT
     );
     Ok(())
 }

@@ -14,6 +14,8 @@ use cella_proto::etcdserverpb::maintenance_server::{Maintenance, MaintenanceServ
 use cella_proto::etcdserverpb::watch_server::{Watch, WatchServer};
 use cella_proto::etcdserverpb::{self as pb, watch_request};
 use futures::{Stream, StreamExt};
+use openraft::error::RaftError;
+use openraft::raft::AppendEntriesResponse;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -21,8 +23,10 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::election::{PreVoteRequest, PreVoteResponse};
 use crate::network::{decode, encode};
 use crate::node::Core;
+use crate::types::NodeId;
 use crate::watch::{run_watcher, WatchSpec};
 
 type GrpcResult<T> = Result<Response<T>, Status>;
@@ -381,12 +385,29 @@ impl RaftPeer for PeerService {
         request: Request<corepb::RaftPayload>,
     ) -> GrpcResult<corepb::RaftPayload> {
         let req = decode_payload(request)?;
-        encode_payload(&self.0.raft().append_entries(req).await)
+        let result = self.0.raft().append_entries(req).await;
+        if matches!(&result, Ok(resp) if !matches!(resp, AppendEntriesResponse::HigherVote(_))) {
+            self.0.heard_leader();
+        }
+        encode_payload(&result)
     }
 
     async fn vote(&self, request: Request<corepb::RaftPayload>) -> GrpcResult<corepb::RaftPayload> {
         let req = decode_payload(request)?;
-        encode_payload(&self.0.raft().vote(req).await)
+        let result = self.0.raft().vote(req).await;
+        if matches!(&result, Ok(resp) if resp.vote_granted) {
+            self.0.heard_leader();
+        }
+        encode_payload(&result)
+    }
+
+    async fn pre_vote(
+        &self,
+        request: Request<corepb::RaftPayload>,
+    ) -> GrpcResult<corepb::RaftPayload> {
+        let req: PreVoteRequest = decode_payload(request)?;
+        let answer: Result<PreVoteResponse, RaftError<NodeId>> = Ok(self.0.handle_pre_vote(&req));
+        encode_payload(&answer)
     }
 
     async fn install_snapshot(
@@ -394,7 +415,11 @@ impl RaftPeer for PeerService {
         request: Request<corepb::RaftPayload>,
     ) -> GrpcResult<corepb::RaftPayload> {
         let req = decode_payload(request)?;
-        encode_payload(&self.0.raft().install_snapshot(req).await)
+        let result = self.0.raft().install_snapshot(req).await;
+        if result.is_ok() {
+            self.0.heard_leader();
+        }
+        encode_payload(&result)
     }
 
     async fn forward(

@@ -6,6 +6,7 @@
 //! - Every write is fsynced to the Raft log on a majority before it is acknowledged;
 //!   reads are linearizable unless a client asks for serializable.
 
+mod election;
 mod error;
 pub mod grpc;
 mod lease;

@@ -131,6 +131,11 @@ impl LogStore {
         Ok(Self { cache, writer: tx })
     }
 
+    /// The id of the last entry, appended or purged.
+    pub(crate) fn last_log_id(&self) -> Option<LogId> {
+        self.cache().last_log_id()
+    }
+
     fn cache(&self) -> std::sync::MutexGuard<'_, LogCache> {
         self.cache
             .lock()

@@ -22,6 +22,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::election::{PreVoteRequest, PreVoteResponse};
 use crate::types::{NodeId, TypeConfig};
 
 /// Channels to peers by address, shared by Raft replication and request forwarding.
@@ -59,10 +60,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
-        PeerClient {
-            target,
-            channel: self.channels.get(&node.addr).ok(),
-        }
+        PeerClient::new(target, self.channels.get(&node.addr).ok())
     }
 }
 
@@ -83,6 +81,20 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, postcard::E
 type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
 
 impl PeerClient {
+    /// A client for `target`; without a channel (a bad address) every call is unreachable.
+    pub(crate) fn new(target: NodeId, channel: Option<Channel>) -> Self {
+        Self { target, channel }
+    }
+
+    /// Asks `target` whether it would vote for this member (see `election`).
+    pub(crate) async fn pre_vote(
+        &mut self,
+        request: &PreVoteRequest,
+        timeout: Duration,
+    ) -> RpcResult<PreVoteResponse, openraft::error::Infallible> {
+        self.call(RpcKind::PreVote, request, timeout).await
+    }
+
     async fn call<Req, Resp, E>(
         &mut self,
         kind: RpcKind,
@@ -105,6 +117,7 @@ impl PeerClient {
             RpcKind::Append => client.append_entries(request).await,
             RpcKind::Vote => client.vote(request).await,
             RpcKind::Snapshot => client.install_snapshot(request).await,
+            RpcKind::PreVote => client.pre_vote(request).await,
         }
         .map_err(|status| match status.code() {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
@@ -122,6 +135,7 @@ enum RpcKind {
     Append,
     Vote,
     Snapshot,
+    PreVote,
 }
 
 impl RaftNetwork<TypeConfig> for PeerClient {

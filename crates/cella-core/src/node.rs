@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::election::ElectionClock;
 use crate::error::{CoreError, CoreResult};
 use crate::lease::LeaseTimer;
 use crate::log_store::LogStore;
@@ -39,7 +40,7 @@ pub struct CoreConfig {
     /// Name shared by the members of one cluster; the cluster id is derived from it.
     pub cluster_name: String,
     /// Election timeout in milliseconds: the longest a follower waits for the leader before
-    /// campaigning (randomized from a quarter of it); heartbeats every tenth of it.
+    /// campaigning (randomized over its last quarter); heartbeats every twentieth of it.
     pub election_timeout_ms: u64,
     /// Take a snapshot (and compact the Raft log) after this many entries.
     pub snapshot_every: u64,
@@ -80,7 +81,7 @@ pub struct Membership {
 /// A running member of the consistent core. Cheap to clone.
 #[derive(Clone)]
 pub struct Core {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 /// Most commands proposed as one Raft entry.
@@ -92,13 +93,16 @@ struct Proposal {
     reply: oneshot::Sender<CoreResult<command_result::Result>>,
 }
 
-struct Inner {
-    id: NodeId,
+pub(crate) struct Inner {
+    pub(crate) id: NodeId,
     cluster_id: u64,
-    raft: Raft,
-    metrics: watch::Receiver<RaftMetrics<NodeId, BasicNode>>,
+    pub(crate) raft: Raft,
+    pub(crate) metrics: watch::Receiver<RaftMetrics<NodeId, BasicNode>>,
     shared: Arc<Shared>,
-    channels: PeerChannels,
+    pub(crate) channels: PeerChannels,
+    /// The log, read for its last entry when pre-voting.
+    pub(crate) log: LogStore,
+    pub(crate) election: ElectionClock,
     config: CoreConfig,
     proposals: mpsc::Sender<Proposal>,
     background: std::sync::Mutex<Vec<JoinHandle<()>>>,
@@ -129,12 +133,15 @@ impl Core {
         let timeout = config.election_timeout_ms.max(10);
         let raft_config = openraft::Config {
             cluster_name: config.cluster_name.clone(),
-            // openraft's voters refuse candidates until the leader's lease (the max) has run
-            // out, so a first attempt before the max mostly fails and the next one wins:
-            // failover takes about 1.3 timeouts, and at most 2.
+            // A follower campaigns once it has heard no leader for openraft's leader lease
+            // (the max) plus its own randomized timeout (min..max): between 3/4 and all of
+            // the configured timeout. Voters refuse candidates while that lease runs.
             election_timeout_min: timeout / 4,
-            election_timeout_max: timeout,
-            heartbeat_interval: (timeout / 10).max(1),
+            election_timeout_max: timeout / 2,
+            // openraft ticks every 1.5 heartbeats, which bounds how late a campaign starts.
+            heartbeat_interval: (timeout / 20).max(1),
+            // Elections are started by `election`, after a pre-vote round.
+            enable_elect: false,
             install_snapshot_timeout: 10_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every.max(1)),
             // Entries kept behind a snapshot, so a briefly lagging follower catches up from
@@ -152,7 +159,7 @@ impl Core {
             member.node_id,
             Arc::new(raft_config),
             network,
-            log,
+            log.clone(),
             state_machine,
         )
         .await
@@ -175,6 +182,8 @@ impl Core {
                 raft,
                 shared,
                 channels,
+                log,
+                election: ElectionClock::new(Duration::from_millis(timeout)),
                 config,
                 proposals,
                 background: std::sync::Mutex::new(Vec::new()),
@@ -183,6 +192,7 @@ impl Core {
         let tasks = [
             tokio::spawn(core.clone().expire_leases()),
             tokio::spawn(core.clone().run_proposals(proposal_queue)),
+            tokio::spawn(core.clone().run_elections()),
         ];
         core.inner
             .background
