@@ -28,4 +28,13 @@ pub mod cella {
             include!(concat!(env!("OUT_DIR"), "/cella.core.v1.serde.rs"));
         }
     }
+
+    /// The service registry: instances, heartbeats, lists and subscriptions.
+    pub mod registry {
+        /// Version 1.
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/cella.registry.v1.rs"));
+            include!(concat!(env!("OUT_DIR"), "/cella.registry.v1.serde.rs"));
+        }
+    }
 }

@@ -15,8 +15,9 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use axum::Router;
+use cella_base::SystemClock;
 use cella_core::{Core, Membership};
-use prometheus_client::registry::Registry;
+use cella_registry::Registry;
 
 pub use config::ServerConfig;
 
@@ -45,7 +46,14 @@ pub async fn run(
     .await
     .context("starting the consistent core")?;
 
-    let app = router(core.clone());
+    let registry = Registry::start(
+        core.clone(),
+        Arc::new(SystemClock::new()),
+        config.registry.clone(),
+    )
+    .await
+    .context("starting the service registry")?;
+    let app = router(core.clone(), registry);
     let (drain_tx, mut drain_rx) = tokio::sync::watch::channel(false);
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
@@ -77,13 +85,14 @@ pub async fn run(
 
 struct AppState {
     core: Core,
-    registry: Registry,
+    registry: prometheus_client::registry::Registry,
 }
 
 /// The node's HTTP and gRPC routes on one router.
-fn router(core: Core) -> Router {
-    let mut registry = Registry::default();
+fn router(core: Core, service_registry: Registry) -> Router {
+    let mut registry = prometheus_client::registry::Registry::default();
     cella_core::metrics::register(&mut registry);
+    cella_registry::metrics::register(&mut registry);
     let state = Arc::new(AppState {
         core: core.clone(),
         registry,
@@ -97,9 +106,12 @@ fn router(core: Core) -> Router {
             get(|| async { axum::Json(openapi::document()) }),
         )
         .with_state(state);
-    cella_core::grpc::routes(core.clone())
-        .into_axum_router()
+    let grpc = cella_core::grpc::routes(core.clone())
+        .add_service(cella_registry::grpc::service(service_registry.clone()));
+    grpc.into_axum_router()
         .merge(cella_core::rest::router(core))
+        .merge(cella_registry::rest::router(service_registry.clone()))
+        .merge(cella_registry::nacos::router(service_registry))
         .merge(ops)
         .fallback(no_route)
 }

@@ -1,0 +1,476 @@
+//! The instance table: the registry's state and every decision about it, without I/O.
+//!
+//! Time is passed in (`now`, from the registry's clock), so expiry and protection are tested
+//! with plain values. Each mutation returns what it changed as a [`ServiceChange`] carrying
+//! the service's new version; the registry pushes those to subscribers, who apply them in
+//! version order.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use crate::error::{RegistryError, RegistryResult};
+use crate::model::{Instance, LabelSelector, ServiceKey, ServiceSettings};
+
+/// The instances of every service known to this node.
+#[derive(Debug, Default)]
+pub struct Table {
+    services: HashMap<ServiceKey, ServiceEntry>,
+}
+
+#[derive(Debug, Default)]
+struct ServiceEntry {
+    settings: ServiceSettings,
+    version: u64,
+    instances: BTreeMap<String, Slot>,
+    /// Whether the last sweep held back changes because too many instances went silent.
+    protecting: bool,
+}
+
+#[derive(Debug)]
+struct Slot {
+    instance: Instance,
+    last_beat: Duration,
+}
+
+/// One service's change, to be pushed to its subscribers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceChange {
+    /// The service that changed.
+    pub service: ServiceKey,
+    /// Its version after the change; versions only grow.
+    pub version: u64,
+    /// Instances added or modified, in full.
+    pub upserted: Vec<Instance>,
+    /// Ids of instances removed.
+    pub removed: Vec<String>,
+}
+
+/// A service's instances as a client sees them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceView {
+    /// The service.
+    pub service: ServiceKey,
+    /// Its current version.
+    pub version: u64,
+    /// Its health timing.
+    pub settings: ServiceSettings,
+    /// The instances selected, ordered by id.
+    pub instances: Vec<Instance>,
+    /// True while protection holds back expiry (the list may include silent instances).
+    pub protecting: bool,
+}
+
+/// What a sweep did.
+#[derive(Debug, Default, PartialEq)]
+pub struct Sweep {
+    /// Changes made (instances marked unhealthy or removed).
+    pub changes: Vec<ServiceChange>,
+    /// Services whose protection alarm is raised after this sweep.
+    pub protecting: Vec<ServiceKey>,
+}
+
+impl ServiceEntry {
+    fn change(
+        &mut self,
+        service: &ServiceKey,
+        upserted: Vec<Instance>,
+        removed: Vec<String>,
+    ) -> ServiceChange {
+        self.version += 1;
+        ServiceChange {
+            service: service.clone(),
+            version: self.version,
+            upserted,
+            removed,
+        }
+    }
+}
+
+impl Table {
+    /// Adds or replaces an instance; its heartbeat clock starts now. `None` when the
+    /// instance was already registered exactly so (a repeated registration is a heartbeat).
+    pub fn register(
+        &mut self,
+        service: &ServiceKey,
+        instance: Instance,
+        now: Duration,
+    ) -> Option<ServiceChange> {
+        let entry = self.services.entry(service.clone()).or_default();
+        let id = instance.id.clone();
+        if let Some(slot) = entry.instances.get_mut(&id) {
+            slot.last_beat = now;
+            if slot.instance == instance {
+                return None;
+            }
+        }
+        entry.instances.insert(
+            id,
+            Slot {
+                instance: instance.clone(),
+                last_beat: now,
+            },
+        );
+        Some(entry.change(service, vec![instance], Vec::new()))
+    }
+
+    /// Removes an instance.
+    pub fn deregister(&mut self, service: &ServiceKey, id: &str) -> RegistryResult<ServiceChange> {
+        let entry = self.entry_mut(service, id)?;
+        entry.instances.remove(id);
+        Ok(entry.change(service, Vec::new(), vec![id.to_string()]))
+    }
+
+    /// Records a heartbeat; a silent instance that beats again turns healthy.
+    pub fn beat(
+        &mut self,
+        service: &ServiceKey,
+        id: &str,
+        now: Duration,
+    ) -> RegistryResult<Option<ServiceChange>> {
+        let entry = self.entry_mut(service, id)?;
+        let slot = entry
+            .instances
+            .get_mut(id)
+            .ok_or_else(|| not_found(service, id))?;
+        slot.last_beat = now;
+        if slot.instance.healthy || !slot.instance.ephemeral {
+            return Ok(None);
+        }
+        slot.instance.healthy = true;
+        let upserted = vec![slot.instance.clone()];
+        Ok(Some(entry.change(service, upserted, Vec::new())))
+    }
+
+    /// Sets a persistent instance's health from a probe; `None` when it did not change.
+    pub fn set_health(
+        &mut self,
+        service: &ServiceKey,
+        id: &str,
+        healthy: bool,
+    ) -> Option<ServiceChange> {
+        let entry = self.services.get_mut(service)?;
+        let slot = entry.instances.get_mut(id)?;
+        if slot.instance.healthy == healthy {
+            return None;
+        }
+        slot.instance.healthy = healthy;
+        let upserted = vec![slot.instance.clone()];
+        Some(entry.change(service, upserted, Vec::new()))
+    }
+
+    /// Sets a service's health timing (creating the service if it has no instances yet).
+    pub fn configure(&mut self, service: &ServiceKey, settings: ServiceSettings) {
+        self.services.entry(service.clone()).or_default().settings = settings;
+    }
+
+    /// A service's settings (the defaults for a service never seen).
+    pub fn settings(&self, service: &ServiceKey) -> ServiceSettings {
+        self.services
+            .get(service)
+            .map(|e| e.settings)
+            .unwrap_or_default()
+    }
+
+    /// The service's instances matching `selector`, healthy and enabled ones only if asked.
+    /// While protection holds, the held instances count as healthy: they are the last good set.
+    pub fn list(
+        &self,
+        service: &ServiceKey,
+        healthy_only: bool,
+        selector: &LabelSelector,
+    ) -> ServiceView {
+        let Some(entry) = self.services.get(service) else {
+            return ServiceView {
+                service: service.clone(),
+                version: 0,
+                settings: ServiceSettings::default(),
+                instances: Vec::new(),
+                protecting: false,
+            };
+        };
+        let instances = entry
+            .instances
+            .values()
+            .map(|slot| &slot.instance)
+            .filter(|i| !healthy_only || (i.healthy && i.enabled))
+            .filter(|i| selector.matches(&i.labels))
+            .cloned()
+            .collect();
+        ServiceView {
+            service: service.clone(),
+            version: entry.version,
+            settings: entry.settings,
+            instances,
+            protecting: entry.protecting,
+        }
+    }
+
+    /// Services in a namespace (and group, when given), sorted.
+    pub fn services(&self, namespace: &str, group: Option<&str>) -> Vec<ServiceKey> {
+        let mut keys: Vec<ServiceKey> = self
+            .services
+            .keys()
+            .filter(|k| k.namespace == namespace && group.is_none_or(|g| k.group == g))
+            .cloned()
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// Every persistent instance, for probing.
+    pub fn persistent_instances(&self) -> Vec<(ServiceKey, Instance)> {
+        self.services
+            .iter()
+            .flat_map(|(key, entry)| {
+                entry
+                    .instances
+                    .values()
+                    .filter(|slot| !slot.instance.ephemeral)
+                    .map(move |slot| (key.clone(), slot.instance.clone()))
+            })
+            .collect()
+    }
+
+    /// Instances in all services, for metrics.
+    pub fn instance_count(&self) -> usize {
+        self.services.values().map(|e| e.instances.len()).sum()
+    }
+
+    /// Marks silent ephemeral instances unhealthy and removes long-silent ones — unless, for a
+    /// service with protection on, more than its threshold would turn unhealthy at once: then
+    /// nothing changes for that service and its alarm is raised until the silence ends.
+    pub fn sweep(&mut self, now: Duration) -> Sweep {
+        let mut sweep = Sweep::default();
+        for (service, entry) in &mut self.services {
+            let silent_for = |slot: &Slot| now.saturating_sub(slot.last_beat);
+            let settings = entry.settings;
+            let mut to_unhealthy = Vec::new();
+            let mut to_remove = Vec::new();
+            for (id, slot) in &entry.instances {
+                if !slot.instance.ephemeral {
+                    continue;
+                }
+                let silence = silent_for(slot);
+                if silence > settings.remove_after() {
+                    to_remove.push(id.clone());
+                } else if silence > settings.unhealthy_after() && slot.instance.healthy {
+                    to_unhealthy.push(id.clone());
+                }
+            }
+            let total = entry.instances.len();
+            let going = to_unhealthy.len()
+                + to_remove
+                    .iter()
+                    .filter(|id| entry.instances.get(*id).is_some_and(|s| s.instance.healthy))
+                    .count();
+            let threshold = settings.protect_threshold;
+            entry.protecting =
+                threshold > 0.0 && total > 0 && going as f64 / total as f64 > threshold;
+            if entry.protecting {
+                sweep.protecting.push(service.clone());
+                continue;
+            }
+            if to_unhealthy.is_empty() && to_remove.is_empty() {
+                continue;
+            }
+            let mut upserted = Vec::with_capacity(to_unhealthy.len());
+            for id in &to_unhealthy {
+                if let Some(slot) = entry.instances.get_mut(id) {
+                    slot.instance.healthy = false;
+                    upserted.push(slot.instance.clone());
+                }
+            }
+            for id in &to_remove {
+                entry.instances.remove(id);
+            }
+            sweep
+                .changes
+                .push(entry.change(service, upserted, to_remove));
+        }
+        sweep
+    }
+
+    fn entry_mut(&mut self, service: &ServiceKey, id: &str) -> RegistryResult<&mut ServiceEntry> {
+        self.services
+            .get_mut(service)
+            .filter(|e| e.instances.contains_key(id))
+            .ok_or_else(|| not_found(service, id))
+    }
+}
+
+fn not_found(service: &ServiceKey, id: &str) -> RegistryError {
+    RegistryError::InstanceNotFound {
+        service: service.to_string(),
+        id: id.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::InstanceSpec;
+
+    fn key() -> ServiceKey {
+        ServiceKey::new("", "", "orders").expect("valid key")
+    }
+
+    fn instance(port: u32) -> Instance {
+        InstanceSpec {
+            ip: "10.0.0.1".into(),
+            port,
+            ..Default::default()
+        }
+        .validate()
+        .expect("valid instance")
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    fn all(table: &Table) -> Vec<Instance> {
+        table
+            .list(&key(), false, &LabelSelector::default())
+            .instances
+    }
+
+    #[test]
+    fn silent_instances_turn_unhealthy_then_disappear_on_the_default_windows() {
+        let mut table = Table::default();
+        table.register(&key(), instance(1), secs(0));
+        table.register(&key(), instance(2), secs(0));
+        for t in 1..=40 {
+            table
+                .beat(&key(), "10.0.0.1#2#DEFAULT", secs(t))
+                .expect("registered");
+        }
+        assert_eq!(
+            table.sweep(secs(15)),
+            Sweep::default(),
+            "15 s is not yet past the window"
+        );
+        let sweep = table.sweep(secs(16));
+        assert_eq!(sweep.changes.len(), 1);
+        assert!(!sweep.changes[0].upserted[0].healthy);
+        let healthy = table
+            .list(&key(), true, &LabelSelector::default())
+            .instances;
+        assert_eq!(healthy.len(), 1);
+        assert_eq!(
+            all(&table).len(),
+            2,
+            "unhealthy instances are still listed when asked"
+        );
+        let sweep = table.sweep(secs(31));
+        assert_eq!(
+            sweep.changes[0].removed,
+            vec!["10.0.0.1#1#DEFAULT".to_string()]
+        );
+        assert_eq!(all(&table).len(), 1);
+        assert_eq!(
+            sweep.changes[0].version, 4,
+            "two registrations, unhealthy, removed"
+        );
+    }
+
+    #[test]
+    fn a_beat_revives_an_unhealthy_instance() {
+        let mut table = Table::default();
+        table.register(&key(), instance(1), secs(0));
+        table.sweep(secs(20));
+        let change = table
+            .beat(&key(), "10.0.0.1#1#DEFAULT", secs(21))
+            .expect("known")
+            .expect("a change");
+        assert!(change.upserted[0].healthy);
+        assert_eq!(table.beat(&key(), "10.0.0.1#1#DEFAULT", secs(22)), Ok(None));
+        assert!(matches!(
+            table.beat(&key(), "10.0.0.9#1#DEFAULT", secs(22)),
+            Err(RegistryError::InstanceNotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn protection_holds_the_last_good_set_when_too_many_go_silent_at_once() {
+        let mut table = Table::default();
+        table.configure(
+            &key(),
+            ServiceSettings {
+                protect_threshold: 0.5,
+                ..Default::default()
+            },
+        );
+        for port in 1..=4 {
+            table.register(&key(), instance(port), secs(0));
+        }
+        // Three of four go silent: 75% > 50%, so nothing changes and the alarm is raised.
+        for t in 1..=40 {
+            table
+                .beat(&key(), "10.0.0.1#4#DEFAULT", secs(t))
+                .expect("registered");
+        }
+        let sweep = table.sweep(secs(40));
+        assert!(sweep.changes.is_empty());
+        assert_eq!(sweep.protecting, vec![key()]);
+        let view = table.list(&key(), true, &LabelSelector::default());
+        assert_eq!(view.instances.len(), 4);
+        assert!(view.protecting);
+        // Two come back: one silent of four is 25%, so it is evicted and the alarm clears.
+        for port in 2..=3 {
+            table
+                .beat(&key(), &format!("10.0.0.1#{port}#DEFAULT"), secs(41))
+                .expect("registered");
+        }
+        let sweep = table.sweep(secs(41));
+        assert!(sweep.protecting.is_empty());
+        assert_eq!(
+            sweep.changes[0].removed,
+            vec!["10.0.0.1#1#DEFAULT".to_string()]
+        );
+    }
+
+    #[test]
+    fn repeated_registration_is_a_beat_and_changes_nothing() {
+        let mut table = Table::default();
+        assert!(table.register(&key(), instance(1), secs(0)).is_some());
+        assert!(table.register(&key(), instance(1), secs(10)).is_none());
+        assert!(
+            table.sweep(secs(20)).changes.is_empty(),
+            "the repeat restarted the window"
+        );
+    }
+
+    #[test]
+    fn persistent_instances_never_expire_by_silence() {
+        let mut table = Table::default();
+        let mut stored = instance(1);
+        stored.ephemeral = false;
+        table.register(&key(), stored, secs(0));
+        assert!(table.sweep(secs(1000)).changes.is_empty());
+        let change = table
+            .set_health(&key(), "10.0.0.1#1#DEFAULT", false)
+            .expect("changed");
+        assert!(!change.upserted[0].healthy);
+        assert!(table
+            .set_health(&key(), "10.0.0.1#1#DEFAULT", false)
+            .is_none());
+    }
+
+    #[test]
+    fn deregistering_an_unknown_instance_changes_nothing() {
+        let mut table = Table::default();
+        table.register(&key(), instance(1), secs(0));
+        assert!(table.deregister(&key(), "nope").is_err());
+        assert_eq!(
+            table.list(&key(), false, &LabelSelector::default()).version,
+            1
+        );
+        assert_eq!(
+            table
+                .deregister(&key(), "10.0.0.1#1#DEFAULT")
+                .expect("known")
+                .version,
+            2
+        );
+    }
+}
