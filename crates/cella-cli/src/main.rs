@@ -7,6 +7,7 @@
 mod kv;
 mod lease;
 mod output;
+mod registry;
 mod serve;
 mod status;
 
@@ -65,6 +66,9 @@ enum Command {
     /// Grant, inspect, refresh and revoke leases.
     #[command(subcommand)]
     Lease(lease::LeaseCommand),
+    /// Register, list and watch service instances.
+    #[command(subcommand)]
+    Registry(registry::RegistryCommand),
     /// Show every member: leader, term, raft index, applied index, lag.
     Status,
     /// Measure Cella (and peers such as etcd) with benchmark workloads.
@@ -163,6 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Server(args) => serve::server(args).await,
         Command::Kv(command) => kv::run(command, &remote, format).await,
         Command::Lease(command) => lease::run(command, &remote, format).await,
+        Command::Registry(command) => registry::run(command, &remote, format).await,
         Command::Status => status::run(&remote, format).await,
         Command::Bench(args) => cella_bench::run(args).await,
     }

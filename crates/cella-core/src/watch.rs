@@ -80,10 +80,19 @@ impl WatchSpec {
 impl Core {
     /// Watches in-process, as a gRPC watcher would (`watch_id` 0), until the receiver is
     /// dropped; for blocks built on the core.
-    pub fn watch(&self, req: &pb::WatchCreateRequest) -> CoreResult<mpsc::Receiver<pb::WatchResponse>> {
+    pub fn watch(
+        &self,
+        req: &pb::WatchCreateRequest,
+    ) -> CoreResult<mpsc::Receiver<pb::WatchResponse>> {
         let spec = WatchSpec::new(self, req)?;
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(run_watcher(self.clone(), 0, spec, tx, Duration::from_secs(600)));
+        tokio::spawn(run_watcher(
+            self.clone(),
+            0,
+            spec,
+            tx,
+            Duration::from_secs(600),
+        ));
         Ok(rx)
     }
 }

@@ -40,6 +40,8 @@ const CHANGE_BUFFER: usize = 4096;
 pub struct RegistryConfig {
     /// How often silent instances are looked for, in milliseconds.
     pub sweep_interval_ms: u64,
+    /// How often persistent instances are probed, in milliseconds.
+    pub probe_interval_ms: u64,
     /// How long a probe of a persistent instance may take, in milliseconds.
     pub probe_timeout_ms: u64,
 }
@@ -48,6 +50,7 @@ impl Default for RegistryConfig {
     fn default() -> Self {
         Self {
             sweep_interval_ms: 500,
+            probe_interval_ms: 5_000,
             probe_timeout_ms: 1_000,
         }
     }
@@ -391,12 +394,11 @@ impl Registry {
     }
 
     /// Probes persistent instances (TCP connect, or HTTP GET when the instance's metadata
-    /// names a `health_check_path`) every default beat interval (5 s).
+    /// names a `health_check_path`) every probe interval.
     async fn probe_forever(self) {
         let timeout = Duration::from_millis(self.inner.config.probe_timeout_ms);
-        let mut tick = tokio::time::interval(Duration::from_millis(
-            ServiceSettings::default().beat_interval_ms,
-        ));
+        let every = Duration::from_millis(self.inner.config.probe_interval_ms.max(10));
+        let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;

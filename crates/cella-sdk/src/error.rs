@@ -89,6 +89,12 @@ pub enum Error {
         /// Which stream: `watch` or `lease keep-alive`.
         stream: &'static str,
     },
+    /// The server's answer lacks something this client needs.
+    #[error("unexpected answer from the server: {message}")]
+    Protocol {
+        /// What was missing or wrong.
+        message: String,
+    },
     /// Any other gRPC failure, with its code and the server's message.
     #[error("server error ({code:?}): {message}")]
     Server {
