@@ -776,6 +776,11 @@ impl Core {
 
     // ---- membership and status ----------------------------------------------------------
 
+    /// This member's id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.id
+    }
+
     /// The members as etcd describes them.
     pub fn members(&self) -> Vec<pb::Member> {
         let m = self.inner.metrics.borrow();

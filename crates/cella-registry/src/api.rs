@@ -17,7 +17,8 @@ fn service_key(name: Option<rpb::ServiceName>) -> RegistryResult<ServiceKey> {
     ServiceKey::new(&name.namespace, &name.group, &name.name)
 }
 
-fn service_name(key: &ServiceKey) -> rpb::ServiceName {
+/// The wire form of a service key.
+pub fn service_name(key: &ServiceKey) -> rpb::ServiceName {
     rpb::ServiceName {
         namespace: key.namespace.clone(),
         group: key.group.clone(),
@@ -39,6 +40,25 @@ pub fn instance_message(i: &Instance) -> rpb::Instance {
         labels: i.labels.clone().into_iter().collect(),
         metadata: i.metadata.clone().into_iter().collect(),
     }
+}
+
+/// An instance from a peer's message, as the peer holds it (health included); `None`
+/// when it breaks the rules (a peer of another version).
+pub fn instance_from_message(m: rpb::Instance) -> Option<Instance> {
+    let healthy = m.healthy;
+    let spec = InstanceSpec {
+        ip: m.ip,
+        port: m.port,
+        weight: m.weight.unwrap_or(1.0),
+        enabled: m.enabled.unwrap_or(true),
+        ephemeral: m.ephemeral,
+        cluster: m.cluster,
+        labels: m.labels.into_iter().collect(),
+        metadata: m.metadata.into_iter().collect(),
+    };
+    let mut instance = spec.validate().ok()?;
+    instance.healthy = healthy;
+    Some(instance)
 }
 
 /// The wire form of a service view.

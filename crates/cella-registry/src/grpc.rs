@@ -3,6 +3,7 @@
 use std::pin::Pin;
 
 use cella_proto::cella::registry::v1 as rpb;
+use cella_proto::cella::registry::v1::registry_peer_server::{self, RegistryPeerServer};
 use cella_proto::cella::registry::v1::registry_server::{self, RegistryServer};
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
@@ -15,6 +16,22 @@ type GrpcResult<T> = Result<Response<T>, Status>;
 /// The registry's gRPC service, to add to the node's routes.
 pub fn service(registry: Registry) -> RegistryServer<impl registry_server::Registry> {
     RegistryServer::new(RegistryService(registry))
+}
+
+/// The peer-sync service other nodes of the cluster call.
+pub fn peer_service(
+    registry: Registry,
+) -> RegistryPeerServer<impl registry_peer_server::RegistryPeer> {
+    RegistryPeerServer::new(PeerService(registry))
+}
+
+struct PeerService(Registry);
+
+#[tonic::async_trait]
+impl registry_peer_server::RegistryPeer for PeerService {
+    async fn sync(&self, request: Request<rpb::SyncBatch>) -> GrpcResult<rpb::SyncAck> {
+        Ok(Response::new(self.0.apply_sync(request.into_inner())))
+    }
 }
 
 struct RegistryService(Registry);

@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod metrics;
 mod model;
 pub mod nacos;
+mod peers;
 mod probe;
 mod registry;
 pub mod rest;

@@ -5,7 +5,7 @@
 //! per-service settings, and persistent instances. Every node loads it at start and follows
 //! it with a core watch, so a write made on any node reaches every node's table. Ephemeral
 //! instances never touch the core: registering, beating and listing them stay available
-//! while the core has no quorum.
+//! while the core has no quorum; peers exchange them directly (see `peers`).
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, RwLock};
@@ -24,8 +24,10 @@ use crate::model::{
     check_name, Instance, InstanceSpec, LabelSelector, ServiceKey, ServiceSettings,
     DEFAULT_NAMESPACE,
 };
+use crate::peers::{self, Peers};
 use crate::probe;
 use crate::table::{ServiceChange, ServiceView, Table};
+use cella_proto::cella::registry::v1 as rpb;
 
 const PREFIX: &str = "/cella/registry/";
 const NAMESPACES: &str = "/cella/registry/namespaces/";
@@ -69,6 +71,7 @@ struct Inner {
     config: RegistryConfig,
     namespaces: RwLock<BTreeSet<String>>,
     changes: broadcast::Sender<Arc<ServiceChange>>,
+    peers: Peers,
 }
 
 /// A subscription: the service as it is now, then every change after it, in version order.
@@ -116,6 +119,7 @@ impl Registry {
         let (changes, _) = broadcast::channel(CHANGE_BUFFER);
         let registry = Registry {
             inner: Arc::new(Inner {
+                peers: Peers::new(core.node_id()),
                 table: Mutex::new(Table::default()),
                 clock,
                 core,
@@ -147,6 +151,7 @@ impl Registry {
         tokio::spawn(registry.clone().follow_core(watch));
         tokio::spawn(registry.clone().sweep_forever());
         tokio::spawn(registry.clone().probe_forever());
+        tokio::spawn(registry.clone().sync_forever());
         Ok(registry)
     }
 
@@ -161,6 +166,7 @@ impl Registry {
         self.inner.clock.now()
     }
 
+    /// Tells subscribers about changes.
     fn publish(&self, changes: impl IntoIterator<Item = ServiceChange>) {
         let mut n = 0;
         for change in changes {
@@ -169,6 +175,19 @@ impl Registry {
             let _ = self.inner.changes.send(Arc::new(change));
         }
         metrics::changes(n);
+    }
+
+    /// Publishes changes made on this node and queues them for every peer.
+    fn changed(&self, changes: impl IntoIterator<Item = ServiceChange>) {
+        let changes: Vec<ServiceChange> = changes.into_iter().collect();
+        let records: Vec<rpb::SyncRecord> = changes.iter().flat_map(change_records).collect();
+        self.inner.peers.send_to_all(&records);
+        self.publish(changes);
+    }
+
+    /// Whether this node owns `service` among the nodes it can reach now.
+    fn owns(&self, service: &ServiceKey, live: &[u64]) -> bool {
+        peers::owner(service, live) == self.inner.core.node_id()
     }
 
     // ---- namespaces ---------------------------------------------------------------------
@@ -248,7 +267,7 @@ impl Registry {
             metrics::set_instances(table.instance_count());
             change
         };
-        self.publish(change);
+        self.changed(change);
         Ok(instance)
     }
 
@@ -283,7 +302,7 @@ impl Registry {
         };
         // Already gone means the core watch removed it first: the change was published then.
         if let Ok(change) = change {
-            self.publish([change]);
+            self.changed([change]);
         }
         Ok(())
     }
@@ -305,7 +324,14 @@ impl Registry {
             }
         }
         metrics::heartbeats(beats.len());
-        self.publish(changes);
+        let records: Vec<rpb::SyncRecord> = beats
+            .iter()
+            .zip(&answers)
+            .filter(|(_, answer)| answer.is_ok())
+            .map(|((service, id), _)| record(service, rpb::sync_record::Record::Beat(id.clone())))
+            .collect();
+        self.inner.peers.send_to_all(&records);
+        self.changed(changes);
         answers
     }
 
@@ -379,9 +405,10 @@ impl Registry {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            let live = self.inner.peers.live(self.now());
             let sweep = {
                 let mut table = self.table();
-                let sweep = table.sweep(self.now());
+                let sweep = table.sweep(self.now(), |s| self.owns(s, &live));
                 metrics::set_instances(table.instance_count());
                 sweep
             };
@@ -389,7 +416,7 @@ impl Registry {
             for service in &sweep.protecting {
                 tracing::warn!(%service, "protection: too many instances went silent at once; keeping the last good set");
             }
-            self.publish(sweep.changes);
+            self.changed(sweep.changes);
         }
     }
 
@@ -402,7 +429,9 @@ impl Registry {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let targets = self.table().persistent_instances();
+            let live = self.inner.peers.live(self.now());
+            let mut targets = self.table().persistent_instances();
+            targets.retain(|(service, _)| self.owns(service, &live));
             let results = futures::future::join_all(targets.into_iter().map(
                 |(service, instance)| async move {
                     let healthy = probe::check(&instance, timeout).await;
@@ -417,7 +446,7 @@ impl Registry {
                     .filter_map(|(service, id, healthy)| table.set_health(&service, &id, healthy))
                     .collect()
             };
-            self.publish(changes);
+            self.changed(changes);
         }
     }
 
@@ -486,6 +515,200 @@ impl Registry {
             self.publish(change);
         }
     }
+}
+
+impl Registry {
+    // ---- peer sync ------------------------------------------------------------------------
+
+    /// Sends queued changes (and, every few rounds, checksums) to every peer, and acts on
+    /// their answers.
+    async fn sync_forever(self) {
+        let mut tick = tokio::time::interval(peers::SYNC_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for round in 0u64.. {
+            tick.tick().await;
+            let members: std::collections::BTreeMap<u64, String> = self
+                .inner
+                .core
+                .members()
+                .into_iter()
+                .filter_map(|m| {
+                    let url = m.client_ur_ls.first()?;
+                    Some((m.id, url.trim_start_matches("http://").to_string()))
+                })
+                .collect();
+            self.inner.peers.set_members(&members);
+            let checksums = (round % peers::CHECKSUM_EVERY == 0).then(|| self.checksums());
+            let sends = self
+                .inner
+                .peers
+                .take_batches(checksums.as_deref())
+                .into_iter()
+                .map(|mut out| async move {
+                    let records = out.batch.records.clone();
+                    let mut request = tonic::Request::new(out.batch);
+                    request.set_timeout(Duration::from_secs(1));
+                    (out.peer, records, out.client.sync(request).await)
+                });
+            for (peer, records, answer) in futures::future::join_all(sends).await {
+                match answer {
+                    Ok(ack) => {
+                        self.inner.peers.sent(peer, self.now(), None);
+                        self.answer_ack(peer, ack.into_inner());
+                    }
+                    Err(status) => {
+                        tracing::debug!(peer, %status, "registry sync failed; will retry");
+                        self.inner.peers.sent(peer, self.now(), Some(records));
+                    }
+                }
+            }
+        }
+    }
+
+    fn checksums(&self) -> Vec<rpb::ServiceChecksum> {
+        let table = self.table();
+        table
+            .service_keys()
+            .iter()
+            .map(|service| rpb::ServiceChecksum {
+                service: Some(crate::api::service_name(service)),
+                checksum: table.checksum(service),
+            })
+            .collect()
+    }
+
+    /// Follows up on a peer's answer: whole copies of services it holds stale copies of,
+    /// and the instances behind beats it did not recognise.
+    fn answer_ack(&self, peer: u64, ack: rpb::SyncAck) {
+        let table = self.table();
+        let mut records = Vec::new();
+        for name in ack.stale {
+            let Ok(service) = ServiceKey::new(&name.namespace, &name.group, &name.name) else {
+                continue;
+            };
+            let view = table.list(&service, false, &LabelSelector::default());
+            records.push(record(
+                &service,
+                rpb::sync_record::Record::Replace(crate::api::view_message(&view)),
+            ));
+        }
+        for beat in ack.unknown {
+            let Some(name) = beat.service else { continue };
+            let Ok(service) = ServiceKey::new(&name.namespace, &name.group, &name.name) else {
+                continue;
+            };
+            if let Some(instance) = table.instance(&service, &beat.instance_id) {
+                records.push(record(
+                    &service,
+                    rpb::sync_record::Record::Upsert(crate::api::instance_message(&instance)),
+                ));
+            }
+        }
+        drop(table);
+        self.inner.peers.send_to(peer, records);
+    }
+
+    /// Applies a peer's batch and answers which of its beats were unknown here and which of
+    /// its checksums show this node holding a stale copy of a service the peer owns. Where
+    /// the peer's copy is the stale one and this node owns the service, the whole copy is
+    /// queued for the peer.
+    pub fn apply_sync(&self, batch: rpb::SyncBatch) -> rpb::SyncAck {
+        let now = self.now();
+        self.inner.peers.heard_from(batch.from_node, now);
+        let mut ack = rpb::SyncAck::default();
+        let mut changes = Vec::new();
+        {
+            let mut table = self.table();
+            for item in batch.records {
+                let Some(name) = item.service else { continue };
+                let Ok(service) = ServiceKey::new(&name.namespace, &name.group, &name.name) else {
+                    continue;
+                };
+                match item.record {
+                    Some(rpb::sync_record::Record::Upsert(instance)) => {
+                        if let Some(instance) = crate::api::instance_from_message(instance) {
+                            changes.extend(table.register(&service, instance, now));
+                        }
+                    }
+                    Some(rpb::sync_record::Record::Remove(id)) => {
+                        changes.extend(table.deregister(&service, &id).ok())
+                    }
+                    Some(rpb::sync_record::Record::Beat(id)) => {
+                        if let Ok(change) = table.beat(&service, &id, now) {
+                            changes.extend(change);
+                        } else {
+                            ack.unknown.push(rpb::Beat {
+                                service: Some(name),
+                                instance_id: id,
+                            });
+                        }
+                    }
+                    Some(rpb::sync_record::Record::Replace(view)) => {
+                        let instances = view
+                            .instances
+                            .into_iter()
+                            .filter_map(crate::api::instance_from_message)
+                            .collect();
+                        changes.extend(table.replace(&service, instances, now));
+                    }
+                    None => {}
+                }
+            }
+            metrics::set_instances(table.instance_count());
+        }
+        self.publish(changes);
+        let live = self.inner.peers.live(now);
+        let mut mine = Vec::new();
+        {
+            let table = self.table();
+            for theirs in batch.checksums {
+                let Some(name) = theirs.service else { continue };
+                let Ok(service) = ServiceKey::new(&name.namespace, &name.group, &name.name) else {
+                    continue;
+                };
+                if table.checksum(&service) == theirs.checksum {
+                    continue;
+                }
+                match peers::owner(&service, &live) {
+                    owner if owner == batch.from_node => ack.stale.push(name),
+                    owner if owner == self.inner.core.node_id() => {
+                        let view = table.list(&service, false, &LabelSelector::default());
+                        mine.push(record(
+                            &service,
+                            rpb::sync_record::Record::Replace(crate::api::view_message(&view)),
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.inner.peers.send_to(batch.from_node, mine);
+        ack
+    }
+}
+
+fn record(service: &ServiceKey, record: rpb::sync_record::Record) -> rpb::SyncRecord {
+    rpb::SyncRecord {
+        service: Some(crate::api::service_name(service)),
+        record: Some(record),
+    }
+}
+
+/// A change as records for peers.
+fn change_records(change: &ServiceChange) -> Vec<rpb::SyncRecord> {
+    let upserts = change.upserted.iter().map(|i| {
+        record(
+            &change.service,
+            rpb::sync_record::Record::Upsert(crate::api::instance_message(i)),
+        )
+    });
+    let removes = change.removed.iter().map(|id| {
+        record(
+            &change.service,
+            rpb::sync_record::Record::Remove(id.clone()),
+        )
+    });
+    upserts.chain(removes).collect()
 }
 
 fn parse_service_path(path: &str) -> Option<ServiceKey> {

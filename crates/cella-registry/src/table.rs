@@ -231,17 +231,99 @@ impl Table {
             .collect()
     }
 
+    /// One instance, if registered.
+    pub fn instance(&self, service: &ServiceKey, id: &str) -> Option<Instance> {
+        let slot = self.services.get(service)?.instances.get(id)?;
+        Some(slot.instance.clone())
+    }
+
+    /// Makes the service's instances exactly `instances` (an owner's copy, repairing this
+    /// node's); their heartbeat clocks restart now. `None` when nothing differed.
+    pub fn replace(
+        &mut self,
+        service: &ServiceKey,
+        instances: Vec<Instance>,
+        now: Duration,
+    ) -> Option<ServiceChange> {
+        let entry = self.services.entry(service.clone()).or_default();
+        let wanted: BTreeMap<String, Instance> =
+            instances.into_iter().map(|i| (i.id.clone(), i)).collect();
+        let removed: Vec<String> = entry
+            .instances
+            .keys()
+            .filter(|id| !wanted.contains_key(*id))
+            .cloned()
+            .collect();
+        let mut upserted = Vec::new();
+        for id in &removed {
+            entry.instances.remove(id);
+        }
+        for (id, instance) in wanted {
+            match entry.instances.get_mut(&id) {
+                Some(slot) if slot.instance == instance => slot.last_beat = now,
+                _ => {
+                    upserted.push(instance.clone());
+                    entry.instances.insert(
+                        id,
+                        Slot {
+                            instance,
+                            last_beat: now,
+                        },
+                    );
+                }
+            }
+        }
+        if upserted.is_empty() && removed.is_empty() {
+            return None;
+        }
+        Some(entry.change(service, upserted, removed))
+    }
+
+    /// A checksum of the service's instances (ids, addresses, health, weights, labels,
+    /// metadata): equal on two nodes when their copies agree.
+    pub fn checksum(&self, service: &ServiceKey) -> u64 {
+        use std::hash::{Hash, Hasher};
+        // DefaultHasher::new() has fixed keys, so every node of one build agrees.
+        let mut hasher = std::hash::DefaultHasher::new();
+        if let Some(entry) = self.services.get(service) {
+            for slot in entry.instances.values() {
+                let i = &slot.instance;
+                (
+                    &i.id,
+                    &i.ip,
+                    i.port,
+                    i.weight.to_bits(),
+                    i.enabled,
+                    i.healthy,
+                    i.ephemeral,
+                )
+                    .hash(&mut hasher);
+                (&i.cluster, &i.labels, &i.metadata).hash(&mut hasher);
+            }
+        }
+        hasher.finish()
+    }
+
+    /// Every service this node knows.
+    pub fn service_keys(&self) -> Vec<ServiceKey> {
+        self.services.keys().cloned().collect()
+    }
+
     /// Instances in all services, for metrics.
     pub fn instance_count(&self) -> usize {
         self.services.values().map(|e| e.instances.len()).sum()
     }
 
-    /// Marks silent ephemeral instances unhealthy and removes long-silent ones — unless, for a
-    /// service with protection on, more than its threshold would turn unhealthy at once: then
-    /// nothing changes for that service and its alarm is raised until the silence ends.
-    pub fn sweep(&mut self, now: Duration) -> Sweep {
+    /// Marks silent ephemeral instances unhealthy and removes long-silent ones, in the
+    /// services `owned` selects — unless, for a service with protection on, more than its
+    /// threshold would turn unhealthy at once: then nothing changes for that service and its
+    /// alarm is raised until the silence ends.
+    pub fn sweep(&mut self, now: Duration, owned: impl Fn(&ServiceKey) -> bool) -> Sweep {
         let mut sweep = Sweep::default();
         for (service, entry) in &mut self.services {
+            if !owned(service) {
+                continue;
+            }
             let silent_for = |slot: &Slot| now.saturating_sub(slot.last_beat);
             let settings = entry.settings;
             let mut to_unhealthy = Vec::new();
@@ -328,6 +410,41 @@ mod tests {
         Duration::from_secs(s)
     }
 
+    impl Table {
+        fn sweep_all(&mut self, now: Duration) -> Sweep {
+            self.sweep(now, |_| true)
+        }
+    }
+
+    #[test]
+    fn replace_makes_a_copy_equal_to_the_owners_and_checksums_agree() {
+        let mut owner = Table::default();
+        let mut copy = Table::default();
+        owner.register(&key(), instance(1), secs(0));
+        owner.register(&key(), instance(2), secs(0));
+        copy.register(&key(), instance(3), secs(0));
+        assert_ne!(owner.checksum(&key()), copy.checksum(&key()));
+        let view = owner.list(&key(), false, &LabelSelector::default());
+        let change = copy
+            .replace(&key(), view.instances, secs(1))
+            .expect("differs");
+        assert_eq!(change.removed, vec!["10.0.0.1#3#DEFAULT".to_string()]);
+        assert_eq!(change.upserted.len(), 2);
+        assert_eq!(owner.checksum(&key()), copy.checksum(&key()));
+        let again = owner
+            .list(&key(), false, &LabelSelector::default())
+            .instances;
+        assert!(copy.replace(&key(), again, secs(2)).is_none());
+    }
+
+    #[test]
+    fn only_owned_services_are_swept() {
+        let mut table = Table::default();
+        table.register(&key(), instance(1), secs(0));
+        assert!(table.sweep(secs(100), |_| false).changes.is_empty());
+        assert_eq!(table.sweep(secs(100), |_| true).changes.len(), 1);
+    }
+
     fn all(table: &Table) -> Vec<Instance> {
         table
             .list(&key(), false, &LabelSelector::default())
@@ -345,11 +462,11 @@ mod tests {
                 .expect("registered");
         }
         assert_eq!(
-            table.sweep(secs(15)),
+            table.sweep_all(secs(15)),
             Sweep::default(),
             "15 s is not yet past the window"
         );
-        let sweep = table.sweep(secs(16));
+        let sweep = table.sweep_all(secs(16));
         assert_eq!(sweep.changes.len(), 1);
         assert!(!sweep.changes[0].upserted[0].healthy);
         let healthy = table
@@ -361,7 +478,7 @@ mod tests {
             2,
             "unhealthy instances are still listed when asked"
         );
-        let sweep = table.sweep(secs(31));
+        let sweep = table.sweep_all(secs(31));
         assert_eq!(
             sweep.changes[0].removed,
             vec!["10.0.0.1#1#DEFAULT".to_string()]
@@ -377,7 +494,7 @@ mod tests {
     fn a_beat_revives_an_unhealthy_instance() {
         let mut table = Table::default();
         table.register(&key(), instance(1), secs(0));
-        table.sweep(secs(20));
+        table.sweep_all(secs(20));
         let change = table
             .beat(&key(), "10.0.0.1#1#DEFAULT", secs(21))
             .expect("known")
@@ -409,7 +526,7 @@ mod tests {
                 .beat(&key(), "10.0.0.1#4#DEFAULT", secs(t))
                 .expect("registered");
         }
-        let sweep = table.sweep(secs(40));
+        let sweep = table.sweep_all(secs(40));
         assert!(sweep.changes.is_empty());
         assert_eq!(sweep.protecting, vec![key()]);
         let view = table.list(&key(), true, &LabelSelector::default());
@@ -421,7 +538,7 @@ mod tests {
                 .beat(&key(), &format!("10.0.0.1#{port}#DEFAULT"), secs(41))
                 .expect("registered");
         }
-        let sweep = table.sweep(secs(41));
+        let sweep = table.sweep_all(secs(41));
         assert!(sweep.protecting.is_empty());
         assert_eq!(
             sweep.changes[0].removed,
@@ -435,7 +552,7 @@ mod tests {
         assert!(table.register(&key(), instance(1), secs(0)).is_some());
         assert!(table.register(&key(), instance(1), secs(10)).is_none());
         assert!(
-            table.sweep(secs(20)).changes.is_empty(),
+            table.sweep_all(secs(20)).changes.is_empty(),
             "the repeat restarted the window"
         );
     }
@@ -446,7 +563,7 @@ mod tests {
         let mut stored = instance(1);
         stored.ephemeral = false;
         table.register(&key(), stored, secs(0));
-        assert!(table.sweep(secs(1000)).changes.is_empty());
+        assert!(table.sweep_all(secs(1000)).changes.is_empty());
         let change = table
             .set_health(&key(), "10.0.0.1#1#DEFAULT", false)
             .expect("changed");

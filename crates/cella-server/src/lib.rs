@@ -107,7 +107,8 @@ fn router(core: Core, service_registry: Registry) -> Router {
         )
         .with_state(state);
     let grpc = cella_core::grpc::routes(core.clone())
-        .add_service(cella_registry::grpc::service(service_registry.clone()));
+        .add_service(cella_registry::grpc::service(service_registry.clone()))
+        .add_service(cella_registry::grpc::peer_service(service_registry.clone()));
     grpc.into_axum_router()
         .merge(cella_core::rest::router(core))
         .merge(cella_registry::rest::router(service_registry.clone()))
