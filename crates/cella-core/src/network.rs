@@ -4,6 +4,7 @@
 //! whole `Result` so a remote Raft error travels back intact.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,13 +26,30 @@ use tonic::transport::{Channel, Endpoint};
 use crate::election::{PreVoteRequest, PreVoteResponse};
 use crate::types::{NodeId, TypeConfig};
 
-/// Channels to peers by address, shared by Raft replication and request forwarding.
+/// Channels to peers by address, shared by Raft replication, request forwarding and the
+/// blocks' own peer traffic.
 #[derive(Clone, Default)]
 pub(crate) struct PeerChannels {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Outgoing connections start from this address: the one the node listens on, so peers
+    /// (and a firewall or test proxy between them) see which member is calling.
+    local_ip: Option<IpAddr>,
 }
 
 impl PeerChannels {
+    /// Channels whose connections start from the IP of `listen` (HOST:PORT), when it names one.
+    pub fn new(listen: &str) -> Self {
+        let local_ip = listen
+            .parse::<SocketAddr>()
+            .ok()
+            .map(|a| a.ip())
+            .filter(|ip| !ip.is_unspecified());
+        Self {
+            channels: Arc::default(),
+            local_ip,
+        }
+    }
+
     /// A lazily connecting channel to `addr` (HOST:PORT), reused across calls.
     pub fn get(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let mut channels = self
@@ -45,6 +63,7 @@ impl PeerChannels {
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
+            .local_address(self.local_ip)
             .connect_lazy();
         channels.insert(addr.to_string(), ch.clone());
         Ok(ch)

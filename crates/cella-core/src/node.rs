@@ -151,7 +151,7 @@ impl Core {
         }
         .validate()
         .map_err(internal)?;
-        let channels = PeerChannels::default();
+        let channels = PeerChannels::new(&member.addr);
         let network = PeerNetworkFactory {
             channels: channels.clone(),
         };
@@ -779,6 +779,12 @@ impl Core {
     /// This member's id.
     pub fn node_id(&self) -> NodeId {
         self.inner.id
+    }
+
+    /// A shared channel to another member at `addr` (HOST:PORT), for a block's peer traffic;
+    /// `None` when the address is malformed.
+    pub fn peer_channel(&self, addr: &str) -> Option<tonic::transport::Channel> {
+        self.inner.channels.get(addr).ok()
     }
 
     /// The members as etcd describes them.

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use cella_proto::cella::registry::v1 as rpb;
 use cella_proto::cella::registry::v1::registry_peer_client::RegistryPeerClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::model::ServiceKey;
 
@@ -35,7 +35,7 @@ const MAX_QUEUE: usize = 200_000;
 /// Most records sent in one batch.
 const MAX_BATCH: usize = 20_000;
 /// How long one sync call may take.
-const SYNC_TIMEOUT: Duration = Duration::from_secs(1);
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A peer node: where it is, what it has not been sent yet, when it last answered.
 struct Peer {
@@ -72,8 +72,13 @@ impl Peers {
             .expect("peer table poisoned only by a panic")
     }
 
-    /// Brings the peer set in line with the cluster's members (id → HOST:PORT).
-    pub(crate) fn set_members(&self, members: &BTreeMap<u64, String>) {
+    /// Brings the peer set in line with the cluster's members (id → HOST:PORT), reaching new
+    /// ones through `connect`.
+    pub(crate) fn set_members(
+        &self,
+        members: &BTreeMap<u64, String>,
+        connect: impl Fn(&str) -> Option<Channel>,
+    ) {
         let mut peers = self.peers();
         peers.retain(|id, _| members.contains_key(id));
         for (id, addr) in members {
@@ -82,13 +87,7 @@ impl Peers {
             }
             let same = peers.get(id).is_some_and(|p| &p.addr == addr);
             if !same {
-                let channel = Endpoint::from_shared(format!("http://{addr}"))
-                    .ok()
-                    .map(|e| {
-                        e.connect_timeout(SYNC_TIMEOUT)
-                            .tcp_nodelay(true)
-                            .connect_lazy()
-                    });
+                let channel = connect(addr);
                 peers.insert(
                     *id,
                     Peer {
@@ -233,10 +232,13 @@ mod tests {
     #[tokio::test]
     async fn peers_are_live_only_after_a_recent_success_and_failed_batches_are_requeued() {
         let peers = Peers::new(1);
-        peers.set_members(&BTreeMap::from([
-            (1, "127.0.0.1:1".into()),
-            (2, "127.0.0.1:2".into()),
-        ]));
+        let lazy = |addr: &str| {
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .ok()
+                .map(|e| e.connect_lazy())
+        };
+        let members = BTreeMap::from([(1, "127.0.0.1:1".into()), (2, "127.0.0.1:2".into())]);
+        peers.set_members(&members, lazy);
         assert_eq!(peers.live(Duration::ZERO), vec![1]);
         peers.send_to_all(&[record("a"), record("b")]);
         let batches = peers.take_batches(None);

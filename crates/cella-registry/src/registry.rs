@@ -537,7 +537,9 @@ impl Registry {
                     Some((m.id, url.trim_start_matches("http://").to_string()))
                 })
                 .collect();
-            self.inner.peers.set_members(&members);
+            self.inner
+                .peers
+                .set_members(&members, |addr| self.inner.core.peer_channel(addr));
             let checksums = (round % peers::CHECKSUM_EVERY == 0).then(|| self.checksums());
             let sends = self
                 .inner
@@ -547,7 +549,7 @@ impl Registry {
                 .map(|mut out| async move {
                     let records = out.batch.records.clone();
                     let mut request = tonic::Request::new(out.batch);
-                    request.set_timeout(Duration::from_secs(1));
+                    request.set_timeout(peers::SYNC_TIMEOUT);
                     (out.peer, records, out.client.sync(request).await)
                 });
             for (peer, records, answer) in futures::future::join_all(sends).await {

@@ -8,6 +8,7 @@
 //! - [`client`]: etcd v3 KV calls with per-call timeouts and outcome classification.
 //! - [`workload`]: the write load and register workload the fault tests share.
 //! - [`nemesis`]: kill/restart schedules for clusters.
+//! - [`PartitionProxy`]: cut cluster members off from each other over loopback.
 //! - [`linearizability`]: the checker for recorded register histories.
 //! - [`ManualClock`]: deterministic time for unit tests of domain code.
 
@@ -18,6 +19,7 @@ pub mod http;
 pub mod linearizability;
 pub mod nemesis;
 mod node;
+mod partition;
 mod port;
 mod probe;
 pub mod workload;
@@ -26,6 +28,7 @@ pub use binary::{cella_binary, workspace_root};
 pub use cella_base::ManualClock;
 pub use cluster::Cluster;
 pub use node::{Node, NodeId, NodeOptions};
+pub use partition::PartitionProxy;
 pub use port::free_port;
 pub use probe::http_get_status;
 

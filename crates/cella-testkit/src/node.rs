@@ -107,6 +107,17 @@ impl Node {
             .find(|(id, _)| *id == node_id)
             .map(|(_, addr)| *addr)
             .with_context(|| format!("node {node_id} is not among its peers {peers:?}"))?;
+        Node::member_at(node_id, addr, peers, options)
+    }
+
+    /// Starts `cella server` as member `node_id` listening on `addr`, while `peers` may
+    /// name another address for it (a [`crate::PartitionProxy`] in front of it).
+    pub fn member_at(
+        node_id: NodeId,
+        addr: SocketAddr,
+        peers: &[(NodeId, SocketAddr)],
+        options: NodeOptions,
+    ) -> anyhow::Result<Node> {
         Node::start(
             Role::Member {
                 node_id,
