@@ -84,6 +84,9 @@ pub enum Workload {
     LeaseKeepalive,
     /// One writer, N watchers on one prefix; latency is put-sent to event-received.
     WatchFanout,
+    /// One instance re-registered, N subscribers of its service; latency is change-sent to
+    /// delta-received (Cella's registry API only).
+    RegistryPush,
 }
 
 impl Workload {
@@ -95,6 +98,7 @@ impl Workload {
             Workload::TxnCas => "txn-cas",
             Workload::LeaseKeepalive => "lease-keepalive",
             Workload::WatchFanout => "watch-fanout",
+            Workload::RegistryPush => "registry-push",
         }
     }
 }

@@ -16,6 +16,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The open connections to one target.
 #[derive(Debug, Clone)]
 pub(crate) struct Connections {
+    endpoint: Endpoint,
     channels: Vec<Channel>,
 }
 
@@ -33,7 +34,25 @@ impl Connections {
             })?;
             channels.push(channel);
         }
-        Ok(Connections { channels })
+        Ok(Connections { endpoint, channels })
+    }
+
+    /// These connections plus new ones, `n` in all: for workloads holding more streams than
+    /// a server lets one connection carry (HTTP/2 servers commonly allow 100-200).
+    pub(crate) async fn at_least(&self, n: usize) -> anyhow::Result<Connections> {
+        let mut channels = self.channels.clone();
+        while channels.len() < n {
+            channels.push(
+                self.endpoint
+                    .connect()
+                    .await
+                    .context("opening another connection")?,
+            );
+        }
+        Ok(Connections {
+            endpoint: self.endpoint.clone(),
+            channels,
+        })
     }
 
     /// The connection client number `i` uses.

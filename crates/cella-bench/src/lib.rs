@@ -9,7 +9,7 @@
 //!
 //! - [`args`]: the command-line options and their parsers.
 //! - `driver`: the one load loop every workload uses.
-//! - `workloads`: kv-put, kv-get, txn-cas, lease-keepalive, watch-fanout.
+//! - `workloads`: kv-put, kv-get, txn-cas, lease-keepalive, watch-fanout, registry-push.
 //! - `stats`, `report`, `progress`: histograms and ratios, the markdown section, the
 //!   stderr progress line.
 
@@ -146,13 +146,18 @@ fn settings_shown(args: &BenchArgs) -> Vec<(String, String)> {
     ];
     let rate = match (args.rate, args.workload) {
         (Some(rate), _) => Some(rate),
-        (None, Workload::WatchFanout) => Some(workloads::DEFAULT_WATCH_RATE),
+        (None, Workload::WatchFanout | Workload::RegistryPush) => {
+            Some(workloads::DEFAULT_WATCH_RATE)
+        }
         (None, _) => None,
     };
     if let Some(rate) = rate {
         shown.push(("rate".to_string(), format!("{rate} ops/s")));
     }
-    if args.workload != Workload::LeaseKeepalive {
+    if !matches!(
+        args.workload,
+        Workload::LeaseKeepalive | Workload::RegistryPush
+    ) {
         shown.push(("value size".to_string(), format!("{} B", args.value_size)));
     }
     match args.workload {
@@ -167,7 +172,7 @@ fn settings_shown(args: &BenchArgs) -> Vec<(String, String)> {
             shown.push(("reads".to_string(), reads.to_string()));
         }
         Workload::WatchFanout => shown.push(("streams".to_string(), args.streams.to_string())),
-        Workload::TxnCas | Workload::LeaseKeepalive => {}
+        Workload::TxnCas | Workload::LeaseKeepalive | Workload::RegistryPush => {}
     }
     shown
 }

@@ -1,9 +1,11 @@
-//! The five workloads. Each builds its clients (and any fixture: preloaded keys, leases,
+//! The workloads. Each builds its clients (and any fixture: preloaded keys, leases,
 //! watchers), then hands them to the shared driver through [`measure`]; none has a load loop
 //! of its own.
 
+mod fanout;
 mod kv;
 mod lease;
+mod registry;
 mod txn;
 mod watch;
 
@@ -53,6 +55,7 @@ pub(crate) async fn run_level(
         Workload::TxnCas => txn::run(conns, clients, settings, progress).await,
         Workload::LeaseKeepalive => lease::run(conns, clients, settings, progress).await,
         Workload::WatchFanout => watch::run(conns, clients, settings, progress).await,
+        Workload::RegistryPush => registry::run_push(conns, clients, settings, progress).await,
     }
 }
 

@@ -13,39 +13,29 @@
 //! receive the rest; every expected notification still missing then is an error, as are
 //! canceled watches and stream failures.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
-
 use anyhow::Context;
 use bytes::Bytes;
 use cella_proto::etcdserverpb::kv_client::KvClient;
 use cella_proto::etcdserverpb::watch_client::WatchClient;
 use cella_proto::etcdserverpb::watch_request::RequestUnion;
 use cella_proto::etcdserverpb::{PutRequest, WatchCreateRequest, WatchRequest, WatchResponse};
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::Streaming;
 
+use super::fanout::{decode_stamp, encode_stamp, nanos_since, Readers, Received};
 use super::{measure, value_with_head, Settings, KEY_PREFIX};
 use crate::conn::Connections;
 use crate::driver::{Bounds, LoadClient};
 use crate::progress::Progress;
-use crate::stats::{ErrorTally, Latencies, Measurement};
+use crate::stats::Measurement;
 
 /// The writer's pace when `--rate` is not given, in puts per second.
 pub(crate) const DEFAULT_RATE: u32 = 100;
-
-/// How long readers may take to receive the last notifications after the writer stops.
-const DRAIN: Duration = Duration::from_secs(5);
-
-/// Stamp layout at the start of each value: sent-at nanoseconds (u64 LE), then the phase.
-const STAMP_LEN: usize = 9;
-const PHASE_WARMUP: u8 = 0;
-const PHASE_MEASURED: u8 = 1;
 
 fn prefix() -> Bytes {
     Bytes::from(format!("{KEY_PREFIX}watch/"))
@@ -61,29 +51,6 @@ fn prefix_end(prefix: &[u8]) -> Bytes {
         }
     }
     Bytes::from_static(b"\0")
-}
-
-fn encode_stamp(sent_nanos: u64, measured: bool) -> [u8; STAMP_LEN] {
-    let mut stamp = [0u8; STAMP_LEN];
-    stamp[..8].copy_from_slice(&sent_nanos.to_le_bytes());
-    stamp[8] = if measured {
-        PHASE_MEASURED
-    } else {
-        PHASE_WARMUP
-    };
-    stamp
-}
-
-/// The send instant (nanoseconds since the base) of a measured value; `None` for warm-up
-/// values and values this benchmark did not write.
-fn decode_stamp(value: &[u8]) -> Option<u64> {
-    let stamp = value.get(..STAMP_LEN)?;
-    let nanos = u64::from_le_bytes(stamp[..8].try_into().ok()?);
-    (stamp[8] == PHASE_MEASURED).then_some(nanos)
-}
-
-fn nanos_since(base: Instant, at: Instant) -> u64 {
-    u64::try_from(at.saturating_duration_since(base).as_nanos()).unwrap_or(u64::MAX)
 }
 
 struct Writer {
@@ -109,12 +76,6 @@ impl LoadClient for Writer {
     fn start_measuring(&mut self) {
         self.measured = true;
     }
-}
-
-/// What one stream's reader saw.
-struct ReaderOutcome {
-    latencies: Latencies,
-    errors: ErrorTally,
 }
 
 /// Opens one watch stream carrying `watchers` watches of the prefix and waits until the
@@ -161,67 +122,32 @@ async fn open_stream(
     Ok((requests, responses))
 }
 
-/// The stream readers of one run; dropping them (a run abandoned midway) ends their streams.
-struct Readers(Vec<JoinHandle<ReaderOutcome>>);
-
-impl Drop for Readers {
-    fn drop(&mut self) {
-        for reader in &self.0 {
-            reader.abort();
-        }
-    }
-}
-
-/// Reads one stream until `stop`, recording the latency of every measured event.
-fn spawn_reader(
+/// One watch stream's measured stamps, message by message.
+fn stamps(
     requests: mpsc::Sender<WatchRequest>,
-    mut responses: Streaming<WatchResponse>,
-    base: Instant,
-    received: Arc<AtomicU64>,
-    mut stop: watch::Receiver<bool>,
-) -> JoinHandle<ReaderOutcome> {
-    tokio::spawn(async move {
-        // Held until the reader ends: closing the request side would end the stream.
-        let _requests = requests;
-        let mut latencies = Latencies::new();
-        let mut errors = ErrorTally::default();
-        loop {
-            let message = tokio::select! {
-                _ = stop.wait_for(|stop| *stop) => break,
-                message = responses.message() => message,
-            };
-            let response = match message {
-                Ok(Some(response)) => response,
-                Ok(None) => {
-                    errors.add("watch stream ended early", 1);
-                    break;
+    responses: Streaming<WatchResponse>,
+) -> BoxStream<'static, Received> {
+    responses
+        .map(move |message| {
+            // Held as long as the stream: closing the request side would end it.
+            let _requests = &requests;
+            match message {
+                Ok(response) if response.canceled => {
+                    Err(format!("watch canceled: {}", response.cancel_reason))
                 }
-                Err(status) => {
-                    errors.add(
-                        format!(
-                            "watch stream failed: {:?}: {}",
-                            status.code(),
-                            status.message()
-                        ),
-                        1,
-                    );
-                    break;
-                }
-            };
-            let now = nanos_since(base, Instant::now());
-            if response.canceled {
-                errors.add(format!("watch canceled: {}", response.cancel_reason), 1);
+                Ok(response) => Ok(response
+                    .events
+                    .iter()
+                    .filter_map(|e| e.kv.as_ref().and_then(|kv| decode_stamp(&kv.value)))
+                    .collect()),
+                Err(status) => Err(format!(
+                    "watch stream failed: {:?}: {}",
+                    status.code(),
+                    status.message()
+                )),
             }
-            for event in &response.events {
-                let Some(sent) = event.kv.as_ref().and_then(|kv| decode_stamp(&kv.value)) else {
-                    continue;
-                };
-                latencies.record(Duration::from_nanos(now.saturating_sub(sent)));
-                received.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        ReaderOutcome { latencies, errors }
-    })
+        })
+        .boxed()
 }
 
 /// Runs watch-fanout with `watchers` watchers and one writer.
@@ -239,15 +165,12 @@ pub(super) async fn run(
     }))
     .await?;
 
-    let received = Arc::new(AtomicU64::new(0));
-    let (stop, stopped) = watch::channel(false);
-    let mut readers = Readers(
+    let readers = Readers::spawn(
         opened
             .into_iter()
-            .map(|(requests, responses)| {
-                spawn_reader(requests, responses, base, received.clone(), stopped.clone())
-            })
+            .map(|(requests, responses)| stamps(requests, responses))
             .collect(),
+        base,
     );
 
     let writer = Writer {
@@ -266,47 +189,13 @@ pub(super) async fn run(
     };
     let (_, written) = measure(vec![writer], &settings, progress).await?;
 
-    let expected = written.ops() * watchers as u64;
-    let drain_deadline = Instant::now() + DRAIN;
-    while received.load(Ordering::Relaxed) < expected && Instant::now() < drain_deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    // Receivers may all be gone already (every stream failed); nothing to stop then.
-    let _ = stop.send(true);
-
-    let mut latencies = Latencies::new();
-    let mut errors = written.errors.clone();
-    for reader in std::mem::take(&mut readers.0) {
-        let outcome = reader.await?;
-        latencies.merge(&outcome.latencies);
-        errors.merge(&outcome.errors);
-    }
-    let missing = expected.saturating_sub(latencies.len());
-    if missing > 0 {
-        errors.add(
-            format!("notifications not received within {}s", DRAIN.as_secs()),
-            missing,
-        );
-    }
-    Ok(Measurement {
-        elapsed: written.elapsed,
-        latencies,
-        errors,
-    })
+    let expected = watchers as u64 * written.ops();
+    readers.finish(written, expected).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stamps_round_trip_and_warmup_is_skipped() {
-        let value = value_with_head(&encode_stamp(123_456_789, true), 256);
-        assert_eq!(value.len(), 256);
-        assert_eq!(decode_stamp(&value), Some(123_456_789));
-        assert_eq!(decode_stamp(&encode_stamp(5, false)), None);
-        assert_eq!(decode_stamp(b"short"), None);
-    }
 
     #[test]
     fn prefix_ends() {
