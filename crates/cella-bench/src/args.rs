@@ -87,9 +87,21 @@ pub enum Workload {
     /// One instance re-registered, N subscribers of its service; latency is change-sent to
     /// delta-received (Cella's registry API only).
     RegistryPush,
+    /// Registrations of new instances through Nacos's v1 HTTP API (Cella or rnacos).
+    RegistryRegister,
+    /// Heartbeats of registered instances through Nacos's v1 HTTP API (Cella or rnacos).
+    RegistryHeartbeat,
 }
 
 impl Workload {
+    /// Whether the workload speaks HTTP/1.1 (Nacos's open API) rather than gRPC.
+    pub fn uses_http(self) -> bool {
+        matches!(
+            self,
+            Workload::RegistryRegister | Workload::RegistryHeartbeat
+        )
+    }
+
     /// The name used on the command line and in reports.
     pub fn name(self) -> &'static str {
         match self {
@@ -99,6 +111,8 @@ impl Workload {
             Workload::LeaseKeepalive => "lease-keepalive",
             Workload::WatchFanout => "watch-fanout",
             Workload::RegistryPush => "registry-push",
+            Workload::RegistryRegister => "registry-register",
+            Workload::RegistryHeartbeat => "registry-heartbeat",
         }
     }
 }

@@ -55,6 +55,22 @@ impl Connections {
         })
     }
 
+    /// Connections for an HTTP/1.1 workload: nothing is opened here; its clients connect to
+    /// [`Connections::authority`] themselves.
+    pub(crate) fn http(target: &Target) -> anyhow::Result<Connections> {
+        let endpoint = Endpoint::from_shared(target.uri.clone())
+            .with_context(|| format!("target {}: bad address {}", target.name, target.uri))?;
+        Ok(Connections {
+            endpoint,
+            channels: Vec::new(),
+        })
+    }
+
+    /// `HOST:PORT` of the target.
+    pub(crate) fn authority(&self) -> &str {
+        self.endpoint.uri().authority().map_or("", |a| a.as_str())
+    }
+
     /// The connection client number `i` uses.
     pub(crate) fn channel(&self, i: usize) -> Channel {
         self.channels[i % self.channels.len()].clone()

@@ -18,6 +18,7 @@
 pub mod args;
 mod conn;
 mod driver;
+mod http;
 mod progress;
 mod report;
 mod stats;
@@ -61,6 +62,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let mut targets = Vec::new();
     for target in &args.targets.0 {
+        if args.workload.uses_http() {
+            let conns = Connections::http(target)?;
+            targets.push((target, conns, "n/a (Nacos HTTP API)".to_string()));
+            continue;
+        }
         let conns = Connections::open(target, args.connections).await?;
         let version = match conns.server_version().await {
             Ok(v) if !v.is_empty() => v,
@@ -154,9 +160,9 @@ fn settings_shown(args: &BenchArgs) -> Vec<(String, String)> {
     if let Some(rate) = rate {
         shown.push(("rate".to_string(), format!("{rate} ops/s")));
     }
-    if !matches!(
+    if matches!(
         args.workload,
-        Workload::LeaseKeepalive | Workload::RegistryPush
+        Workload::KvPut | Workload::KvGet | Workload::TxnCas | Workload::WatchFanout
     ) {
         shown.push(("value size".to_string(), format!("{} B", args.value_size)));
     }
@@ -172,7 +178,7 @@ fn settings_shown(args: &BenchArgs) -> Vec<(String, String)> {
             shown.push(("reads".to_string(), reads.to_string()));
         }
         Workload::WatchFanout => shown.push(("streams".to_string(), args.streams.to_string())),
-        Workload::TxnCas | Workload::LeaseKeepalive | Workload::RegistryPush => {}
+        _ => {}
     }
     shown
 }

@@ -5,6 +5,7 @@
 mod fanout;
 mod kv;
 mod lease;
+mod nacos;
 mod registry;
 mod txn;
 mod watch;
@@ -56,6 +57,10 @@ pub(crate) async fn run_level(
         Workload::LeaseKeepalive => lease::run(conns, clients, settings, progress).await,
         Workload::WatchFanout => watch::run(conns, clients, settings, progress).await,
         Workload::RegistryPush => registry::run_push(conns, clients, settings, progress).await,
+        Workload::RegistryRegister => nacos::run_register(conns, clients, settings, progress).await,
+        Workload::RegistryHeartbeat => {
+            nacos::run_heartbeat(conns, clients, settings, progress).await
+        }
     }
 }
 
