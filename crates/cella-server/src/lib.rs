@@ -4,7 +4,7 @@
 mod config;
 mod openapi;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,8 +13,15 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::ServiceExt;
 use cella_base::SystemClock;
 use cella_core::{Core, Membership};
 use cella_registry::Registry;
@@ -54,17 +61,8 @@ pub async fn run(
     .await
     .context("starting the service registry")?;
     let app = router(core.clone(), registry);
-    let (drain_tx, mut drain_rx) = tokio::sync::watch::channel(false);
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = drain_rx.changed().await;
-            })
-            .into_future(),
-    );
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(serve(listener, app, drain_rx));
     tracing::info!(%addr, node_id = config.node_id, data_dir = %config.data_dir.display(), "cella node serving");
 
     stop.await;
@@ -72,7 +70,7 @@ pub async fn run(
     let _ = drain_tx.send(true);
     let server_abort = server.abort_handle();
     match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
-        Ok(joined) => joined.context("server task")?.context("serving")?,
+        Ok(joined) => joined.context("server task")?,
         Err(_) => {
             tracing::info!("closing streams still open after {DRAIN_TIMEOUT:?}");
             server_abort.abort();
@@ -81,6 +79,50 @@ pub async fn run(
     core.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Most concurrent streams one client connection may open. Watches and subscriptions are
+/// long-lived streams, and HTTP/2's usual limit of 200 would stall the 201st on a shared
+/// connection (etcd allows 2^32 - 1).
+const MAX_STREAMS_PER_CONNECTION: u32 = 1 << 20;
+
+/// Serves `app` (HTTP/1.1 and HTTP/2, gRPC included) on `listener` until `drain` turns true,
+/// then lets open connections finish.
+async fn serve(listener: TcpListener, app: Router, mut drain: watch::Receiver<bool>) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
+    loop {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = drain.changed() => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let service = TowerToHyperService::new(
+            app.clone()
+                .map_request(|req: axum::http::Request<Incoming>| req.map(axum::body::Body::new)),
+        );
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    graceful.shutdown().await;
 }
 
 struct AppState {
