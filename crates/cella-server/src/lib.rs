@@ -97,9 +97,11 @@ fn router(core: Core) -> Router {
             get(|| async { axum::Json(openapi::document()) }),
         )
         .with_state(state);
-    cella_core::grpc::routes(core.clone())
+    let locks = cella_lock::LockService::new(core.clone());
+    cella_lock::add_services(cella_core::grpc::routes(core.clone()), core.clone())
         .into_axum_router()
         .merge(cella_core::rest::router(core))
+        .merge(cella_lock::rest::router(locks))
         .merge(ops)
         .fallback(no_route)
 }
