@@ -4,6 +4,7 @@
 //! - [`free_port`], [`cella_binary`]: where a node listens and what it runs.
 //! - [`Node`], [`Cluster`]: `cella up` / `cella server` processes with temp data dirs and
 //!   logs, readiness probes, kill -9, graceful stop, pause and restart.
+//! - [`etcdctl`]: etcd's own CLI, installed when missing.
 //! - [`client`]: etcd v3 KV calls with per-call timeouts and outcome classification.
 //! - [`workload`]: the write load and register workload the fault tests share.
 //! - [`nemesis`]: kill/restart schedules for clusters.
@@ -13,6 +14,7 @@
 mod binary;
 pub mod client;
 mod cluster;
+pub mod etcdctl;
 pub mod linearizability;
 pub mod nemesis;
 mod node;
