@@ -9,7 +9,7 @@
 //!
 //! - [`args`]: the command-line options and their parsers.
 //! - `driver`: the one load loop every workload uses.
-//! - `workloads`: kv-put, kv-get, txn-cas, lease-keepalive, watch-fanout.
+//! - `workloads`: kv-put, kv-get, txn-cas, lease-keepalive, watch-fanout, lock-cycle.
 //! - `stats`, `report`, `progress`: histograms and ratios, the markdown section, the
 //!   stderr progress line.
 
@@ -55,6 +55,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         key_space: u64::from(args.key_space),
         serializable: args.serializable,
         streams: args.streams as usize,
+        one_lock: args.one_lock,
     };
     let date = report::utc_now();
     let machine = Machine::this();
@@ -152,7 +153,10 @@ fn settings_shown(args: &BenchArgs) -> Vec<(String, String)> {
     if let Some(rate) = rate {
         shown.push(("rate".to_string(), format!("{rate} ops/s")));
     }
-    if args.workload != Workload::LeaseKeepalive {
+    if !matches!(
+        args.workload,
+        Workload::LeaseKeepalive | Workload::LockCycle
+    ) {
         shown.push(("value size".to_string(), format!("{} B", args.value_size)));
     }
     match args.workload {
@@ -167,6 +171,13 @@ fn settings_shown(args: &BenchArgs) -> Vec<(String, String)> {
             shown.push(("reads".to_string(), reads.to_string()));
         }
         Workload::WatchFanout => shown.push(("streams".to_string(), args.streams.to_string())),
+        Workload::LockCycle => {
+            let locks = match args.one_lock {
+                true => "one shared lock; latency is the hand-over",
+                false => "one lock per client; latency is acquire+release",
+            };
+            shown.push(("locks".to_string(), locks.to_string()));
+        }
         Workload::TxnCas | Workload::LeaseKeepalive => {}
     }
     shown

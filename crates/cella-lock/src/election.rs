@@ -14,7 +14,7 @@ use cella_proto::v3electionpb::LeaderKey;
 use tokio::sync::mpsc;
 
 use crate::error::{LockError, LockResult};
-use crate::model::{check_lease, prefix_end};
+use crate::model::{check_lease, holds_among, prefix_end};
 use crate::queue::{create_revision_is, op_delete, op_put, Queue};
 
 /// Elections over one core. Cheap to clone.
@@ -60,7 +60,7 @@ impl Elections {
     ) -> LockResult<(LeaderKey, i64)> {
         check_lease(lease)?;
         let queue = self.queue(name)?;
-        let entry = queue.join(lease, value.clone()).await?;
+        let (entry, head, revision) = queue.join(lease, value.clone(), 1).await?;
         let leader = LeaderKey {
             name: Bytes::copy_from_slice(name),
             key: entry.key.clone(),
@@ -71,7 +71,10 @@ impl Elections {
             // An earlier campaign of the same lease: take over its key with the new value.
             self.proclaim(&leader, value).await?;
         }
-        let revision = queue.wait_turn(&entry, 1).await?;
+        let revision = match holds_among(&head, &entry.key, 1) {
+            true => revision,
+            false => queue.wait_turn(&entry, 1).await?,
+        };
         entry.keep();
         Ok((leader, revision))
     }

@@ -73,6 +73,14 @@ pub fn standing(queue: &[Party], me: &[u8], permits: usize) -> Standing {
     }
 }
 
+/// Whether `me` is among the first `permits` keys of `head` (the queue's first keys by create
+/// revision, as read in one txn with the caller's join).
+pub fn holds_among(head: &[KeyValue], me: &[u8], permits: usize) -> bool {
+    head.iter()
+        .take(permits.max(1))
+        .any(|kv| kv.key.as_ref() == me)
+}
+
 /// Splits a queue into its holders (the first `permits`) and its waiters.
 pub fn split_holders(mut queue: Vec<Party>, permits: usize) -> (Vec<Party>, Vec<Party>) {
     let waiters = queue.split_off(permits.min(queue.len()));
@@ -223,6 +231,20 @@ mod tests {
         let (holders, waiters) = split_holders(queue.clone(), 5);
         assert_eq!(holders.len(), 3);
         assert!(waiters.is_empty());
+    }
+
+    #[test]
+    fn holding_is_read_from_the_head_of_the_queue() {
+        let kv = |key: &str| KeyValue {
+            key: Bytes::from(key.to_string()),
+            ..Default::default()
+        };
+        let head = vec![kv("l/a"), kv("l/b")];
+        assert!(holds_among(&head, b"l/a", 1));
+        assert!(!holds_among(&head, b"l/b", 1));
+        assert!(holds_among(&head, b"l/b", 2));
+        assert!(!holds_among(&head, b"l/z", 2));
+        assert!(!holds_among(&[], b"l/a", 1));
     }
 
     #[test]

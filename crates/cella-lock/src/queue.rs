@@ -19,7 +19,7 @@ use cella_proto::mvccpb::KeyValue;
 use tokio::sync::mpsc;
 
 use crate::error::{LockError, LockResult};
-use crate::model::{prefix_end, queue_key, standing, Party, Standing};
+use crate::model::{holds_among, prefix_end, queue_key, standing, Party, Standing};
 
 /// Idle watchers get no progress notifications (they are only waiting for a delete).
 const NO_PROGRESS: Duration = Duration::from_secs(24 * 3600);
@@ -175,36 +175,65 @@ impl Queue {
         Ok((resp.kvs, revision))
     }
 
-    /// Puts the lease's key with `value` unless it is there already.
-    pub async fn join(&self, lease: i64, value: Bytes) -> LockResult<Entry> {
+    /// Puts the lease's key with `value` unless it is there already, and reads the first
+    /// `head` parties of the queue in the same txn (so an uncontended caller learns that it
+    /// holds without another read). Returns the entry, that head and the txn's revision.
+    pub async fn join(
+        &self,
+        lease: i64,
+        value: Bytes,
+        head: usize,
+    ) -> LockResult<(Entry, Vec<KeyValue>, i64)> {
         let key = queue_key(&self.prefix, lease);
+        let head_range = op_range(self.range_request(head.max(1) as i64));
         let resp = self
             .core
             .txn(pb::TxnRequest {
                 compare: vec![create_revision_is(&key, compare::CompareResult::Equal, 0)],
-                success: vec![op_put(&key, value.clone(), lease)],
-                failure: vec![op_range(pb::RangeRequest {
-                    key: key.clone(),
-                    ..Default::default()
-                })],
+                success: vec![op_put(&key, value.clone(), lease), head_range.clone()],
+                failure: vec![
+                    op_range(pb::RangeRequest {
+                        key: key.clone(),
+                        ..Default::default()
+                    }),
+                    head_range,
+                ],
             })
             .await?;
+        let txn_revision = resp.header.map_or(0, |h| h.revision);
         let (revision, value, created) = if resp.succeeded {
-            (resp.header.map_or(0, |h| h.revision), value, true)
+            (txn_revision, value, true)
         } else {
             let Some(kv) = txn_range(&resp, 0).pop() else {
                 return Err(self.lost(lease));
             };
             (kv.create_revision, kv.value, false)
         };
-        Ok(Entry {
+        let entry = Entry {
             key,
             lease,
             revision,
             value,
             created,
             core: Some(self.core.clone()),
-        })
+        };
+        Ok((entry, txn_range(&resp, 1), txn_revision))
+    }
+
+    /// Joins (see [`Queue::join`]) and, unless the caller holds at once, waits for its turn.
+    /// Returns the entry and the revision confirming the hold.
+    pub async fn join_and_wait(
+        &self,
+        lease: i64,
+        value: Bytes,
+        permits: usize,
+    ) -> LockResult<(Entry, i64)> {
+        let (entry, head, revision) = self.join(lease, value, permits).await?;
+        if holds_among(&head, &entry.key, permits) {
+            return Ok((entry, revision));
+        }
+        let revision = self.wait_turn(&entry, permits).await?;
+        Ok((entry, revision))
     }
 
     /// Where `entry` stands now, with the queue and the revision it was read at.

@@ -15,8 +15,8 @@ use cella_proto::etcdserverpb::{self as pb, compare};
 
 use crate::error::{LockError, LockResult};
 use crate::model::{
-    self, check_lease, check_name, check_permits, check_ttl, declared_permits, lock_prefix,
-    queue_key, semaphore_prefix, split_holders, Party, Standing,
+    self, check_lease, check_name, check_permits, check_ttl, declared_permits, holds_among,
+    lock_prefix, queue_key, semaphore_prefix, split_holders, Party, Standing,
 };
 use crate::queue::{create_revision_is, lease_is, op_delete, op_range, txn_range, Entry, Queue};
 
@@ -112,8 +112,7 @@ impl LockService {
             Bytes::from(prefix),
             String::from_utf8_lossy(name).into_owned(),
         );
-        let entry = queue.join(lease, Bytes::new()).await?;
-        let revision = queue.wait_turn(&entry, 1).await?;
+        let (entry, revision) = queue.join_and_wait(lease, Bytes::new(), 1).await?;
         let key = entry.key.clone();
         entry.keep();
         Ok((key, revision))
@@ -194,10 +193,9 @@ impl LockService {
             Kind::Lock => (Bytes::new(), 1),
             Kind::Semaphore { permits } => (Bytes::from(permits.to_string()), permits as usize),
         };
-        let entry = queue.join(lease, value).await?;
-        let (standing, kvs, revision) = queue.standing(&entry, permits).await?;
+        let (entry, head, revision) = queue.join(lease, value, permits).await?;
         if let Kind::Semaphore { permits } = kind {
-            if let Some(declared) = declared_permits(kvs.first()).filter(|d| *d != permits) {
+            if let Some(declared) = declared_permits(head.first()).filter(|d| *d != permits) {
                 queue.withdraw(entry).await?;
                 return Err(LockError::PermitsMismatch {
                     name: queue.name.clone(),
@@ -206,21 +204,22 @@ impl LockService {
                 });
             }
         }
-        match (standing, wait) {
-            (Standing::Holds, _) => Ok((entry, revision)),
-            (Standing::Gone, _) => Err(queue.lost(lease)),
-            (Standing::Waits { .. }, Wait::Try) => {
+        if holds_among(&head, &entry.key, permits) {
+            return Ok((entry, revision));
+        }
+        match wait {
+            Wait::Try => {
                 queue.withdraw(entry).await?;
                 Err(LockError::Held {
                     name: queue.name.clone(),
-                    holder: kvs.first().map_or(0, |kv| kv.lease),
+                    holder: head.first().map_or(0, |kv| kv.lease),
                 })
             }
-            (Standing::Waits { .. }, Wait::Forever) => {
+            Wait::Forever => {
                 let revision = queue.wait_turn(&entry, permits).await?;
                 Ok((entry, revision))
             }
-            (Standing::Waits { .. }, Wait::For(limit)) => {
+            Wait::For(limit) => {
                 match tokio::time::timeout(limit, queue.wait_turn(&entry, permits)).await {
                     Ok(Ok(revision)) => Ok((entry, revision)),
                     Ok(Err(e)) => Err(e),

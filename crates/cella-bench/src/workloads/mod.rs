@@ -1,9 +1,10 @@
-//! The five workloads. Each builds its clients (and any fixture: preloaded keys, leases,
+//! The workloads. Each builds its clients (and any fixture: preloaded keys, leases,
 //! watchers), then hands them to the shared driver through [`measure`]; none has a load loop
 //! of its own.
 
 mod kv;
 mod lease;
+mod lock;
 mod txn;
 mod watch;
 
@@ -37,6 +38,8 @@ pub(crate) struct Settings {
     pub serializable: bool,
     /// watch-fanout's watch streams.
     pub streams: usize,
+    /// lock-cycle: every client contends for one lock.
+    pub one_lock: bool,
 }
 
 /// Runs `workload` once at `clients` against `conns`; `progress` labels the progress line.
@@ -53,6 +56,7 @@ pub(crate) async fn run_level(
         Workload::TxnCas => txn::run(conns, clients, settings, progress).await,
         Workload::LeaseKeepalive => lease::run(conns, clients, settings, progress).await,
         Workload::WatchFanout => watch::run(conns, clients, settings, progress).await,
+        Workload::LockCycle => lock::run(conns, clients, settings, progress).await,
     }
 }
 
