@@ -359,12 +359,7 @@ impl Render for ResignedView {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn table(view: &impl Render) -> String {
-        let mut out = Vec::new();
-        view.write_table(&mut out).expect("writing to a Vec");
-        String::from_utf8_lossy(&out).into_owned()
-    }
+    use crate::output::table;
 
     #[test]
     fn status_lists_holder_and_waiters_in_order() {

@@ -1,6 +1,7 @@
-//! A minimal HTTP/1.1 GET over a raw TCP stream, for `/healthz` and `/readyz` probes.
+//! Minimal HTTP/1.1 over a raw TCP stream: a GET that reads only the status line, for
+//! `/healthz` and `/readyz` probes, and one request/response exchange for REST tests.
 //!
-//! Only the status line is read; the body is ignored. No HTTP client dependency is needed,
+//! The probe reads only the status line; the body is ignored. No HTTP client dependency is needed,
 //! and a server that is paused or wedged shows up as a timeout rather than a hang.
 
 use std::net::SocketAddr;
@@ -37,6 +38,64 @@ async fn get_status(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
         anyhow::ensure!(head.len() < 8192, "status line too long");
     }
     parse_status_line(&head)
+}
+
+/// Sends one `method path` request with a JSON `body` to `addr` on its own connection and
+/// returns the status and the (de-chunked) body, within `timeout`.
+pub async fn http_exchange(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        Ok::<_, std::io::Error>(raw)
+    };
+    let raw = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("{method} http://{addr}{path} timed out after {timeout:?}")
+        })??;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("no HTTP head in {text:?}"))?;
+    let status = parse_status_line(head.as_bytes())?;
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok((status, body))
+}
+
+/// The payload of a chunked body.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
 }
 
 fn parse_status_line(head: &[u8]) -> anyhow::Result<u16> {
@@ -88,6 +147,11 @@ mod tests {
             .await
             .expect("a response");
         assert_eq!(status, 503);
+    }
+
+    #[test]
+    fn chunked_bodies_are_joined() {
+        assert_eq!(dechunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"), "abcde");
     }
 
     #[tokio::test]

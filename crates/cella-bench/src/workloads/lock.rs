@@ -10,16 +10,15 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
 use bytes::Bytes;
 use cella_proto::etcdserverpb::lease_client::LeaseClient;
-use cella_proto::etcdserverpb::{LeaseGrantRequest, LeaseRevokeRequest};
+use cella_proto::etcdserverpb::LeaseRevokeRequest;
 use cella_proto::v3lockpb::lock_client::LockClient;
 use cella_proto::v3lockpb::{LockRequest, UnlockRequest};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use super::{measure, Settings, KEY_PREFIX};
+use super::{grant_lease, measure, Settings, KEY_PREFIX};
 use crate::conn::Connections;
 use crate::driver::LoadClient;
 use crate::progress::Progress;
@@ -50,22 +49,12 @@ impl Locker {
     ) -> anyhow::Result<Locker> {
         let channel = conns.channel(i);
         let mut leases = LeaseClient::new(channel.clone());
-        let grant = leases
-            .lease_grant(LeaseGrantRequest {
-                ttl: LEASE_TTL_SECS,
-                id: 0,
-            })
-            .await
-            .with_context(|| format!("granting lease {i}"))?
-            .into_inner();
-        if !grant.error.is_empty() {
-            anyhow::bail!("granting lease {i}: {}", grant.error);
-        }
+        let lease = grant_lease(&mut leases, i, LEASE_TTL_SECS).await?;
         Ok(Locker {
             locks: LockClient::new(channel),
             leases,
             name,
-            lease: grant.id,
+            lease,
             shared,
             handover: None,
         })

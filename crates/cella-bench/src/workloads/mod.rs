@@ -80,6 +80,27 @@ async fn measure<C: LoadClient>(
     drive(clients, settings.bounds, progress).await
 }
 
+/// Grants client `i` a lease of `ttl_secs` seconds and returns its id.
+async fn grant_lease(
+    leases: &mut cella_proto::etcdserverpb::lease_client::LeaseClient<tonic::transport::Channel>,
+    i: usize,
+    ttl_secs: i64,
+) -> anyhow::Result<i64> {
+    use anyhow::Context;
+    let grant = leases
+        .lease_grant(cella_proto::etcdserverpb::LeaseGrantRequest {
+            ttl: ttl_secs,
+            id: 0,
+        })
+        .await
+        .with_context(|| format!("granting lease {i}"))?
+        .into_inner();
+    if !grant.error.is_empty() {
+        anyhow::bail!("granting lease {i}: {}", grant.error);
+    }
+    Ok(grant.id)
+}
+
 /// A value of `size` bytes that starts with `head` (filler after it).
 fn value_with_head(head: &[u8], size: usize) -> Bytes {
     let mut v = Vec::with_capacity(size.max(head.len()));

@@ -3,36 +3,14 @@
 use std::net::SocketAddr;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::harness::{TestNode, WAIT};
 
 /// One HTTP/1.1 request on its own connection; returns the status and the JSON body.
 async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) {
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body.as_bytes()).await?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await?;
-        Ok::<_, std::io::Error>(raw)
-    };
-    let raw = tokio::time::timeout(WAIT, exchange)
+    let (status, body) = cella_testkit::http_exchange(&addr.to_string(), method, path, body, WAIT)
         .await
-        .expect("in time")
-        .expect("exchange");
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP head");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status");
+        .expect("HTTP exchange");
     let value =
         serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("{path}: {body:?}: {e}"));
     (status, value)
