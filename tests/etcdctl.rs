@@ -5,66 +5,11 @@
 //! lease verbs, member list and endpoint status, checking etcdctl's own output.
 
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use cella_testkit::{workspace_root, Node, NodeOptions};
-
-fn ensure_etcdctl() {
-    let found = Command::new("etcdctl")
-        .arg("version")
-        .env("ETCDCTL_API", "3")
-        .output()
-        .is_ok();
-    if !found {
-        let status = Command::new(workspace_root().join("scripts/install-test-deps.sh"))
-            .status()
-            .expect("running scripts/install-test-deps.sh");
-        assert!(status.success(), "installing etcdctl failed");
-    }
-}
-
-struct Etcdctl {
-    endpoint: String,
-}
-
-impl Etcdctl {
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("etcdctl");
-        cmd.env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.endpoint))
-            .arg("--command-timeout=10s")
-            .args(args);
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let out = self.command(args).output().expect("etcdctl runs");
-        assert!(
-            out.status.success(),
-            "etcdctl {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn stdout(&self, args: &[&str]) -> String {
-        String::from_utf8_lossy(&self.run(args).stdout).into_owned()
-    }
-
-    /// Runs a long-lived command (watch, keep-alive) for `for_how_long`, then kills it.
-    fn run_for(&self, args: &[&str], for_how_long: Duration) -> String {
-        let mut child = self
-            .command(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("etcdctl starts");
-        std::thread::sleep(for_how_long);
-        let _ = child.kill();
-        let out = child.wait_with_output().expect("etcdctl output");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
+use cella_testkit::etcdctl::{ensure_etcdctl, Etcdctl};
+use cella_testkit::{Node, NodeOptions};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn etcdctl_works_unchanged_against_cella() {

@@ -7,8 +7,11 @@ use prost::Message;
 const PROTOS: &[&str] = &[
     "etcd/kv.proto",
     "etcd/rpc.proto",
+    "etcd/v3lock.proto",
+    "etcd/v3election.proto",
     "cella/v1/core.proto",
     "cella/v1/registry.proto",
+    "cella/v1/lock.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

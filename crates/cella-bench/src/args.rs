@@ -62,6 +62,11 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub streams: u32,
 
+    /// lock-cycle: all clients contend for one lock, and each operation is timed as a
+    /// hand-over (previous holder's release to the next holder's grant).
+    #[arg(long)]
+    pub one_lock: bool,
+
     /// Target whose figures the others are divided by in the ratio table.
     #[arg(long, value_name = "NAME", default_value = "etcd")]
     pub baseline: String,
@@ -91,6 +96,9 @@ pub enum Workload {
     RegistryRegister,
     /// Heartbeats of registered instances through Nacos's v1 HTTP API (Cella or rnacos).
     RegistryHeartbeat,
+    /// Acquire+release through etcd's v3lock service: a lock per client, or one shared lock
+    /// (--one-lock) timed as hand-overs.
+    LockCycle,
 }
 
 impl Workload {
@@ -113,6 +121,7 @@ impl Workload {
             Workload::RegistryPush => "registry-push",
             Workload::RegistryRegister => "registry-register",
             Workload::RegistryHeartbeat => "registry-heartbeat",
+            Workload::LockCycle => "lock-cycle",
         }
     }
 }

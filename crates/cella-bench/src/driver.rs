@@ -36,6 +36,13 @@ pub(crate) trait LoadClient: Send + 'static {
 
     /// Called between the warm-up and the measured run.
     fn start_measuring(&mut self) {}
+
+    /// For clients that time something other than the call itself (a lock hand-over): after
+    /// a successful call, `Some(Some(d))` records `d`, `Some(None)` records nothing, and
+    /// `None` (the default) records the call's own duration.
+    fn measured_latency(&mut self) -> Option<Option<Duration>> {
+        None
+    }
 }
 
 /// The bounds of one load run.
@@ -141,7 +148,11 @@ async fn run_client<C: LoadClient>(
         };
         match result {
             Ok(()) => {
-                latencies.record(sent.elapsed());
+                match client.measured_latency() {
+                    None => latencies.record(sent.elapsed()),
+                    Some(Some(own)) => latencies.record(own),
+                    Some(None) => {}
+                }
                 consecutive_errors = 0;
             }
             Err(e) => {

@@ -9,7 +9,8 @@
 //!
 //! - [`args`]: the command-line options and their parsers.
 //! - `driver`: the one load loop every workload uses.
-//! - `workloads`: kv-put, kv-get, txn-cas, lease-keepalive, watch-fanout, registry-push.
+//! - `workloads`: kv-put, kv-get, txn-cas, lease-keepalive, watch-fanout, lock-cycle,
+//!   registry-push, registry-register, registry-heartbeat.
 //! - `stats`, `report`, `progress`: histograms and ratios, the markdown section, the
 //!   stderr progress line.
 
@@ -56,6 +57,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         key_space: u64::from(args.key_space),
         serializable: args.serializable,
         streams: args.streams as usize,
+        one_lock: args.one_lock,
     };
     let date = report::utc_now();
     let machine = Machine::this();
@@ -178,6 +180,13 @@ fn settings_shown(args: &BenchArgs) -> Vec<(String, String)> {
             shown.push(("reads".to_string(), reads.to_string()));
         }
         Workload::WatchFanout => shown.push(("streams".to_string(), args.streams.to_string())),
+        Workload::LockCycle => {
+            let locks = match args.one_lock {
+                true => "one shared lock; latency is the hand-over",
+                false => "one lock per client; latency is acquire+release",
+            };
+            shown.push(("locks".to_string(), locks.to_string()));
+        }
         _ => {}
     }
     shown

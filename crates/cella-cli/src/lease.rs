@@ -178,12 +178,7 @@ impl Render for LeaseListView {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn table(view: &impl Render) -> String {
-        let mut out = Vec::new();
-        view.write_table(&mut out).expect("writing to a Vec");
-        String::from_utf8_lossy(&out).into_owned()
-    }
+    use crate::output::table;
 
     #[test]
     fn grant_prints_like_etcdctl() {

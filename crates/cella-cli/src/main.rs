@@ -1,11 +1,12 @@
 //! `cella`: the one binary. Runs a node (`up`, `server`), talks to the core (`kv`, `lease`,
-//! `status`) and measures it (`bench`).
+//! `lock`, `elect`, `status`) and measures it (`bench`).
 //!
 //! Exit codes: 0 ok, 1 failed, 2 bad usage. Results go to stdout in `--output`'s format;
 //! logs and errors go to stderr.
 
 mod kv;
 mod lease;
+mod lock;
 mod output;
 mod registry;
 mod serve;
@@ -69,6 +70,12 @@ enum Command {
     /// Register, list and watch service instances.
     #[command(subcommand)]
     Registry(registry::RegistryCommand),
+    /// Take, release and inspect locks.
+    #[command(subcommand)]
+    Lock(lock::LockCommand),
+    /// Campaign in, observe and resign from elections.
+    #[command(subcommand)]
+    Elect(lock::ElectCommand),
     /// Show every member: leader, term, raft index, applied index, lag.
     Status,
     /// Measure Cella (and peers such as etcd) with benchmark workloads.
@@ -168,6 +175,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Kv(command) => kv::run(command, &remote, format).await,
         Command::Lease(command) => lease::run(command, &remote, format).await,
         Command::Registry(command) => registry::run(command, &remote, format).await,
+        Command::Lock(command) => lock::run_lock(command, &remote, format).await,
+        Command::Elect(command) => lock::run_elect(command, &remote, format).await,
         Command::Status => status::run(&remote, format).await,
         Command::Bench(args) => cella_bench::run(args).await,
     }

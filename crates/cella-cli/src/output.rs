@@ -44,6 +44,14 @@ pub fn emit(format: Format, view: &impl Render) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The human form of `view`, for tests of a verb's table output.
+#[cfg(test)]
+pub fn table(view: &impl Render) -> String {
+    let mut out = Vec::new();
+    view.write_table(&mut out).expect("writing to a Vec");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Bytes for display: the text itself when it is UTF-8, otherwise `{"base64": "..."}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]

@@ -269,3 +269,96 @@ fn status_lists_every_member_with_a_leader() {
     assert!(table.starts_with("ID "), "{table}");
     server.stop();
 }
+
+#[test]
+fn lock_acquire_status_release_and_refusals() {
+    let server = Server::start();
+    let endpoint = server.endpoint();
+    let held = json(&endpoint, &["lock", "acquire", "orders", "--ttl", "60"]);
+    let lease = held["lease"].as_str().expect("hex lease").to_string();
+    let token = held["fencing_token"].as_i64().expect("token");
+    assert_eq!(
+        held["key"],
+        format!("orders/{}", lease.trim_start_matches('0'))
+    );
+
+    let busy = cella(&endpoint, &["lock", "acquire", "orders", "--try"]);
+    assert_eq!(busy.status.code(), Some(1), "{}", stderr(&busy));
+    assert!(
+        stderr(&busy).contains("is held by lease"),
+        "{}",
+        stderr(&busy)
+    );
+
+    let status = succeed(&endpoint, &["lock", "status", "orders"]);
+    assert_eq!(
+        status,
+        format!(
+            "lock orders: held by lease {lease} since revision {token} (fencing token {token})\n"
+        )
+    );
+
+    let wrong = cella(&endpoint, &["lock", "release", "orders", "--lease", "1234"]);
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(
+        stderr(&wrong).contains("nothing was released"),
+        "{}",
+        stderr(&wrong)
+    );
+    assert!(succeed(&endpoint, &["lock", "status", "orders"]).contains(&lease));
+
+    let token_arg = token.to_string();
+    let released = succeed(
+        &endpoint,
+        &[
+            "lock",
+            "release",
+            "orders",
+            "--lease",
+            &lease,
+            "--fencing-token",
+            &token_arg,
+        ],
+    );
+    assert_eq!(released, "lock orders released\n");
+    assert_eq!(
+        succeed(&endpoint, &["lock", "status", "orders"]),
+        "lock orders: free\n"
+    );
+
+    for args in [
+        &["lock", "acquire", ""][..],
+        &["lock", "acquire", "x", "--ttl", "0"],
+        &["lock", "acquire", "x", "--ttl", "86401"],
+    ] {
+        let out = cella(&endpoint, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+    }
+    server.stop();
+}
+
+#[test]
+fn elect_leader_and_resign() {
+    let server = Server::start();
+    let endpoint = server.endpoint();
+    let mut campaign = Command::new(env!("CARGO_BIN_EXE_cella"))
+        .env("CELLA_ENDPOINT", &endpoint)
+        .args(["--output", "json", "elect", "campaign", "db", "node-a"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("campaign starts");
+    let mut line = String::new();
+    let stdout_pipe = campaign.stdout.take().expect("piped");
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout_pipe), &mut line)
+        .expect("elected line");
+    let elected: Value = serde_json::from_str(&line).expect("json");
+    assert_eq!(elected["value"], "node-a");
+    let lease = elected["lease"].as_str().expect("lease").to_string();
+    assert_eq!(succeed(&endpoint, &["elect", "leader", "db"]), "node-a\n");
+    succeed(&endpoint, &["elect", "resign", "db", "--lease", &lease]);
+    let none = cella(&endpoint, &["elect", "leader", "db"]);
+    assert_eq!(none.status.code(), Some(1));
+    let _ = campaign.kill();
+    let _ = campaign.wait();
+    server.stop();
+}

@@ -19,7 +19,7 @@ pub mod rest;
 mod state_machine;
 mod types;
 mod validate;
-mod watch;
+pub mod watch;
 
 pub use error::{CoreError, CoreResult};
 pub use node::{Core, CoreConfig, Membership};

@@ -18,6 +18,16 @@ pub mod etcdserverpb {
     include!(concat!(env!("OUT_DIR"), "/etcdserverpb.serde.rs"));
 }
 
+/// etcd v3's server-side lock service (Lock, Unlock).
+pub mod v3lockpb {
+    include!(concat!(env!("OUT_DIR"), "/v3lockpb.rs"));
+}
+
+/// etcd v3's server-side election service (Campaign, Proclaim, Leader, Observe, Resign).
+pub mod v3electionpb {
+    include!(concat!(env!("OUT_DIR"), "/v3electionpb.rs"));
+}
+
 /// Cella's own protocols.
 pub mod cella {
     /// Internal messages of the consistent core: replicated commands and peer traffic.
@@ -35,6 +45,15 @@ pub mod cella {
         pub mod v1 {
             include!(concat!(env!("OUT_DIR"), "/cella.registry.v1.rs"));
             include!(concat!(env!("OUT_DIR"), "/cella.registry.v1.serde.rs"));
+        }
+    }
+
+    /// Locks and counting semaphores: what etcd's lock service lacks (try, status, permits).
+    pub mod lock {
+        /// Version 1.
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/cella.lock.v1.rs"));
+            include!(concat!(env!("OUT_DIR"), "/cella.lock.v1.serde.rs"));
         }
     }
 }

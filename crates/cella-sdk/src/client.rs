@@ -13,6 +13,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::cluster::Cluster;
 use crate::kv::Kv;
 use crate::lease::Leases;
+use crate::lock::{Elections, Locks};
 use crate::maintenance::Maintenance;
 use crate::registry::Registry;
 use crate::watch::Watcher;
@@ -63,6 +64,16 @@ impl Client {
     /// Watches on keys and prefixes.
     pub fn watch(&self) -> Watcher {
         Watcher::new(self.transport.clone())
+    }
+
+    /// Locks: acquire (with a kept-alive lease), try, release, status.
+    pub fn lock(&self) -> Locks {
+        Locks::new(self.transport.clone())
+    }
+
+    /// Elections: campaign, leader, observe, resign.
+    pub fn election(&self) -> Elections {
+        Elections::new(self.transport.clone())
     }
 
     /// Cluster membership.

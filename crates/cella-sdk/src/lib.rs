@@ -22,6 +22,7 @@ mod types;
 pub mod cluster;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
 pub mod registry;
 pub mod watch;

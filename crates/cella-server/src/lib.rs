@@ -14,6 +14,9 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use cella_base::SystemClock;
+use cella_core::{Core, Membership};
+use cella_registry::Registry;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -22,9 +25,6 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt;
-use cella_base::SystemClock;
-use cella_core::{Core, Membership};
-use cella_registry::Registry;
 
 pub use config::ServerConfig;
 
@@ -148,11 +148,13 @@ fn router(core: Core, service_registry: Registry) -> Router {
             get(|| async { axum::Json(openapi::document()) }),
         )
         .with_state(state);
-    let grpc = cella_core::grpc::routes(core.clone())
+    let locks = cella_lock::LockService::new(core.clone());
+    let grpc = cella_lock::add_services(cella_core::grpc::routes(core.clone()), core.clone())
         .add_service(cella_registry::grpc::service(service_registry.clone()))
         .add_service(cella_registry::grpc::peer_service(service_registry.clone()));
     grpc.into_axum_router()
         .merge(cella_core::rest::router(core))
+        .merge(cella_lock::rest::router(locks))
         .merge(cella_registry::rest::router(service_registry.clone()))
         .merge(cella_registry::nacos::router(service_registry))
         .merge(ops)

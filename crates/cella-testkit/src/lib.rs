@@ -5,6 +5,7 @@
 //! - [`Node`], [`Cluster`]: `cella up` / `cella server` processes with temp data dirs and
 //!   logs, readiness probes, kill -9, graceful stop, pause and restart.
 //! - [`http`]: a raw HTTP/1.1 client for REST and Nacos-style routes.
+//! - [`etcdctl`]: etcd's own CLI, installed when missing.
 //! - [`client`]: etcd v3 KV calls with per-call timeouts and outcome classification.
 //! - [`workload`]: the write load and register workload the fault tests share.
 //! - [`nemesis`]: kill/restart schedules for clusters.
@@ -15,6 +16,7 @@
 mod binary;
 pub mod client;
 mod cluster;
+pub mod etcdctl;
 pub mod http;
 pub mod linearizability;
 pub mod nemesis;

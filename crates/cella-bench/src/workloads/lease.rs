@@ -9,14 +9,14 @@
 use anyhow::Context;
 use cella_proto::etcdserverpb::lease_client::LeaseClient;
 use cella_proto::etcdserverpb::{
-    LeaseGrantRequest, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseRevokeRequest,
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseRevokeRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::Streaming;
 
-use super::{measure, Settings};
+use super::{grant_lease, measure, Settings};
 use crate::conn::Connections;
 use crate::driver::LoadClient;
 use crate::progress::Progress;
@@ -36,22 +36,12 @@ impl KeepAlive {
     /// Grants client `i`'s lease and opens its keep-alive stream.
     async fn new(conns: &Connections, i: usize) -> anyhow::Result<KeepAlive> {
         let mut leases = LeaseClient::new(conns.channel(i));
-        let grant = leases
-            .lease_grant(LeaseGrantRequest {
-                ttl: LEASE_TTL_SECS,
-                id: 0,
-            })
-            .await
-            .with_context(|| format!("granting lease {i}"))?
-            .into_inner();
-        if !grant.error.is_empty() {
-            anyhow::bail!("granting lease {i}: {}", grant.error);
-        }
+        let id = grant_lease(&mut leases, i, LEASE_TTL_SECS).await?;
         let (requests, rx) = mpsc::channel(1);
         // Queue the first keep-alive before opening the stream: some servers send the
         // response headers only with the first message.
         requests
-            .send(LeaseKeepAliveRequest { id: grant.id })
+            .send(LeaseKeepAliveRequest { id })
             .await
             .map_err(|_| anyhow::anyhow!("keep-alive request queue closed"))?;
         let responses = leases
@@ -61,7 +51,7 @@ impl KeepAlive {
             .into_inner();
         let mut client = KeepAlive {
             leases,
-            id: grant.id,
+            id,
             requests,
             responses,
         };

@@ -5,6 +5,7 @@
 mod fanout;
 mod kv;
 mod lease;
+mod lock;
 mod nacos;
 mod registry;
 mod txn;
@@ -40,6 +41,8 @@ pub(crate) struct Settings {
     pub serializable: bool,
     /// watch-fanout's watch streams.
     pub streams: usize,
+    /// lock-cycle: every client contends for one lock.
+    pub one_lock: bool,
 }
 
 /// Runs `workload` once at `clients` against `conns`; `progress` labels the progress line.
@@ -61,6 +64,7 @@ pub(crate) async fn run_level(
         Workload::RegistryHeartbeat => {
             nacos::run_heartbeat(conns, clients, settings, progress).await
         }
+        Workload::LockCycle => lock::run(conns, clients, settings, progress).await,
     }
 }
 
@@ -82,6 +86,27 @@ async fn measure<C: LoadClient>(
         client.start_measuring();
     }
     drive(clients, settings.bounds, progress).await
+}
+
+/// Grants client `i` a lease of `ttl_secs` seconds and returns its id.
+async fn grant_lease(
+    leases: &mut cella_proto::etcdserverpb::lease_client::LeaseClient<tonic::transport::Channel>,
+    i: usize,
+    ttl_secs: i64,
+) -> anyhow::Result<i64> {
+    use anyhow::Context;
+    let grant = leases
+        .lease_grant(cella_proto::etcdserverpb::LeaseGrantRequest {
+            ttl: ttl_secs,
+            id: 0,
+        })
+        .await
+        .with_context(|| format!("granting lease {i}"))?
+        .into_inner();
+    if !grant.error.is_empty() {
+        anyhow::bail!("granting lease {i}: {}", grant.error);
+    }
+    Ok(grant.id)
 }
 
 /// A value of `size` bytes that starts with `head` (filler after it).
