@@ -2,12 +2,28 @@
 //!
 //! - [`layout`]: id layouts as data — binary (snowflake) and decimal (order numbers) — with
 //!   encode, decode and validation; built-ins `snowflake64` and `order32`.
+//! - [`Snowflake`]: a generator for one layout from a worker id leased from the core
+//!   ([`WorkerLease`]), with a persisted high-water mark so no restart reissues an id; its
+//!   decisions (sequence overflow, clock steps back, reservations) are a pure state machine.
+//! - [`CoreStore`]: the few core calls the generators make, implemented by the node's
+//!   in-process core (feature `server`) and by the SDK over the network.
 //!
-//! Everything that decides lives apart from what talks to the core: the layouts and
-//! generators are plain values tested with a manual clock.
+//! Everything that decides lives apart from what talks to the core: the layouts and the
+//! sequencer are plain values tested with a manual clock.
 
+#[cfg(feature = "server")]
+mod core_store;
 mod error;
 pub mod layout;
+pub mod metrics;
+mod sequencer;
+mod snowflake;
+mod store;
+mod worker;
 
 pub use error::{IdgenError, IdgenResult};
-pub use layout::{Decoded, Id, Layout, LayoutSpec};
+pub use layout::{Decoded, Id, Layout, LayoutSpec, Tags};
+pub use sequencer::GeneratorConfig;
+pub use snowflake::{Snowflake, UnixClock};
+pub use store::{CoreStore, KEY_PREFIX};
+pub use worker::WorkerLease;
