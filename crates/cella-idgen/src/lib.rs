@@ -5,6 +5,8 @@
 //! - [`Snowflake`]: a generator for one layout from a worker id leased from the core
 //!   ([`WorkerLease`]), with a persisted high-water mark so no restart reissues an id; its
 //!   decisions (sequence overflow, clock steps back, reservations) are a pure state machine.
+//! - [`SegmentAllocator`]: segment mode per business tag — ranges allocated from the core
+//!   by compare-and-swap, double-buffered, with a step that adapts to consumption.
 //! - [`CoreStore`]: the few core calls the generators make, implemented by the node's
 //!   in-process core (feature `server`) and by the SDK over the network.
 //!
@@ -16,6 +18,8 @@ mod core_store;
 mod error;
 pub mod layout;
 pub mod metrics;
+mod segment;
+mod segments;
 mod sequencer;
 mod snowflake;
 mod store;
@@ -23,6 +27,8 @@ mod worker;
 
 pub use error::{IdgenError, IdgenResult};
 pub use layout::{Decoded, Id, Layout, LayoutSpec, Tags};
+pub use segment::SegmentConfig;
+pub use segments::{check_tag, SegmentAllocator};
 pub use sequencer::GeneratorConfig;
 pub use snowflake::{Snowflake, UnixClock};
 pub use store::{CoreStore, KEY_PREFIX};

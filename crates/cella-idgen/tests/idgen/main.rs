@@ -2,4 +2,5 @@
 //! in a temp dir, and the node's gRPC and REST APIs over 127.0.0.1 sockets.
 
 mod generator;
+mod segments;
 mod support;
