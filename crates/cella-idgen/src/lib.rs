@@ -7,6 +7,8 @@
 //!   decisions (sequence overflow, clock steps back, reservations) are a pure state machine.
 //! - [`SegmentAllocator`]: segment mode per business tag — ranges allocated from the core
 //!   by compare-and-swap, double-buffered, with a step that adapts to consumption.
+//! - `IdService` (feature `server`): the node's service — layouts served, one generator
+//!   per layout holding its own worker id — over gRPC ([`grpc`]) and REST ([`rest`]).
 //! - [`CoreStore`]: the few core calls the generators make, implemented by the node's
 //!   in-process core (feature `server`) and by the SDK over the network.
 //!
@@ -16,13 +18,20 @@
 #[cfg(feature = "server")]
 mod core_store;
 mod error;
+#[cfg(feature = "server")]
+pub mod grpc;
 pub mod layout;
 pub mod metrics;
+#[cfg(feature = "server")]
+pub mod rest;
 mod segment;
 mod segments;
 mod sequencer;
+#[cfg(feature = "server")]
+mod service;
 mod snowflake;
 mod store;
+pub mod wire;
 mod worker;
 
 pub use error::{IdgenError, IdgenResult};
@@ -30,6 +39,8 @@ pub use layout::{Decoded, Id, Layout, LayoutSpec, Tags};
 pub use segment::SegmentConfig;
 pub use segments::{check_tag, SegmentAllocator};
 pub use sequencer::GeneratorConfig;
+#[cfg(feature = "server")]
+pub use service::{IdService, IdgenConfig};
 pub use snowflake::{Snowflake, UnixClock};
 pub use store::{CoreStore, KEY_PREFIX};
 pub use worker::WorkerLease;

@@ -119,6 +119,8 @@ impl<S: CoreStore> Snowflake<S> {
         let mut state = self.state.lock().await;
         let wait_limit =
             Duration::from_millis(self.config.reserve_ms + self.config.max_backstep_ms + 5_000);
+        // Time spent waiting since the last id was issued (estimated: a yield counts as
+        // 50 µs), bounded so a clock that stopped cannot hang a caller.
         let mut waited = Duration::ZERO;
         while ids.len() < count {
             if self.worker.is_lost() {
@@ -128,6 +130,7 @@ impl<S: CoreStore> Snowflake<S> {
             match state.step(now) {
                 Ok(Step::Issue { unix_ms, sequence }) => {
                     let timestamp = self.layout.timestamp_of(unix_ms)?;
+                    waited = Duration::ZERO;
                     ids.push(
                         self.layout
                             .compose(timestamp, sequence, self.worker.worker(), tags),

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use cella_core::CoreConfig;
+use cella_idgen::IdgenConfig;
 use serde::{Deserialize, Serialize};
 
 /// Everything a node needs to start.
@@ -22,6 +23,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// The consistent core.
     pub core: CoreConfig,
+    /// Unique ids: batch limit, generator and segment tunables, extra layouts.
+    pub idgen: IdgenConfig,
 }
 
 impl Default for ServerConfig {
@@ -32,6 +35,7 @@ impl Default for ServerConfig {
             peers: String::new(),
             data_dir: PathBuf::from("./cella-data"),
             core: CoreConfig::default(),
+            idgen: IdgenConfig::default(),
         }
     }
 }

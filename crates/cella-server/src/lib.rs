@@ -45,7 +45,13 @@ pub async fn run(
     .await
     .context("starting the consistent core")?;
 
-    let app = router(core.clone());
+    let ids = cella_idgen::IdService::new(
+        core.clone(),
+        config.idgen.clone(),
+        format!("node {} at {}", config.node_id, config.listen),
+    )
+    .context("the [idgen] settings")?;
+    let app = router(core.clone(), Arc::new(ids));
     let (drain_tx, mut drain_rx) = tokio::sync::watch::channel(false);
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
@@ -81,9 +87,10 @@ struct AppState {
 }
 
 /// The node's HTTP and gRPC routes on one router.
-fn router(core: Core) -> Router {
+fn router(core: Core, ids: Arc<cella_idgen::IdService>) -> Router {
     let mut registry = Registry::default();
     cella_core::metrics::register(&mut registry);
+    cella_idgen::metrics::register(&mut registry);
     let state = Arc::new(AppState {
         core: core.clone(),
         registry,
@@ -98,8 +105,10 @@ fn router(core: Core) -> Router {
         )
         .with_state(state);
     cella_core::grpc::routes(core.clone())
+        .add_service(cella_idgen::grpc::server(ids.clone()))
         .into_axum_router()
         .merge(cella_core::rest::router(core))
+        .merge(cella_idgen::rest::router(ids))
         .merge(ops)
         .fallback(no_route)
 }

@@ -72,7 +72,8 @@ async fn wait_released(core: &Core, layout: &str, worker: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_duplicate_across_restarts_worker_churn_and_clock_steps_back() {
     const ROUNDS: u64 = 40;
-    const BATCH: usize = 20_000;
+    const BATCH: usize = 25_000;
+    const LARGE_STEP_BACK: Duration = Duration::from_secs(60);
     let core = TestCore::start().await;
     let running = RunningClock::start(START, Duration::from_micros(50));
     let clock: Arc<dyn Clock> = Arc::new(running.clock.clone());
@@ -94,15 +95,16 @@ async fn no_duplicate_across_restarts_worker_churn_and_clock_steps_back() {
         } else {
             generators.push_back(start(&core.core, &layout, &clock).await);
         }
-        // A small step back every round (waited out); a large one every fifth (refused
-        // by generators that have issued, waited out by one that just started).
+        // A small step back every round (waited out); a large one every fifth (refused:
+        // a minute is far beyond what is waited out, even by a generator just started).
         running.clock.rewind(Duration::from_millis(round % 9));
         let large = round % 5 == 4;
         if large {
-            running.clock.rewind(Duration::from_millis(300));
+            running.clock.rewind(LARGE_STEP_BACK);
         }
         for generator in &generators {
             match generator.batch(BATCH, &Tags::default()).await {
+                Ok(_) if large => panic!("round {round}: issued ids a minute in the past"),
                 Ok(ids) => {
                     assert_eq!(ids.len(), BATCH);
                     for id in ids {
@@ -114,7 +116,7 @@ async fn no_duplicate_across_restarts_worker_churn_and_clock_steps_back() {
             }
         }
         if large {
-            running.clock.advance(Duration::from_millis(300));
+            running.clock.advance(LARGE_STEP_BACK);
         }
     }
     println!(
