@@ -11,6 +11,7 @@ use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::cluster::Cluster;
+use crate::id::Ids;
 use crate::kv::Kv;
 use crate::lease::Leases;
 use crate::maintenance::Maintenance;
@@ -72,6 +73,11 @@ impl Client {
     /// Node status.
     pub fn maintenance(&self) -> Maintenance {
         Maintenance::new(self.transport.clone())
+    }
+
+    /// Unique ids: from the node, decoded, per segment tag, or generated locally.
+    pub fn ids(&self) -> Ids {
+        Ids::new(self.transport.clone())
     }
 }
 

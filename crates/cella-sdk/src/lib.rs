@@ -1,4 +1,4 @@
-//! Rust client for Cella's consistent core.
+//! Rust client for Cella: the consistent core, and the blocks built on it (unique ids).
 //!
 //! The core speaks etcd v3's gRPC API, so this client also works against etcd. One
 //! [`Client`] holds one HTTP/2 connection; each service handle it hands out shares it.
@@ -20,6 +20,7 @@ mod error;
 mod types;
 
 pub mod cluster;
+pub mod id;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
