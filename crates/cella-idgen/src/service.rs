@@ -130,6 +130,17 @@ impl IdService {
         Ok(generator)
     }
 
+    /// Gives back every worker id this node holds (a clean shutdown, before the core
+    /// stops), so a restarted node can claim them again at once.
+    pub async fn release_workers(&self) {
+        let generators: Vec<_> = self.generators.lock().await.drain().collect();
+        for (layout, generator) in generators {
+            if let Err(e) = generator.release().await {
+                tracing::warn!(layout, error = %e, "releasing a worker id; its lease will expire instead");
+            }
+        }
+    }
+
     fn check_count(&self, count: u32) -> IdgenResult<()> {
         if count == 0 || count > self.config.max_batch {
             return Err(IdgenError::BadCount {

@@ -51,7 +51,8 @@ pub async fn run(
         format!("node {} at {}", config.node_id, config.listen),
     )
     .context("the [idgen] settings")?;
-    let app = router(core.clone(), Arc::new(ids));
+    let ids = Arc::new(ids);
+    let app = router(core.clone(), ids.clone());
     let (drain_tx, mut drain_rx) = tokio::sync::watch::channel(false);
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
@@ -76,6 +77,7 @@ pub async fn run(
             server_abort.abort();
         }
     }
+    ids.release_workers().await;
     core.shutdown().await;
     tracing::info!("stopped");
     Ok(())
