@@ -62,6 +62,14 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub streams: u32,
 
+    /// id-batch and id-single: the id layout (snowflake64, order32, or one the node serves).
+    #[arg(long, value_name = "NAME", default_value = "snowflake64")]
+    pub id_layout: String,
+
+    /// id-batch: ids per Batch call (the node allows up to 10,000 by default).
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub id_batch: u32,
+
     /// Target whose figures the others are divided by in the ratio table.
     #[arg(long, value_name = "NAME", default_value = "etcd")]
     pub baseline: String,
@@ -84,6 +92,10 @@ pub enum Workload {
     LeaseKeepalive,
     /// One writer, N watchers on one prefix; latency is put-sent to event-received.
     WatchFanout,
+    /// Cella's id service: one Batch call of --id-batch ids per operation (Cella only).
+    IdBatch,
+    /// Cella's id service: one Next call per operation (Cella only).
+    IdSingle,
 }
 
 impl Workload {
@@ -95,6 +107,8 @@ impl Workload {
             Workload::TxnCas => "txn-cas",
             Workload::LeaseKeepalive => "lease-keepalive",
             Workload::WatchFanout => "watch-fanout",
+            Workload::IdBatch => "id-batch",
+            Workload::IdSingle => "id-single",
         }
     }
 }

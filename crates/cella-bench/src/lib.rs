@@ -9,7 +9,8 @@
 //!
 //! - [`args`]: the command-line options and their parsers.
 //! - `driver`: the one load loop every workload uses.
-//! - `workloads`: kv-put, kv-get, txn-cas, lease-keepalive, watch-fanout.
+//! - `workloads`: kv-put, kv-get, txn-cas, lease-keepalive, watch-fanout, id-batch,
+//!   id-single.
 //! - `stats`, `report`, `progress`: histograms and ratios, the markdown section, the
 //!   stderr progress line.
 
@@ -55,6 +56,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         key_space: u64::from(args.key_space),
         serializable: args.serializable,
         streams: args.streams as usize,
+        id_layout: args.id_layout.clone(),
+        id_batch: args.id_batch,
     };
     let date = report::utc_now();
     let machine = Machine::this();
@@ -152,7 +155,8 @@ fn settings_shown(args: &BenchArgs) -> Vec<(String, String)> {
     if let Some(rate) = rate {
         shown.push(("rate".to_string(), format!("{rate} ops/s")));
     }
-    if args.workload != Workload::LeaseKeepalive {
+    let ids = matches!(args.workload, Workload::IdBatch | Workload::IdSingle);
+    if args.workload != Workload::LeaseKeepalive && !ids {
         shown.push(("value size".to_string(), format!("{} B", args.value_size)));
     }
     match args.workload {
@@ -167,6 +171,14 @@ fn settings_shown(args: &BenchArgs) -> Vec<(String, String)> {
             shown.push(("reads".to_string(), reads.to_string()));
         }
         Workload::WatchFanout => shown.push(("streams".to_string(), args.streams.to_string())),
+        Workload::IdBatch => {
+            shown.push(("id layout".to_string(), args.id_layout.clone()));
+            shown.push((
+                "ids per operation".to_string(),
+                format!("{} (ids/s = ops/s × {})", args.id_batch, args.id_batch),
+            ));
+        }
+        Workload::IdSingle => shown.push(("id layout".to_string(), args.id_layout.clone())),
         Workload::TxnCas | Workload::LeaseKeepalive => {}
     }
     shown

@@ -1,7 +1,8 @@
-//! The five workloads. Each builds its clients (and any fixture: preloaded keys, leases,
+//! The workloads. Each builds its clients (and any fixture: preloaded keys, leases,
 //! watchers), then hands them to the shared driver through [`measure`]; none has a load loop
 //! of its own.
 
+mod id;
 mod kv;
 mod lease;
 mod txn;
@@ -37,6 +38,10 @@ pub(crate) struct Settings {
     pub serializable: bool,
     /// watch-fanout's watch streams.
     pub streams: usize,
+    /// id-batch and id-single: the id layout.
+    pub id_layout: String,
+    /// id-batch: ids per call.
+    pub id_batch: u32,
 }
 
 /// Runs `workload` once at `clients` against `conns`; `progress` labels the progress line.
@@ -53,6 +58,10 @@ pub(crate) async fn run_level(
         Workload::TxnCas => txn::run(conns, clients, settings, progress).await,
         Workload::LeaseKeepalive => lease::run(conns, clients, settings, progress).await,
         Workload::WatchFanout => watch::run(conns, clients, settings, progress).await,
+        Workload::IdBatch => {
+            id::run(conns, clients, settings, Some(settings.id_batch), progress).await
+        }
+        Workload::IdSingle => id::run(conns, clients, settings, None, progress).await,
     }
 }
 
