@@ -52,6 +52,22 @@ fn succeed(endpoint: &str, args: &[&str]) -> String {
     stdout(&output)
 }
 
+/// Runs a command that must fail with exit `code` and a message containing `message`.
+fn fails_with(endpoint: &str, args: &[&str], code: i32, message: &str) {
+    let output = cella(endpoint, args);
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "cella {args:?}: {}",
+        stderr(&output)
+    );
+    assert!(
+        stderr(&output).contains(message),
+        "cella {args:?}: {}",
+        stderr(&output)
+    );
+}
+
 /// Runs a command with `--output json` and parses its stdout.
 fn json(endpoint: &str, args: &[&str]) -> Value {
     let args: Vec<&str> = ["--output", "json"].iter().chain(args).copied().collect();
@@ -78,18 +94,7 @@ fn bad_usage_exits_2_with_a_message_naming_the_rule() {
         (&["kv", "get", ""], "KEY must not be empty"),
     ];
     for (args, message) in cases {
-        let output = cella(&endpoint, args);
-        assert_eq!(
-            output.status.code(),
-            Some(2),
-            "cella {args:?}: {}",
-            stderr(&output)
-        );
-        assert!(
-            stderr(&output).contains(message),
-            "cella {args:?}: {}",
-            stderr(&output)
-        );
+        fails_with(&endpoint, args, 2, message);
     }
     let output = cella(&endpoint, &["--output", "xml", "status"]);
     assert_eq!(output.status.code(), Some(2));
@@ -330,14 +335,7 @@ fn id_next_batch_decode_as_documented() {
             "field `db` is 100",
         ),
     ] {
-        let output = cella(&endpoint, args);
-        assert_eq!(
-            output.status.code(),
-            Some(1),
-            "cella {args:?}: {}",
-            stderr(&output)
-        );
-        assert!(stderr(&output).contains(message), "{}", stderr(&output));
+        fails_with(&endpoint, args, 1, message);
     }
     // Bad usage caught before any request: exit 2.
     for args in [

@@ -15,6 +15,8 @@
 //! Everything that decides lives apart from what talks to the core: the layouts and the
 //! sequencer are plain values tested with a manual clock.
 
+#![warn(missing_docs)]
+
 #[cfg(feature = "server")]
 mod core_store;
 mod error;

@@ -138,7 +138,7 @@ impl Ids {
             .into_inner();
         resp.layouts
             .iter()
-            .map(|spec| Ok(Layout::new(wire::from_wire(spec)?)?))
+            .map(|spec| Layout::new(wire::from_wire(spec)?))
             .collect::<IdgenResult<Vec<_>>>()
             .map_err(to_sdk)
     }

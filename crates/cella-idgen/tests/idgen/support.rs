@@ -162,16 +162,7 @@ impl TestServer {
 
     /// How many keys the id service has written under `/cella/idgen/`.
     pub async fn idgen_keys(&self) -> i64 {
-        self.core
-            .range(pb::RangeRequest {
-                key: Bytes::from_static(b"/cella/idgen/"),
-                range_end: Bytes::from_static(b"/cella/idgen0"),
-                count_only: true,
-                ..Default::default()
-            })
-            .await
-            .expect("range")
-            .count
+        idgen_keys(&self.core).await
     }
 }
 
@@ -179,4 +170,17 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// How many keys exist under `/cella/idgen/` in `core`.
+pub async fn idgen_keys(core: &Core) -> i64 {
+    core.range(pb::RangeRequest {
+        key: Bytes::from_static(b"/cella/idgen/"),
+        range_end: Bytes::from_static(b"/cella/idgen0"),
+        count_only: true,
+        ..Default::default()
+    })
+    .await
+    .expect("range")
+    .count
 }
