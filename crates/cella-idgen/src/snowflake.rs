@@ -126,9 +126,9 @@ impl<S: CoreStore> Snowflake<S> {
         let mut state = self.state.lock().await;
         let wait_limit =
             Duration::from_millis(self.config.reserve_ms + self.config.max_backstep_ms + 5_000);
-        // Time spent waiting since the last id was issued (estimated: a yield counts as
-        // 50 µs), bounded so a clock that stopped cannot hang a caller.
-        let mut waited = Duration::ZERO;
+        // When the current wait for the clock began (real time, a safety bound only: a
+        // clock that stopped must not hang a caller).
+        let mut waiting_since: Option<tokio::time::Instant> = None;
         while ids.len() < count {
             if self.worker.is_lost() {
                 return Err(self.worker.lost_error());
@@ -137,14 +137,15 @@ impl<S: CoreStore> Snowflake<S> {
             match state.step(now) {
                 Ok(Step::Issue { unix_ms, sequence }) => {
                     let timestamp = self.layout.timestamp_of(unix_ms)?;
-                    waited = Duration::ZERO;
+                    waiting_since = None;
                     ids.push(
                         self.layout
                             .compose(timestamp, sequence, self.worker.worker(), tags),
                     );
                 }
                 Ok(Step::WaitUntil(until)) => {
-                    if waited > wait_limit {
+                    let since = *waiting_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() > wait_limit {
                         return Err(IdgenError::ClockMovedBackwards {
                             behind_ms: until.saturating_sub(now),
                             max_wait_ms: wait_limit.as_millis() as u64,
@@ -153,10 +154,8 @@ impl<S: CoreStore> Snowflake<S> {
                     let pause = Duration::from_millis(until.saturating_sub(now));
                     if pause <= SPIN_WAIT {
                         tokio::task::yield_now().await;
-                        waited += Duration::from_micros(50);
                     } else {
                         tokio::time::sleep(pause.min(Duration::from_millis(50))).await;
-                        waited += pause.min(Duration::from_millis(50));
                     }
                 }
                 Ok(Step::Reserve { until }) => {
