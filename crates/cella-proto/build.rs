@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "cella/v1/core.proto",
     "cella/v1/registry.proto",
     "cella/v1/lock.proto",
+    "cella/v1/idgen.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -53,6 +53,17 @@ impl ManualClock {
     pub fn advance(&self, by: Duration) {
         self.nanos.fetch_add(by.as_nanos() as u64, Ordering::SeqCst);
     }
+
+    /// Moves the clock back by `by` (not below zero), as a wall clock stepped back by NTP
+    /// would; for testing code that must survive that.
+    pub fn rewind(&self, by: Duration) {
+        let by = by.as_nanos() as u64;
+        let _ = self
+            .nanos
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                Some(n.saturating_sub(by))
+            });
+    }
 }
 
 impl Clock for ManualClock {
@@ -72,6 +83,10 @@ mod tests {
         assert_eq!(clock.now(), Duration::ZERO);
         other.advance(Duration::from_millis(1500));
         assert_eq!(clock.now(), Duration::from_millis(1500));
+        other.rewind(Duration::from_millis(500));
+        assert_eq!(clock.now(), Duration::from_millis(1000));
+        clock.rewind(Duration::from_secs(5));
+        assert_eq!(clock.now(), Duration::ZERO);
     }
 
     #[test]

@@ -66,6 +66,13 @@ pub struct BenchArgs {
     /// hand-over (previous holder's release to the next holder's grant).
     #[arg(long)]
     pub one_lock: bool,
+    /// id-batch and id-single: the id layout (snowflake64, order32, or one the node serves).
+    #[arg(long, value_name = "NAME", default_value = "snowflake64")]
+    pub id_layout: String,
+
+    /// id-batch: ids per Batch call (the node allows up to 10,000 by default).
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub id_batch: u32,
 
     /// Target whose figures the others are divided by in the ratio table.
     #[arg(long, value_name = "NAME", default_value = "etcd")]
@@ -99,6 +106,10 @@ pub enum Workload {
     /// Acquire+release through etcd's v3lock service: a lock per client, or one shared lock
     /// (--one-lock) timed as hand-overs.
     LockCycle,
+    /// Cella's id service: one Batch call of --id-batch ids per operation (Cella only).
+    IdBatch,
+    /// Cella's id service: one Next call per operation (Cella only).
+    IdSingle,
 }
 
 impl Workload {
@@ -122,6 +133,8 @@ impl Workload {
             Workload::RegistryRegister => "registry-register",
             Workload::RegistryHeartbeat => "registry-heartbeat",
             Workload::LockCycle => "lock-cycle",
+            Workload::IdBatch => "id-batch",
+            Workload::IdSingle => "id-single",
         }
     }
 }

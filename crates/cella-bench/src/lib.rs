@@ -10,7 +10,7 @@
 //! - [`args`]: the command-line options and their parsers.
 //! - `driver`: the one load loop every workload uses.
 //! - `workloads`: kv-put, kv-get, txn-cas, lease-keepalive, watch-fanout, lock-cycle,
-//!   registry-push, registry-register, registry-heartbeat.
+//!   registry-push, registry-register, registry-heartbeat, id-batch, id-single.
 //! - `stats`, `report`, `progress`: histograms and ratios, the markdown section, the
 //!   stderr progress line.
 
@@ -58,6 +58,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         serializable: args.serializable,
         streams: args.streams as usize,
         one_lock: args.one_lock,
+        id_layout: args.id_layout.clone(),
+        id_batch: args.id_batch,
     };
     let date = report::utc_now();
     let machine = Machine::this();
@@ -187,6 +189,14 @@ fn settings_shown(args: &BenchArgs) -> Vec<(String, String)> {
             };
             shown.push(("locks".to_string(), locks.to_string()));
         }
+        Workload::IdBatch => {
+            shown.push(("id layout".to_string(), args.id_layout.clone()));
+            shown.push((
+                "ids per operation".to_string(),
+                format!("{} (ids/s = ops/s × {})", args.id_batch, args.id_batch),
+            ));
+        }
+        Workload::IdSingle => shown.push(("id layout".to_string(), args.id_layout.clone())),
         _ => {}
     }
     shown

@@ -1,9 +1,11 @@
 //! `cella`: the one binary. Runs a node (`up`, `server`), talks to the core (`kv`, `lease`,
 //! `lock`, `elect`, `status`) and measures it (`bench`).
+//! `status`) and its blocks (`id`), and measures it (`bench`).
 //!
 //! Exit codes: 0 ok, 1 failed, 2 bad usage. Results go to stdout in `--output`'s format;
 //! logs and errors go to stderr.
 
+mod id;
 mod kv;
 mod lease;
 mod lock;
@@ -76,6 +78,9 @@ enum Command {
     /// Campaign in, observe and resign from elections.
     #[command(subcommand)]
     Elect(lock::ElectCommand),
+    /// Unique ids: next, batch, decode, segment, layouts.
+    #[command(subcommand)]
+    Id(id::IdCommand),
     /// Show every member: leader, term, raft index, applied index, lag.
     Status,
     /// Measure Cella (and peers such as etcd) with benchmark workloads.
@@ -177,6 +182,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Registry(command) => registry::run(command, &remote, format).await,
         Command::Lock(command) => lock::run_lock(command, &remote, format).await,
         Command::Elect(command) => lock::run_elect(command, &remote, format).await,
+        Command::Id(command) => id::run(command, &remote, format).await,
         Command::Status => status::run(&remote, format).await,
         Command::Bench(args) => cella_bench::run(args).await,
     }

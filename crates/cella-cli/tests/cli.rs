@@ -52,6 +52,22 @@ fn succeed(endpoint: &str, args: &[&str]) -> String {
     stdout(&output)
 }
 
+/// Runs a command that must fail with exit `code` and a message containing `message`.
+fn fails_with(endpoint: &str, args: &[&str], code: i32, message: &str) {
+    let output = cella(endpoint, args);
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "cella {args:?}: {}",
+        stderr(&output)
+    );
+    assert!(
+        stderr(&output).contains(message),
+        "cella {args:?}: {}",
+        stderr(&output)
+    );
+}
+
 /// Runs a command with `--output json` and parses its stdout.
 fn json(endpoint: &str, args: &[&str]) -> Value {
     let args: Vec<&str> = ["--output", "json"].iter().chain(args).copied().collect();
@@ -78,18 +94,7 @@ fn bad_usage_exits_2_with_a_message_naming_the_rule() {
         (&["kv", "get", ""], "KEY must not be empty"),
     ];
     for (args, message) in cases {
-        let output = cella(&endpoint, args);
-        assert_eq!(
-            output.status.code(),
-            Some(2),
-            "cella {args:?}: {}",
-            stderr(&output)
-        );
-        assert!(
-            stderr(&output).contains(message),
-            "cella {args:?}: {}",
-            stderr(&output)
-        );
+        fails_with(&endpoint, args, 2, message);
     }
     let output = cella(&endpoint, &["--output", "xml", "status"]);
     assert_eq!(output.status.code(), Some(2));
@@ -360,5 +365,81 @@ fn elect_leader_and_resign() {
     assert_eq!(none.status.code(), Some(1));
     let _ = campaign.kill();
     let _ = campaign.wait();
+    server.stop();
+}
+
+#[test]
+fn id_next_batch_decode_as_documented() {
+    let server = Server::start();
+    let endpoint = server.endpoint();
+
+    let one = succeed(&endpoint, &["id", "next", "--layout", "snowflake64"]);
+    let one: u64 = one.trim().parse().expect("one decimal id on one line");
+    let batch = succeed(
+        &endpoint,
+        &[
+            "id", "batch", "--layout", "order32", "--count", "5", "--tag", "db=12", "--tag",
+            "table=3",
+        ],
+    );
+    let lines: Vec<&str> = batch.lines().collect();
+    assert_eq!(lines.len(), 5, "{batch}");
+    assert!(lines
+        .iter()
+        .all(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit())));
+    assert!(
+        lines.windows(2).all(|w| w[0] < w[1]),
+        "ids increase: {batch}"
+    );
+
+    // Decode prints the parts as JSON, in the table form too.
+    let decoded: Value = serde_json::from_str(&succeed(
+        &endpoint,
+        &["id", "decode", "--layout", "order32", lines[0]],
+    ))
+    .expect("decode prints JSON");
+    assert_eq!(decoded["parts"]["db"], 12);
+    assert_eq!(decoded["parts"]["table"], 3);
+    let snowflake = json(
+        &endpoint,
+        &["id", "decode", "--layout", "snowflake64", &one.to_string()],
+    );
+    assert_eq!(snowflake["id"], one.to_string());
+    assert!(snowflake["parts"]["timestamp"].as_u64().is_some());
+
+    assert_eq!(
+        succeed(&endpoint, &["id", "segment", "tickets", "--count", "2"]),
+        "1\n2\n"
+    );
+
+    // Refused by the node: exit 1 with the field named.
+    for (args, message) in [
+        (&["id", "next", "--layout", "nope"][..], "field `layout`"),
+        (
+            &["id", "batch", "--layout", "snowflake64", "--count", "10001"],
+            "field `count`",
+        ),
+        (
+            &["id", "decode", "--layout", "snowflake64", "12ab"],
+            "field `id`",
+        ),
+        (
+            &["id", "next", "--layout", "order32", "--tag", "db=100"],
+            "field `db` is 100",
+        ),
+    ] {
+        fails_with(&endpoint, args, 1, message);
+    }
+    // Bad usage caught before any request: exit 2.
+    for args in [
+        &["id", "batch", "--layout", "snowflake64", "--count", "0"][..],
+        &["id", "next", "--layout", "order32", "--tag", "db"],
+    ] {
+        assert_eq!(
+            cella(&endpoint, args).status.code(),
+            Some(2),
+            "cella {args:?}"
+        );
+    }
     server.stop();
 }

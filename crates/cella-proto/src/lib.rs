@@ -56,4 +56,13 @@ pub mod cella {
             include!(concat!(env!("OUT_DIR"), "/cella.lock.v1.serde.rs"));
         }
     }
+
+    /// Unique ids: snowflake layouts, decoding, segment mode.
+    pub mod idgen {
+        /// Version 1.
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/cella.idgen.v1.rs"));
+            include!(concat!(env!("OUT_DIR"), "/cella.idgen.v1.serde.rs"));
+        }
+    }
 }

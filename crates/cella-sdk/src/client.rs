@@ -11,6 +11,7 @@ use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::cluster::Cluster;
+use crate::id::Ids;
 use crate::kv::Kv;
 use crate::lease::Leases;
 use crate::lock::{Elections, Locks};
@@ -89,6 +90,11 @@ impl Client {
     /// The service registry: register, heartbeat, list, subscribe.
     pub fn registry(&self) -> Registry {
         Registry::new(self.transport.clone())
+    }
+
+    /// Unique ids: from the node, decoded, per segment tag, or generated locally.
+    pub fn ids(&self) -> Ids {
+        Ids::new(self.transport.clone())
     }
 }
 

@@ -1,4 +1,5 @@
-//! Rust client for Cella: the consistent core and the service registry.
+//! Rust client for Cella: the consistent core, and the blocks built on it (service registry,
+//! locks and elections, unique ids).
 //!
 //! The core speaks etcd v3's gRPC API, so this client also works against etcd. One
 //! [`Client`] holds one HTTP/2 connection; each service handle it hands out shares it.
@@ -20,6 +21,7 @@ mod error;
 mod types;
 
 pub mod cluster;
+pub mod id;
 pub mod kv;
 pub mod lease;
 pub mod lock;

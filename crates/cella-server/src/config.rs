@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use cella_core::CoreConfig;
+use cella_idgen::IdgenConfig;
 use cella_registry::RegistryConfig;
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +26,8 @@ pub struct ServerConfig {
     pub core: CoreConfig,
     /// The service registry.
     pub registry: RegistryConfig,
+    /// Unique ids: batch limit, generator and segment tunables, extra layouts.
+    pub idgen: IdgenConfig,
 }
 
 impl Default for ServerConfig {
@@ -36,6 +39,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./cella-data"),
             core: CoreConfig::default(),
             registry: RegistryConfig::default(),
+            idgen: IdgenConfig::default(),
         }
     }
 }

@@ -53,14 +53,25 @@ pub async fn run(
     .await
     .context("starting the consistent core")?;
 
-    let registry = Registry::start(
-        core.clone(),
-        Arc::new(SystemClock::new()),
-        config.registry.clone(),
-    )
-    .await
-    .context("starting the service registry")?;
-    let app = router(core.clone(), registry);
+    let blocks = Blocks {
+        registry: Registry::start(
+            core.clone(),
+            Arc::new(SystemClock::new()),
+            config.registry.clone(),
+        )
+        .await
+        .context("starting the service registry")?,
+        locks: cella_lock::LockService::new(core.clone()),
+        ids: Arc::new(
+            cella_idgen::IdService::new(
+                core.clone(),
+                config.idgen.clone(),
+                format!("node {} at {}", config.node_id, config.listen),
+            )
+            .context("the [idgen] settings")?,
+        ),
+    };
+    let app = router(core.clone(), &blocks);
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(serve(listener, app, drain_rx));
     tracing::info!(%addr, node_id = config.node_id, data_dir = %config.data_dir.display(), "cella node serving");
@@ -76,6 +87,7 @@ pub async fn run(
             server_abort.abort();
         }
     }
+    blocks.ids.release_workers().await;
     core.shutdown().await;
     tracing::info!("stopped");
     Ok(())
@@ -130,11 +142,19 @@ struct AppState {
     registry: prometheus_client::registry::Registry,
 }
 
+/// The building blocks a node serves beside its core.
+struct Blocks {
+    registry: Registry,
+    locks: cella_lock::LockService,
+    ids: Arc<cella_idgen::IdService>,
+}
+
 /// The node's HTTP and gRPC routes on one router.
-fn router(core: Core, service_registry: Registry) -> Router {
+fn router(core: Core, blocks: &Blocks) -> Router {
     let mut registry = prometheus_client::registry::Registry::default();
     cella_core::metrics::register(&mut registry);
     cella_registry::metrics::register(&mut registry);
+    cella_idgen::metrics::register(&mut registry);
     let state = Arc::new(AppState {
         core: core.clone(),
         registry,
@@ -148,15 +168,16 @@ fn router(core: Core, service_registry: Registry) -> Router {
             get(|| async { axum::Json(openapi::document()) }),
         )
         .with_state(state);
-    let locks = cella_lock::LockService::new(core.clone());
     let grpc = cella_lock::add_services(cella_core::grpc::routes(core.clone()), core.clone())
-        .add_service(cella_registry::grpc::service(service_registry.clone()))
-        .add_service(cella_registry::grpc::peer_service(service_registry.clone()));
+        .add_service(cella_registry::grpc::service(blocks.registry.clone()))
+        .add_service(cella_registry::grpc::peer_service(blocks.registry.clone()))
+        .add_service(cella_idgen::grpc::server(blocks.ids.clone()));
     grpc.into_axum_router()
         .merge(cella_core::rest::router(core))
-        .merge(cella_lock::rest::router(locks))
-        .merge(cella_registry::rest::router(service_registry.clone()))
-        .merge(cella_registry::nacos::router(service_registry))
+        .merge(cella_lock::rest::router(blocks.locks.clone()))
+        .merge(cella_registry::rest::router(blocks.registry.clone()))
+        .merge(cella_registry::nacos::router(blocks.registry.clone()))
+        .merge(cella_idgen::rest::router(blocks.ids.clone()))
         .merge(ops)
         .fallback(no_route)
 }

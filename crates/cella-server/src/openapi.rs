@@ -22,6 +22,7 @@ pub fn document() -> Value {
     merge(&mut doc, cella_core::rest::openapi());
     merge(&mut doc, cella_registry::rest::openapi());
     merge(&mut doc, cella_lock::rest::openapi());
+    merge(&mut doc, cella_idgen::rest::openapi());
     doc
 }
 

@@ -32,7 +32,7 @@ pub use cluster::Cluster;
 pub use node::{Node, NodeId, NodeOptions};
 pub use partition::PartitionProxy;
 pub use port::free_port;
-pub use probe::http_get_status;
+pub use probe::{http_exchange, http_get_status};
 
 /// Number of iterations for repeated fault tests: `CELLA_FAULT_ITERATIONS`, else `default`.
 pub fn fault_iterations(default: usize) -> usize {

@@ -3,6 +3,7 @@
 //! of its own.
 
 mod fanout;
+mod id;
 mod kv;
 mod lease;
 mod lock;
@@ -43,6 +44,10 @@ pub(crate) struct Settings {
     pub streams: usize,
     /// lock-cycle: every client contends for one lock.
     pub one_lock: bool,
+    /// id-batch and id-single: the id layout.
+    pub id_layout: String,
+    /// id-batch: ids per call.
+    pub id_batch: u32,
 }
 
 /// Runs `workload` once at `clients` against `conns`; `progress` labels the progress line.
@@ -65,6 +70,10 @@ pub(crate) async fn run_level(
             nacos::run_heartbeat(conns, clients, settings, progress).await
         }
         Workload::LockCycle => lock::run(conns, clients, settings, progress).await,
+        Workload::IdBatch => {
+            id::run(conns, clients, settings, Some(settings.id_batch), progress).await
+        }
+        Workload::IdSingle => id::run(conns, clients, settings, None, progress).await,
     }
 }
 
