@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use cella_config::ConfigSettings;
 use cella_core::CoreConfig;
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +23,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// The consistent core.
     pub core: CoreConfig,
+    /// The config center.
+    pub config: ConfigSettings,
 }
 
 impl Default for ServerConfig {
@@ -32,6 +35,7 @@ impl Default for ServerConfig {
             peers: String::new(),
             data_dir: PathBuf::from("./cella-data"),
             core: CoreConfig::default(),
+            config: ConfigSettings::default(),
         }
     }
 }

@@ -45,7 +45,7 @@ pub async fn run(
     .await
     .context("starting the consistent core")?;
 
-    let app = router(core.clone());
+    let app = router(core.clone(), config.config.clone());
     let (drain_tx, mut drain_rx) = tokio::sync::watch::channel(false);
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
@@ -81,7 +81,7 @@ struct AppState {
 }
 
 /// The node's HTTP and gRPC routes on one router.
-fn router(core: Core) -> Router {
+fn router(core: Core, config_settings: cella_config::ConfigSettings) -> Router {
     let mut registry = Registry::default();
     cella_core::metrics::register(&mut registry);
     let state = Arc::new(AppState {
@@ -97,9 +97,17 @@ fn router(core: Core) -> Router {
             get(|| async { axum::Json(openapi::document()) }),
         )
         .with_state(state);
+    let config_api = cella_config::ConfigApi::new(cella_config::ConfigService::new(
+        core.clone(),
+        Arc::new(cella_config::UnixClock),
+        config_settings,
+    ));
+    let (config_grpc, config_rest) = cella_config::routes(config_api);
     cella_core::grpc::routes(core.clone())
+        .add_service(config_grpc)
         .into_axum_router()
         .merge(cella_core::rest::router(core))
+        .merge(config_rest)
         .merge(ops)
         .fallback(no_route)
 }

@@ -4,6 +4,7 @@
 //! - [`free_port`], [`cella_binary`]: where a node listens and what it runs.
 //! - [`Node`], [`Cluster`]: `cella up` / `cella server` processes with temp data dirs and
 //!   logs, readiness probes, kill -9, graceful stop, pause and restart.
+//! - [`http_request`]: one raw HTTP/1.1 exchange, for REST and Nacos API tests.
 //! - [`client`]: etcd v3 KV calls with per-call timeouts and outcome classification.
 //! - [`workload`]: the write load and register workload the fault tests share.
 //! - [`nemesis`]: kill/restart schedules for clusters.
@@ -13,6 +14,7 @@
 mod binary;
 pub mod client;
 mod cluster;
+mod http;
 pub mod linearizability;
 pub mod nemesis;
 mod node;
@@ -23,6 +25,7 @@ pub mod workload;
 pub use binary::{cella_binary, workspace_root};
 pub use cella_base::ManualClock;
 pub use cluster::Cluster;
+pub use http::{http_request, HttpResponse};
 pub use node::{Node, NodeId, NodeOptions};
 pub use port::free_port;
 pub use probe::http_get_status;
