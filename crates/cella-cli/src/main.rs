@@ -1,9 +1,10 @@
 //! `cella`: the one binary. Runs a node (`up`, `server`), talks to the core (`kv`, `lease`,
-//! `status`) and measures it (`bench`).
+//! `status`), the config center (`config`), and measures them (`bench`).
 //!
 //! Exit codes: 0 ok, 1 failed, 2 bad usage. Results go to stdout in `--output`'s format;
 //! logs and errors go to stderr.
 
+mod config;
 mod kv;
 mod lease;
 mod output;
@@ -62,6 +63,9 @@ enum Command {
     /// Read, write, delete and watch keys.
     #[command(subcommand)]
     Kv(kv::KvCommand),
+    /// Config center: publish, get, history, diff, rollback, gray releases.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
     /// Grant, inspect, refresh and revoke leases.
     #[command(subcommand)]
     Lease(lease::LeaseCommand),
@@ -163,6 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Server(args) => serve::server(args).await,
         Command::Kv(command) => kv::run(command, &remote, format).await,
         Command::Lease(command) => lease::run(command, &remote, format).await,
+        Command::Config(command) => config::run(command, &remote, format).await,
         Command::Status => status::run(&remote, format).await,
         Command::Bench(args) => cella_bench::run(args).await,
     }

@@ -20,6 +20,7 @@ mod error;
 mod types;
 
 pub mod cluster;
+pub mod config;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
