@@ -21,7 +21,7 @@ pub struct BenchArgs {
     pub targets: Targets,
 
     /// Concurrency levels to run, comma-separated; each level is a separate measurement.
-    /// For watch-fanout a level is the number of watchers.
+    /// For watch-fanout and config-push a level is the number of watchers.
     #[arg(long, value_name = "N,...", default_value = "1,64", value_parser = parse_levels)]
     pub clients: Levels,
 
@@ -84,6 +84,11 @@ pub enum Workload {
     LeaseKeepalive,
     /// One writer, N watchers on one prefix; latency is put-sent to event-received.
     WatchFanout,
+    /// Config center: one publisher, N watching clients (one stream each); latency is
+    /// publish-sent to watcher-notified.
+    ConfigPush,
+    /// Config center: gets of preloaded configs (min(--key-space, 1000) of them).
+    ConfigRead,
 }
 
 impl Workload {
@@ -95,6 +100,8 @@ impl Workload {
             Workload::TxnCas => "txn-cas",
             Workload::LeaseKeepalive => "lease-keepalive",
             Workload::WatchFanout => "watch-fanout",
+            Workload::ConfigPush => "config-push",
+            Workload::ConfigRead => "config-read",
         }
     }
 }

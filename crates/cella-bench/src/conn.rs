@@ -16,6 +16,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The open connections to one target.
 #[derive(Debug, Clone)]
 pub(crate) struct Connections {
+    endpoint: Endpoint,
+    target: String,
     channels: Vec<Channel>,
 }
 
@@ -33,7 +35,25 @@ impl Connections {
             })?;
             channels.push(channel);
         }
-        Ok(Connections { channels })
+        Ok(Connections {
+            endpoint,
+            target: target.name.clone(),
+            channels,
+        })
+    }
+
+    /// Opens `n` more connections to the same target, for workloads with many streams.
+    pub(crate) async fn open_more(&self, n: usize) -> anyhow::Result<Vec<Channel>> {
+        let mut channels = Vec::with_capacity(n);
+        for _ in 0..n {
+            let channel = self
+                .endpoint
+                .connect()
+                .await
+                .with_context(|| format!("target {}: cannot connect", self.target))?;
+            channels.push(channel);
+        }
+        Ok(channels)
     }
 
     /// The connection client number `i` uses.

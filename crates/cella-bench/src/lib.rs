@@ -147,6 +147,7 @@ fn settings_shown(args: &BenchArgs) -> Vec<(String, String)> {
     let rate = match (args.rate, args.workload) {
         (Some(rate), _) => Some(rate),
         (None, Workload::WatchFanout) => Some(workloads::DEFAULT_WATCH_RATE),
+        (None, Workload::ConfigPush) => Some(workloads::DEFAULT_CONFIG_PUSH_RATE),
         (None, _) => None,
     };
     if let Some(rate) = rate {
@@ -157,6 +158,10 @@ fn settings_shown(args: &BenchArgs) -> Vec<(String, String)> {
     }
     match args.workload {
         Workload::KvPut => shown.push(("key space".to_string(), args.key_space.to_string())),
+        Workload::ConfigRead => shown.push((
+            "configs".to_string(),
+            u64::from(args.key_space).clamp(1, 1000).to_string(),
+        )),
         Workload::KvGet => {
             shown.push(("key space".to_string(), args.key_space.to_string()));
             let reads = if args.serializable {
@@ -167,7 +172,7 @@ fn settings_shown(args: &BenchArgs) -> Vec<(String, String)> {
             shown.push(("reads".to_string(), reads.to_string()));
         }
         Workload::WatchFanout => shown.push(("streams".to_string(), args.streams.to_string())),
-        Workload::TxnCas | Workload::LeaseKeepalive => {}
+        Workload::TxnCas | Workload::LeaseKeepalive | Workload::ConfigPush => {}
     }
     shown
 }

@@ -1,7 +1,8 @@
-//! The five workloads. Each builds its clients (and any fixture: preloaded keys, leases,
+//! The workloads. Each builds its clients (and any fixture: preloaded keys, leases,
 //! watchers), then hands them to the shared driver through [`measure`]; none has a load loop
 //! of its own.
 
+mod config;
 mod kv;
 mod lease;
 mod txn;
@@ -17,6 +18,7 @@ use crate::driver::{drive, Bounds, LoadClient};
 use crate::progress::Progress;
 use crate::stats::Measurement;
 
+pub(crate) use config::DEFAULT_PUSH_RATE as DEFAULT_CONFIG_PUSH_RATE;
 pub(crate) use watch::DEFAULT_RATE as DEFAULT_WATCH_RATE;
 
 /// Key prefix every workload writes under, so benchmark data is easy to find and delete.
@@ -53,6 +55,8 @@ pub(crate) async fn run_level(
         Workload::TxnCas => txn::run(conns, clients, settings, progress).await,
         Workload::LeaseKeepalive => lease::run(conns, clients, settings, progress).await,
         Workload::WatchFanout => watch::run(conns, clients, settings, progress).await,
+        Workload::ConfigPush => config::run_push(conns, clients, settings, progress).await,
+        Workload::ConfigRead => config::run_read(conns, clients, settings, progress).await,
     }
 }
 
