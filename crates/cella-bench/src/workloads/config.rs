@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::Code;
 
-use super::{measure, Settings};
+use super::{finish_fanout, measure, ReaderOutcome, Settings};
 use crate::conn::Connections;
 use crate::driver::LoadClient;
 use crate::progress::Progress;
@@ -114,11 +114,6 @@ impl LoadClient for Publisher {
     }
 }
 
-struct Watcher {
-    latencies: Latencies,
-    errors: ErrorTally,
-}
-
 /// Opens one watcher's stream and waits for its first answer.
 async fn open_watcher(
     channel: Channel,
@@ -150,9 +145,9 @@ fn spawn_watcher(
     base: Instant,
     received: Arc<AtomicU64>,
     mut stop: watch::Receiver<bool>,
-) -> JoinHandle<Watcher> {
+) -> JoinHandle<ReaderOutcome> {
     tokio::spawn(async move {
-        let mut out = Watcher {
+        let mut out = ReaderOutcome {
             latencies: Latencies::new(),
             errors: ErrorTally::default(),
         };
@@ -190,7 +185,7 @@ fn spawn_watcher(
 }
 
 /// Aborts the watchers of an abandoned run.
-struct Watchers(Vec<JoinHandle<Watcher>>);
+struct Watchers(Vec<JoinHandle<ReaderOutcome>>);
 
 impl Drop for Watchers {
     fn drop(&mut self) {
@@ -242,30 +237,8 @@ pub(super) async fn run_push(
     let (_, written) = measure(vec![publisher], &paced, progress).await?;
 
     let expected = written.ops() * watchers as u64;
-    let deadline = Instant::now() + DRAIN;
-    while received.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let _ = stop.send(true);
-    let mut latencies = Latencies::new();
-    let mut errors = written.errors.clone();
-    for w in std::mem::take(&mut running.0) {
-        let outcome = w.await?;
-        latencies.merge(&outcome.latencies);
-        errors.merge(&outcome.errors);
-    }
-    let missing = expected.saturating_sub(latencies.len());
-    if missing > 0 {
-        errors.add(
-            format!("notifications not received within {}s", DRAIN.as_secs()),
-            missing,
-        );
-    }
-    Ok(Measurement {
-        elapsed: written.elapsed,
-        latencies,
-        errors,
-    })
+    let readers = std::mem::take(&mut running.0);
+    finish_fanout(written, expected, &received, stop, readers, DRAIN).await
 }
 
 struct Reader {

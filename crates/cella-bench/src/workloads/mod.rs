@@ -8,15 +8,18 @@ mod lease;
 mod txn;
 mod watch;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+
+use tokio::task::JoinHandle;
 
 use crate::args::Workload;
 use crate::conn::Connections;
 use crate::driver::{drive, Bounds, LoadClient};
 use crate::progress::Progress;
-use crate::stats::Measurement;
+use crate::stats::{ErrorTally, Latencies, Measurement};
 
 pub(crate) use config::DEFAULT_PUSH_RATE as DEFAULT_CONFIG_PUSH_RATE;
 pub(crate) use watch::DEFAULT_RATE as DEFAULT_WATCH_RATE;
@@ -78,6 +81,52 @@ async fn measure<C: LoadClient>(
         client.start_measuring();
     }
     drive(clients, settings.bounds, progress).await
+}
+
+/// What one notification reader (a watch stream) saw.
+struct ReaderOutcome {
+    latencies: Latencies,
+    errors: ErrorTally,
+}
+
+/// Ends a fan-out run: waits up to `drain` for the `expected` notifications (counted in
+/// `received`), stops the readers, and merges their latencies and errors with the writer's
+/// `written` measurement; every notification still missing is an error.
+async fn finish_fanout(
+    written: Measurement,
+    expected: u64,
+    received: &AtomicU64,
+    stop: tokio::sync::watch::Sender<bool>,
+    readers: Vec<JoinHandle<ReaderOutcome>>,
+    drain: Duration,
+) -> anyhow::Result<Measurement> {
+    let drain_deadline = tokio::time::Instant::now() + drain;
+    while received.load(Ordering::Relaxed) < expected
+        && tokio::time::Instant::now() < drain_deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Receivers may all be gone already (every stream failed); nothing to stop then.
+    let _ = stop.send(true);
+    let mut latencies = Latencies::new();
+    let mut errors = written.errors.clone();
+    for reader in readers {
+        let outcome = reader.await?;
+        latencies.merge(&outcome.latencies);
+        errors.merge(&outcome.errors);
+    }
+    let missing = expected.saturating_sub(latencies.len());
+    if missing > 0 {
+        errors.add(
+            format!("notifications not received within {}s", drain.as_secs()),
+            missing,
+        );
+    }
+    Ok(Measurement {
+        elapsed: written.elapsed,
+        latencies,
+        errors,
+    })
 }
 
 /// A value of `size` bytes that starts with `head` (filler after it).

@@ -30,7 +30,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::Streaming;
 
-use super::{measure, value_with_head, Settings, KEY_PREFIX};
+use super::{finish_fanout, measure, value_with_head, ReaderOutcome, Settings, KEY_PREFIX};
 use crate::conn::Connections;
 use crate::driver::{Bounds, LoadClient};
 use crate::progress::Progress;
@@ -109,12 +109,6 @@ impl LoadClient for Writer {
     fn start_measuring(&mut self) {
         self.measured = true;
     }
-}
-
-/// What one stream's reader saw.
-struct ReaderOutcome {
-    latencies: Latencies,
-    errors: ErrorTally,
 }
 
 /// Opens one watch stream carrying `watchers` watches of the prefix and waits until the
@@ -267,32 +261,8 @@ pub(super) async fn run(
     let (_, written) = measure(vec![writer], &settings, progress).await?;
 
     let expected = written.ops() * watchers as u64;
-    let drain_deadline = Instant::now() + DRAIN;
-    while received.load(Ordering::Relaxed) < expected && Instant::now() < drain_deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    // Receivers may all be gone already (every stream failed); nothing to stop then.
-    let _ = stop.send(true);
-
-    let mut latencies = Latencies::new();
-    let mut errors = written.errors.clone();
-    for reader in std::mem::take(&mut readers.0) {
-        let outcome = reader.await?;
-        latencies.merge(&outcome.latencies);
-        errors.merge(&outcome.errors);
-    }
-    let missing = expected.saturating_sub(latencies.len());
-    if missing > 0 {
-        errors.add(
-            format!("notifications not received within {}s", DRAIN.as_secs()),
-            missing,
-        );
-    }
-    Ok(Measurement {
-        elapsed: written.elapsed,
-        latencies,
-        errors,
-    })
+    let readers = std::mem::take(&mut readers.0);
+    finish_fanout(written, expected, &received, stop, readers, DRAIN).await
 }
 
 #[cfg(test)]
