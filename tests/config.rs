@@ -52,6 +52,13 @@ async fn a_subscriber_serves_its_disk_cache_while_the_server_is_down_and_catches
             .start()
     };
     let running = subscribe().await?;
+    let notified = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = notified.clone();
+    running.on_change(move |update| {
+        if let Ok(mut seen) = sink.lock() {
+            seen.push(update.number);
+        }
+    });
     assert!(
         running
             .wait_until(WAIT, content_is(r#"{"port": 1}"#, &key))
@@ -88,6 +95,12 @@ async fn a_subscriber_serves_its_disk_cache_while_the_server_is_down_and_catches
             "{name} app catches up"
         );
     }
+    let seen = notified.lock().map(|s| s.clone()).unwrap_or_default();
+    assert_eq!(
+        seen.last(),
+        Some(&2),
+        "the change callback saw release 2: {seen:?}"
+    );
     // The cache holds the new config too: a third app started now, offline, sees it.
     drop((running, restarted));
     let offline = Subscription::builder("127.0.0.1:1")
