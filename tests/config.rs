@@ -28,17 +28,20 @@ async fn publish(endpoint: &str, key: &ConfigKey, content: &str) -> anyhow::Resu
     Ok(client.config().publish(key, content, options).await?.number)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_subscriber_serves_its_disk_cache_while_the_server_is_down_and_catches_up(
-) -> anyhow::Result<()> {
+/// A `cella up` process, ready, with namespace `ns` created.
+async fn node_with_namespace(ns: &str) -> anyhow::Result<(Node, String)> {
     let mut node = Node::embedded(NodeOptions::default())?;
     node.wait_ready(READY).await?;
     let endpoint = node.endpoint();
-    Client::connect(&endpoint)
-        .await?
-        .config()
-        .create_namespace("prod", "")
-        .await?;
+    let configs = Client::connect(&endpoint).await?.config();
+    configs.create_namespace(ns, "").await?;
+    Ok((node, endpoint))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_serves_its_disk_cache_while_the_server_is_down_and_catches_up(
+) -> anyhow::Result<()> {
+    let (mut node, endpoint) = node_with_namespace("prod").await?;
     let key = ConfigKey::new("prod", "web", "app.json");
     publish(&endpoint, &key, r#"{"port": 1}"#).await?;
 
@@ -116,14 +119,7 @@ async fn a_subscriber_serves_its_disk_cache_while_the_server_is_down_and_catches
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_acknowledged_before_kill9_is_not_lost() -> anyhow::Result<()> {
     let iterations = fault_iterations(5) as u64;
-    let mut node = Node::embedded(NodeOptions::default())?;
-    node.wait_ready(READY).await?;
-    let endpoint = node.endpoint();
-    Client::connect(&endpoint)
-        .await?
-        .config()
-        .create_namespace("prod", "")
-        .await?;
+    let (mut node, endpoint) = node_with_namespace("prod").await?;
     let key = ConfigKey::new("prod", "web", "flags.json");
     for i in 1..=iterations {
         let content = format!(r#"{{"release": {i}}}"#);

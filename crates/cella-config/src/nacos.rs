@@ -145,6 +145,14 @@ fn text_error(err: &ConfigError) -> Response {
     (status, err.to_string()).into_response()
 }
 
+/// Nacos's answer to a successful write: `true`.
+fn answer_true<T>(result: ConfigResult<T>) -> Response {
+    match result {
+        Ok(_) => text("true"),
+        Err(e) => text_error(&e),
+    }
+}
+
 fn text(body: impl Into<String>) -> Response {
     (
         StatusCode::OK,
@@ -231,10 +239,7 @@ async fn publish(
         api.service.publish(&caller(&headers, &p), input).await
     }
     .await;
-    match result {
-        Ok(_) => text("true"),
-        Err(e) => text_error(&e),
-    }
+    answer_true(result)
 }
 
 async fn delete(
@@ -251,10 +256,7 @@ async fn delete(
             .await
     }
     .await;
-    match result {
-        Ok(_) => text("true"),
-        Err(e) => text_error(&e),
-    }
+    answer_true(result)
 }
 
 /// Parses `Listening-Configs`: `dataId^2group^2md5[^2tenant]^1` entries.
