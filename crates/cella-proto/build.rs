@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "cella/v1/registry.proto",
     "cella/v1/lock.proto",
     "cella/v1/idgen.proto",
+    "cella/v1/config.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -21,7 +21,7 @@ pub struct BenchArgs {
     pub targets: Targets,
 
     /// Concurrency levels to run, comma-separated; each level is a separate measurement.
-    /// For watch-fanout a level is the number of watchers.
+    /// For watch-fanout and config-push a level is the number of watchers.
     #[arg(long, value_name = "N,...", default_value = "1,64", value_parser = parse_levels)]
     pub clients: Levels,
 
@@ -110,6 +110,11 @@ pub enum Workload {
     IdBatch,
     /// Cella's id service: one Next call per operation (Cella only).
     IdSingle,
+    /// Config center: one publisher, N watching clients (one stream each); latency is
+    /// publish-sent to watcher-notified.
+    ConfigPush,
+    /// Config center: gets of preloaded configs (min(--key-space, 1000) of them).
+    ConfigRead,
 }
 
 impl Workload {
@@ -135,6 +140,8 @@ impl Workload {
             Workload::LockCycle => "lock-cycle",
             Workload::IdBatch => "id-batch",
             Workload::IdSingle => "id-single",
+            Workload::ConfigPush => "config-push",
+            Workload::ConfigRead => "config-read",
         }
     }
 }

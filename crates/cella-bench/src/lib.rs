@@ -159,6 +159,7 @@ fn settings_shown(args: &BenchArgs) -> Vec<(String, String)> {
         (None, Workload::WatchFanout | Workload::RegistryPush) => {
             Some(workloads::DEFAULT_WATCH_RATE)
         }
+        (None, Workload::ConfigPush) => Some(workloads::DEFAULT_CONFIG_PUSH_RATE),
         (None, _) => None,
     };
     if let Some(rate) = rate {
@@ -172,6 +173,10 @@ fn settings_shown(args: &BenchArgs) -> Vec<(String, String)> {
     }
     match args.workload {
         Workload::KvPut => shown.push(("key space".to_string(), args.key_space.to_string())),
+        Workload::ConfigRead => shown.push((
+            "configs".to_string(),
+            u64::from(args.key_space).clamp(1, 1000).to_string(),
+        )),
         Workload::KvGet => {
             shown.push(("key space".to_string(), args.key_space.to_string()));
             let reads = if args.serializable {

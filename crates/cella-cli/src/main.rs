@@ -1,10 +1,12 @@
 //! `cella`: the one binary. Runs a node (`up`, `server`), talks to the core (`kv`, `lease`,
 //! `lock`, `elect`, `status`) and measures it (`bench`).
 //! `status`) and its blocks (`id`), and measures it (`bench`).
+//! `status`), the config center (`config`), and measures them (`bench`).
 //!
 //! Exit codes: 0 ok, 1 failed, 2 bad usage. Results go to stdout in `--output`'s format;
 //! logs and errors go to stderr.
 
+mod config;
 mod id;
 mod kv;
 mod lease;
@@ -66,6 +68,9 @@ enum Command {
     /// Read, write, delete and watch keys.
     #[command(subcommand)]
     Kv(kv::KvCommand),
+    /// Config center: publish, get, history, diff, rollback, gray releases.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
     /// Grant, inspect, refresh and revoke leases.
     #[command(subcommand)]
     Lease(lease::LeaseCommand),
@@ -183,6 +188,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lock(command) => lock::run_lock(command, &remote, format).await,
         Command::Elect(command) => lock::run_elect(command, &remote, format).await,
         Command::Id(command) => id::run(command, &remote, format).await,
+        Command::Config(command) => config::run(command, &remote, format).await,
         Command::Status => status::run(&remote, format).await,
         Command::Bench(args) => cella_bench::run(args).await,
     }

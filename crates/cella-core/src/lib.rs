@@ -25,6 +25,7 @@ pub use error::{CoreError, CoreResult};
 pub use node::{Core, CoreConfig, Membership};
 pub use types::NodeId;
 pub use validate::Limits;
+pub use watch::{run_watcher, WatchSpec};
 
 /// The etcd API level Cella's core speaks, reported by the Status call.
 pub const ETCD_API_VERSION: &str = "3.4.0";

@@ -65,4 +65,13 @@ pub mod cella {
             include!(concat!(env!("OUT_DIR"), "/cella.idgen.v1.serde.rs"));
         }
     }
+
+    /// The config center: namespaces, releases, gray releases, push, ACLs, audit.
+    pub mod config {
+        /// Version 1.
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/cella.config.v1.rs"));
+            include!(concat!(env!("OUT_DIR"), "/cella.config.v1.serde.rs"));
+        }
+    }
 }

@@ -82,6 +82,11 @@ impl Client {
         Cluster::new(self.transport.clone())
     }
 
+    /// The config center: publish, get, history, diff, rollback, gray.
+    pub fn config(&self) -> crate::config::Configs {
+        crate::config::Configs::new(self.transport.clone())
+    }
+
     /// Node status.
     pub fn maintenance(&self) -> Maintenance {
         Maintenance::new(self.transport.clone())

@@ -95,6 +95,24 @@ pub enum Error {
         /// What was missing or wrong.
         message: String,
     },
+    /// A config's content does not decode into the requested type.
+    #[error("config {key} does not decode as {format} into the requested type: {reason}")]
+    Decode {
+        /// `namespace/group/data_id`.
+        key: String,
+        /// The config's format.
+        format: String,
+        /// What the decoder found.
+        reason: String,
+    },
+    /// The local config cache could not be read or written.
+    #[error("config cache {path}: {reason}")]
+    Cache {
+        /// The file or directory.
+        path: String,
+        /// What failed.
+        reason: String,
+    },
     /// Any other gRPC failure, with its code and the server's message.
     #[error("server error ({code:?}): {message}")]
     Server {

@@ -21,6 +21,7 @@ mod error;
 mod types;
 
 pub mod cluster;
+pub mod config;
 pub mod id;
 pub mod kv;
 pub mod lease;

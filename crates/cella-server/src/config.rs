@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use cella_config::ConfigSettings;
 use cella_core::CoreConfig;
 use cella_idgen::IdgenConfig;
 use cella_registry::RegistryConfig;
@@ -28,6 +29,8 @@ pub struct ServerConfig {
     pub registry: RegistryConfig,
     /// Unique ids: batch limit, generator and segment tunables, extra layouts.
     pub idgen: IdgenConfig,
+    /// The config center.
+    pub config: ConfigSettings,
 }
 
 impl Default for ServerConfig {
@@ -40,6 +43,7 @@ impl Default for ServerConfig {
             core: CoreConfig::default(),
             registry: RegistryConfig::default(),
             idgen: IdgenConfig::default(),
+            config: ConfigSettings::default(),
         }
     }
 }

@@ -70,6 +70,11 @@ pub async fn run(
             )
             .context("the [idgen] settings")?,
         ),
+        config: cella_config::ConfigApi::new(cella_config::ConfigService::new(
+            core.clone(),
+            Arc::new(cella_config::UnixClock),
+            config.config.clone(),
+        )),
     };
     let app = router(core.clone(), &blocks);
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
@@ -147,6 +152,7 @@ struct Blocks {
     registry: Registry,
     locks: cella_lock::LockService,
     ids: Arc<cella_idgen::IdService>,
+    config: cella_config::ConfigApi,
 }
 
 /// The node's HTTP and gRPC routes on one router.
@@ -168,16 +174,19 @@ fn router(core: Core, blocks: &Blocks) -> Router {
             get(|| async { axum::Json(openapi::document()) }),
         )
         .with_state(state);
+    let (config_grpc, config_rest) = cella_config::routes(blocks.config.clone());
     let grpc = cella_lock::add_services(cella_core::grpc::routes(core.clone()), core.clone())
         .add_service(cella_registry::grpc::service(blocks.registry.clone()))
         .add_service(cella_registry::grpc::peer_service(blocks.registry.clone()))
-        .add_service(cella_idgen::grpc::server(blocks.ids.clone()));
+        .add_service(cella_idgen::grpc::server(blocks.ids.clone()))
+        .add_service(config_grpc);
     grpc.into_axum_router()
         .merge(cella_core::rest::router(core))
         .merge(cella_lock::rest::router(blocks.locks.clone()))
         .merge(cella_registry::rest::router(blocks.registry.clone()))
         .merge(cella_registry::nacos::router(blocks.registry.clone()))
         .merge(cella_idgen::rest::router(blocks.ids.clone()))
+        .merge(config_rest)
         .merge(ops)
         .fallback(no_route)
 }

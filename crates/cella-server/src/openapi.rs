@@ -23,6 +23,7 @@ pub fn document() -> Value {
     merge(&mut doc, cella_registry::rest::openapi());
     merge(&mut doc, cella_lock::rest::openapi());
     merge(&mut doc, cella_idgen::rest::openapi());
+    merge(&mut doc, cella_config::rest::openapi());
     doc
 }
 

@@ -4,7 +4,7 @@
 //! - [`free_port`], [`cella_binary`]: where a node listens and what it runs.
 //! - [`Node`], [`Cluster`]: `cella up` / `cella server` processes with temp data dirs and
 //!   logs, readiness probes, kill -9, graceful stop, pause and restart.
-//! - [`http`]: a raw HTTP/1.1 client for REST and Nacos-style routes.
+//! - [`http`]: raw HTTP/1.1 exchanges for REST and Nacos-style routes.
 //! - [`etcdctl`]: etcd's own CLI, installed when missing.
 //! - [`client`]: etcd v3 KV calls with per-call timeouts and outcome classification.
 //! - [`workload`]: the write load and register workload the fault tests share.
@@ -29,10 +29,11 @@ pub mod workload;
 pub use binary::{cella_binary, workspace_root};
 pub use cella_base::ManualClock;
 pub use cluster::Cluster;
+pub use http::{http_request, HttpResponse};
 pub use node::{Node, NodeId, NodeOptions};
 pub use partition::PartitionProxy;
 pub use port::free_port;
-pub use probe::{http_exchange, http_get_status};
+pub use probe::http_get_status;
 
 /// Number of iterations for repeated fault tests: `CELLA_FAULT_ITERATIONS`, else `default`.
 pub fn fault_iterations(default: usize) -> usize {

@@ -40,44 +40,6 @@ async fn get_status(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
     parse_status_line(&head)
 }
 
-/// Sends one request with a JSON `body` (may be empty) and returns the status and the
-/// body, within `timeout`. Chunked answers are refused (Cella's JSON answers carry a length).
-pub async fn http_exchange(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: &str,
-    timeout: Duration,
-) -> anyhow::Result<(u16, String)> {
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).await?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await?;
-        anyhow::Ok(raw)
-    };
-    let raw = tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!("{method} http://{addr}{path} timed out after {timeout:?}")
-        })??;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("no HTTP head in {text:?}"))?;
-    anyhow::ensure!(
-        !head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked"),
-        "chunked answer from {path}; only answers with a length are supported"
-    );
-    Ok((parse_status_line(head.as_bytes())?, body.to_owned()))
-}
-
 fn parse_status_line(head: &[u8]) -> anyhow::Result<u16> {
     let text = String::from_utf8_lossy(head);
     let line = text.lines().next().unwrap_or_default();

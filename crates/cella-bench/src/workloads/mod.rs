@@ -2,6 +2,7 @@
 //! watchers), then hands them to the shared driver through [`measure`]; none has a load loop
 //! of its own.
 
+mod config;
 mod fanout;
 mod id;
 mod kv;
@@ -22,6 +23,7 @@ use crate::driver::{drive, Bounds, LoadClient};
 use crate::progress::Progress;
 use crate::stats::Measurement;
 
+pub(crate) use config::DEFAULT_PUSH_RATE as DEFAULT_CONFIG_PUSH_RATE;
 pub(crate) use watch::DEFAULT_RATE as DEFAULT_WATCH_RATE;
 
 /// Key prefix every workload writes under, so benchmark data is easy to find and delete.
@@ -74,6 +76,8 @@ pub(crate) async fn run_level(
             id::run(conns, clients, settings, Some(settings.id_batch), progress).await
         }
         Workload::IdSingle => id::run(conns, clients, settings, None, progress).await,
+        Workload::ConfigPush => config::run_push(conns, clients, settings, progress).await,
+        Workload::ConfigRead => config::run_read(conns, clients, settings, progress).await,
     }
 }
 

@@ -152,7 +152,7 @@ impl TestServer {
 
     /// A REST call; returns the status and the parsed JSON answer.
     pub async fn rest(&self, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
-        let (status, text) = cella_testkit::http_exchange(self.addr, method, path, body, WAIT)
+        let (status, text) = cella_testkit::http::json(&self.addr.to_string(), method, path, body)
             .await
             .expect("HTTP exchange");
         let value = serde_json::from_str(&text)
