@@ -2,8 +2,18 @@
 //!
 //! - [`storage`]: the message store — commitlog segments, consume queues, lookup index,
 //!   group commit, crash recovery, retention. Messages live here, not in the core.
+//! - [`Broker`]: produce and consume; topic and group metadata live in the core.
+//! - `group`: the consumer-group decisions (assignment, cursors, redelivery), no I/O.
 
+mod broker;
+mod config;
 mod error;
+mod group;
+mod meta;
 pub mod storage;
 
+pub use broker::{format_id, Broker, PullRequest, QueueLag, SendRequest, SendResult};
+pub use config::MqConfig;
 pub use error::{MqError, MqResult};
+pub use group::GroupMode;
+pub use meta::{FlushPolicy, GroupMeta, StartFrom, TopicMeta};

@@ -1,0 +1,61 @@
+//! The broker's settings: the `[mq]` table of the server's configuration.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Tunables of the message broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqConfig {
+    /// Size of each commitlog segment file in bytes (1 GiB).
+    pub segment_bytes: u64,
+    /// How often async-flush topics are fsynced, in milliseconds.
+    pub flush_interval_ms: u64,
+    /// Delete whole segments whose messages are all older than this many hours (0: never).
+    pub retention_hours: u64,
+    /// Delete the oldest segments while the commitlog is larger than this (0: no limit).
+    pub retention_bytes: u64,
+    /// Create a topic on its first message when it does not exist.
+    pub auto_create_topics: bool,
+    /// Queues of an auto-created topic (and the default for `topic create`).
+    pub default_queues: u32,
+    /// Largest message body in bytes (4 MiB).
+    pub max_body_bytes: usize,
+    /// Longest delay a message may ask for, in milliseconds (7 days).
+    pub max_delay_ms: u64,
+    /// A member not heard from for this long leaves its group, in milliseconds.
+    pub session_timeout_ms: u64,
+    /// A delivery not acknowledged within this long is delivered again, in milliseconds.
+    pub ack_timeout_ms: u64,
+    /// Most messages one pull returns.
+    pub max_pull: u32,
+}
+
+impl Default for MqConfig {
+    fn default() -> Self {
+        Self {
+            segment_bytes: 1 << 30,
+            flush_interval_ms: 200,
+            retention_hours: 72,
+            retention_bytes: 0,
+            auto_create_topics: true,
+            default_queues: 4,
+            max_body_bytes: 4 << 20,
+            max_delay_ms: 7 * 24 * 3600 * 1000,
+            session_timeout_ms: 10_000,
+            ack_timeout_ms: 30_000,
+            max_pull: 256,
+        }
+    }
+}
+
+impl MqConfig {
+    pub(crate) fn session_timeout(&self) -> Duration {
+        Duration::from_millis(self.session_timeout_ms)
+    }
+
+    pub(crate) fn ack_timeout(&self) -> Duration {
+        Duration::from_millis(self.ack_timeout_ms)
+    }
+}

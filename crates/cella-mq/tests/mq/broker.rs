@@ -1,0 +1,349 @@
+//! Broker scenarios: produce and consume, groups, acks, bad input, restart.
+
+use std::time::Duration;
+
+use cella_base::ManualClock;
+use cella_mq::{FlushPolicy, GroupMode, MqError, PullRequest, SendRequest, StartFrom};
+
+use crate::common::{open_broker, start_core, test_config};
+
+fn send(topic: &str, body: &str) -> SendRequest {
+    SendRequest {
+        topic: topic.into(),
+        body: body.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
+fn pull(group: &str, topic: &str, member: &str, max: u32) -> PullRequest {
+    PullRequest {
+        group: group.into(),
+        topic: topic.into(),
+        member: member.into(),
+        max,
+        ..Default::default()
+    }
+}
+
+fn bodies(messages: &[cella_mq::storage::StoredMessage]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_group_reads_from_the_first_message_and_acks_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = start_core(&dir.path().join("core")).await;
+    let clock = ManualClock::new();
+    let broker = open_broker(&dir.path().join("mq"), test_config(), &core, &clock);
+    broker
+        .create_topic("orders", 1, false, FlushPolicy::Sync)
+        .await
+        .unwrap();
+    for i in 0..5 {
+        let r = broker.send(send("orders", &format!("m{i}"))).await.unwrap();
+        assert_eq!((r.queue_id, r.queue_offset), (0, i));
+    }
+    let got = broker.pull(&pull("g", "orders", "c1", 3)).await.unwrap();
+    assert_eq!(bodies(&got), vec!["m0", "m1", "m2"]);
+    for m in &got {
+        broker
+            .ack("g", "c1", "orders", 0, m.queue_offset)
+            .await
+            .unwrap();
+    }
+    let lag = broker.lag("g").await.unwrap();
+    assert_eq!((lag[0].committed, lag[0].end, lag[0].lag), (3, 5, 2));
+    broker.close();
+    drop(broker);
+
+    let broker = open_broker(&dir.path().join("mq"), test_config(), &core, &clock);
+    let got = broker.pull(&pull("g", "orders", "c2", 10)).await.unwrap();
+    assert_eq!(
+        bodies(&got),
+        vec!["m3", "m4"],
+        "acked messages are not delivered again"
+    );
+    let latest = PullRequest {
+        start: Some(StartFrom::Latest),
+        ..pull("late", "orders", "c1", 10)
+    };
+    assert!(
+        broker.pull(&latest).await.unwrap().is_empty(),
+        "a group asking for latest skips the backlog"
+    );
+    broker.send(send("orders", "m5")).await.unwrap();
+    assert_eq!(bodies(&broker.pull(&latest).await.unwrap()), vec!["m5"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clustering_splits_queues_and_a_leaving_member_hands_its_deliveries_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = start_core(&dir.path().join("core")).await;
+    let clock = ManualClock::new();
+    let broker = open_broker(&dir.path().join("mq"), test_config(), &core, &clock);
+    broker
+        .create_topic("t", 2, false, FlushPolicy::Async)
+        .await
+        .unwrap();
+    for i in 0..4 {
+        broker
+            .send(SendRequest {
+                queue_id: Some(i % 2),
+                ..send("t", &format!("m{i}"))
+            })
+            .await
+            .unwrap();
+    }
+    // a joins alone and gets both queues; b joins and takes queue 1.
+    let a1 = broker.pull(&pull("g", "t", "a", 1)).await.unwrap();
+    assert_eq!(a1.len(), 1);
+    broker.pull(&pull("g", "t", "b", 0)).await.unwrap();
+    let a2 = broker.pull(&pull("g", "t", "a", 10)).await.unwrap();
+    assert!(
+        a2.iter().all(|m| m.queue_id == 0),
+        "after b joined, a holds queue 0 only"
+    );
+    let b = broker.pull(&pull("g", "t", "b", 10)).await.unwrap();
+    assert!(b.iter().all(|m| m.queue_id == 1));
+    // a leaves without acking: b now holds both queues and gets a's messages again.
+    broker.leave("g", "a").unwrap();
+    let again = broker.pull(&pull("g", "t", "b", 10)).await.unwrap();
+    let mut seen: Vec<String> = bodies(&a1).into_iter().chain(bodies(&a2)).collect();
+    seen.sort();
+    let mut redelivered = bodies(&again);
+    redelivered.sort();
+    assert_eq!(redelivered, seen);
+    assert!(matches!(
+        broker.leave("g", "a"),
+        Err(MqError::MemberNotFound { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcasting_gives_every_member_every_message_and_tags_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = start_core(&dir.path().join("core")).await;
+    let clock = ManualClock::new();
+    let broker = open_broker(&dir.path().join("mq"), test_config(), &core, &clock);
+    for (i, tag) in ["red", "blue", "red"].iter().enumerate() {
+        broker
+            .send(SendRequest {
+                tag: tag.to_string(),
+                ..send("events", &format!("m{i}"))
+            })
+            .await
+            .unwrap();
+    }
+    let bcast = |member: &str| PullRequest {
+        mode: Some(GroupMode::Broadcasting),
+        ..pull("b", "events", member, 10)
+    };
+    let mut one = bodies(&broker.pull(&bcast("x")).await.unwrap());
+    let mut two = bodies(&broker.pull(&bcast("y")).await.unwrap());
+    one.sort();
+    two.sort();
+    assert_eq!(one, vec!["m0", "m1", "m2"]);
+    assert_eq!(one, two);
+    let red = PullRequest {
+        tags: vec!["red".into()],
+        ..pull("reds", "events", "r", 10)
+    };
+    let mut got = bodies(&broker.pull(&red).await.unwrap());
+    got.sort();
+    assert_eq!(got, vec!["m0", "m2"]);
+    let wrong_mode = PullRequest {
+        mode: Some(GroupMode::Clustering),
+        ..pull("b", "events", "z", 1)
+    };
+    let err = broker.pull(&wrong_mode).await.unwrap_err();
+    assert!(
+        matches!(err, MqError::InvalidField { field: "mode", .. }),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacked_deliveries_come_back_after_the_ack_timeout_and_nacks_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = start_core(&dir.path().join("core")).await;
+    let clock = ManualClock::new();
+    let broker = open_broker(&dir.path().join("mq"), test_config(), &core, &clock);
+    broker
+        .create_topic("t", 1, true, FlushPolicy::Sync)
+        .await
+        .unwrap();
+    for i in 0..3 {
+        broker.send(send("t", &format!("m{i}"))).await.unwrap();
+    }
+    let first = broker.pull(&pull("g", "t", "a", 2)).await.unwrap();
+    assert_eq!(bodies(&first), vec!["m0", "m1"]);
+    assert!(
+        broker
+            .pull(&pull("g", "t", "a", 2))
+            .await
+            .unwrap()
+            .is_empty(),
+        "ordered: one batch in flight"
+    );
+    broker.ack("g", "a", "t", 0, 0).await.unwrap();
+    broker.nack("g", "a", "t", 0, 1).await.unwrap();
+    assert_eq!(
+        bodies(&broker.pull(&pull("g", "t", "a", 5)).await.unwrap()),
+        vec!["m1", "m2"],
+        "redelivery first, then in order"
+    );
+    clock.advance(Duration::from_secs(31));
+    let late = broker.ack("g", "a", "t", 0, 1).await.unwrap_err();
+    assert!(
+        matches!(late, MqError::UnknownOffset { offset: 1, .. }),
+        "{late}"
+    );
+    assert_eq!(
+        bodies(&broker.pull(&pull("g", "t", "a", 5)).await.unwrap()),
+        vec!["m1", "m2"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_with_the_field_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = start_core(&dir.path().join("core")).await;
+    let clock = ManualClock::new();
+    let config = cella_mq::MqConfig {
+        auto_create_topics: false,
+        max_body_bytes: 1024,
+        ..test_config()
+    };
+    let broker = open_broker(&dir.path().join("mq"), config, &core, &clock);
+    let err = broker.send(send("nope", "x")).await.unwrap_err();
+    assert!(matches!(err, MqError::TopicNotFound { .. }), "{err}");
+    assert!(
+        broker.topics().await.unwrap().is_empty(),
+        "no topic was created"
+    );
+    broker
+        .create_topic("t", 1, false, FlushPolicy::Sync)
+        .await
+        .unwrap();
+    let big = SendRequest {
+        body: vec![0; 1025],
+        ..send("t", "")
+    };
+    assert!(matches!(
+        broker.send(big).await.unwrap_err(),
+        MqError::BodyTooLarge {
+            len: 1025,
+            max: 1024
+        }
+    ));
+    let late = SendRequest {
+        delay_ms: u64::MAX,
+        ..send("t", "x")
+    };
+    assert!(matches!(
+        broker.send(late).await.unwrap_err(),
+        MqError::DelayTooLong { .. }
+    ));
+    let bad_queue = SendRequest {
+        queue_id: Some(3),
+        ..send("t", "x")
+    };
+    assert!(matches!(
+        broker.send(bad_queue).await.unwrap_err(),
+        MqError::QueueNotFound { .. }
+    ));
+    let bad_name = broker.send(send("a/b", "x")).await.unwrap_err();
+    assert!(bad_name.to_string().contains("`topic`"), "{bad_name}");
+    assert_eq!(
+        broker.store().queue_bounds("t", 0).unwrap(),
+        (0, 0),
+        "nothing was stored"
+    );
+    broker.send(send("t", "ok")).await.unwrap();
+    broker.pull(&pull("g", "t", "a", 1)).await.unwrap();
+    let unknown = broker.ack("g", "a", "t", 0, 7).await.unwrap_err();
+    assert!(
+        matches!(unknown, MqError::UnknownOffset { offset: 7, .. }),
+        "{unknown}"
+    );
+    assert!(matches!(
+        broker.ack("nobody", "a", "t", 0, 0).await.unwrap_err(),
+        MqError::GroupNotFound { .. }
+    ));
+    assert_eq!(
+        broker.lag("g").await.unwrap()[0].committed,
+        0,
+        "the bad ack committed nothing"
+    );
+    let exists = broker
+        .create_topic("t", 2, false, FlushPolicy::Sync)
+        .await
+        .unwrap_err();
+    assert!(matches!(exists, MqError::TopicExists { .. }));
+    assert_eq!(
+        broker
+            .create_topic("t", 1, false, FlushPolicy::Sync)
+            .await
+            .unwrap()
+            .queues,
+        1,
+        "same settings: idempotent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_returns_when_a_message_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = start_core(&dir.path().join("core")).await;
+    let clock = ManualClock::new();
+    let broker = open_broker(&dir.path().join("mq"), test_config(), &core, &clock);
+    broker
+        .create_topic("t", 1, false, FlushPolicy::Sync)
+        .await
+        .unwrap();
+    let waiter = {
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            broker
+                .pull_wait(&pull("g", "t", "a", 1), Duration::from_secs(20))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    broker.send(send("t", "wake")).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(bodies(&got), vec!["wake"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_with_one_sharding_key_share_a_queue_in_send_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = start_core(&dir.path().join("core")).await;
+    let clock = ManualClock::new();
+    let broker = open_broker(&dir.path().join("mq"), test_config(), &core, &clock);
+    broker
+        .create_topic("t", 8, true, FlushPolicy::Sync)
+        .await
+        .unwrap();
+    let mut queues = std::collections::BTreeMap::new();
+    for i in 0..30 {
+        let key = format!("order-{}", i % 5);
+        let r = broker
+            .send(SendRequest {
+                sharding_key: Some(key.clone()),
+                keys: vec![key.clone()],
+                ..send("t", &format!("{key}:{i}"))
+            })
+            .await
+            .unwrap();
+        assert_eq!(*queues.entry(key).or_insert(r.queue_id), r.queue_id);
+    }
+    assert_eq!(broker.store().find_by_key("order-3").unwrap().len(), 6);
+}
