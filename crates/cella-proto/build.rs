@@ -4,7 +4,12 @@ use std::path::PathBuf;
 
 use prost::Message;
 
-const PROTOS: &[&str] = &["etcd/kv.proto", "etcd/rpc.proto", "cella/v1/core.proto"];
+const PROTOS: &[&str] = &[
+    "etcd/kv.proto",
+    "etcd/rpc.proto",
+    "cella/v1/core.proto",
+    "cella/v1/mq.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");

@@ -3,8 +3,10 @@
 //! - [`storage`]: the message store — commitlog segments, consume queues, lookup index,
 //!   group commit, crash recovery, retention. Messages live here, not in the core.
 //! - [`Broker`]: produce and consume; topic and group metadata live in the core.
+//! - [`api`]: the gRPC service and REST routes over a [`Broker`].
 //! - `group`: the consumer-group decisions (assignment, cursors, redelivery), no I/O.
 
+pub mod api;
 mod broker;
 mod config;
 mod error;

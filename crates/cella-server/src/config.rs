@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use cella_core::CoreConfig;
+use cella_mq::MqConfig;
 use serde::{Deserialize, Serialize};
 
 /// Everything a node needs to start.
@@ -22,6 +23,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// The consistent core.
     pub core: CoreConfig,
+    /// The message broker (`[mq]`); its data lives in `<data_dir>/mq`.
+    pub mq: MqConfig,
 }
 
 impl Default for ServerConfig {
@@ -32,6 +35,7 @@ impl Default for ServerConfig {
             peers: String::new(),
             data_dir: PathBuf::from("./cella-data"),
             core: CoreConfig::default(),
+            mq: MqConfig::default(),
         }
     }
 }

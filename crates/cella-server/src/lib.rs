@@ -15,7 +15,9 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use axum::Router;
+use cella_base::SystemClock;
 use cella_core::{Core, Membership};
+use cella_mq::Broker;
 use prometheus_client::registry::Registry;
 
 pub use config::ServerConfig;
@@ -45,7 +47,31 @@ pub async fn run(
     .await
     .context("starting the consistent core")?;
 
-    let app = router(core.clone());
+    let epoch_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default();
+    let broker = Broker::open(
+        config.data_dir.join("mq"),
+        config.mq.clone(),
+        core.clone(),
+        Arc::new(SystemClock::new()),
+        epoch_ms,
+    )
+    .context("opening the message broker")?;
+    let (maintenance_stop, maintenance_stopped) = tokio::sync::oneshot::channel::<()>();
+    let maintenance = tokio::spawn({
+        let broker = broker.clone();
+        async move {
+            broker
+                .run_maintenance(async move {
+                    let _ = maintenance_stopped.await;
+                })
+                .await
+        }
+    });
+
+    let app = router(core.clone(), broker.clone());
     let (drain_tx, mut drain_rx) = tokio::sync::watch::channel(false);
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
@@ -70,6 +96,11 @@ pub async fn run(
             server_abort.abort();
         }
     }
+    let _ = maintenance_stop.send(());
+    let _ = maintenance.await;
+    tokio::task::spawn_blocking(move || broker.close())
+        .await
+        .context("closing the message broker")?;
     core.shutdown().await;
     tracing::info!("stopped");
     Ok(())
@@ -81,7 +112,7 @@ struct AppState {
 }
 
 /// The node's HTTP and gRPC routes on one router.
-fn router(core: Core) -> Router {
+fn router(core: Core, broker: Broker) -> Router {
     let mut registry = Registry::default();
     cella_core::metrics::register(&mut registry);
     let state = Arc::new(AppState {
@@ -98,8 +129,10 @@ fn router(core: Core) -> Router {
         )
         .with_state(state);
     cella_core::grpc::routes(core.clone())
+        .add_service(cella_mq::api::grpc_service(broker.clone()))
         .into_axum_router()
         .merge(cella_core::rest::router(core))
+        .merge(cella_mq::api::router(broker))
         .merge(ops)
         .fallback(no_route)
 }

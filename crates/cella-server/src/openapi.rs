@@ -20,6 +20,7 @@ pub fn document() -> Value {
         "components": { "schemas": {} }
     });
     merge(&mut doc, cella_core::rest::openapi());
+    merge(&mut doc, cella_mq::api::openapi());
     doc
 }
 
