@@ -1,11 +1,12 @@
 //! `cella`: the one binary. Runs a node (`up`, `server`), talks to the core (`kv`, `lease`,
-//! `status`) and measures it (`bench`).
+//! `status`) and the broker (`mq`), and measures it (`bench`).
 //!
 //! Exit codes: 0 ok, 1 failed, 2 bad usage. Results go to stdout in `--output`'s format;
 //! logs and errors go to stderr.
 
 mod kv;
 mod lease;
+mod mq;
 mod output;
 mod serve;
 mod status;
@@ -65,6 +66,9 @@ enum Command {
     /// Grant, inspect, refresh and revoke leases.
     #[command(subcommand)]
     Lease(lease::LeaseCommand),
+    /// Message broker: topics, send, consume, group lag.
+    #[command(subcommand)]
+    Mq(mq::MqCommand),
     /// Show every member: leader, term, raft index, applied index, lag.
     Status,
     /// Measure Cella (and peers such as etcd) with benchmark workloads.
@@ -163,6 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Server(args) => serve::server(args).await,
         Command::Kv(command) => kv::run(command, &remote, format).await,
         Command::Lease(command) => lease::run(command, &remote, format).await,
+        Command::Mq(command) => mq::run(command, &remote, format).await,
         Command::Status => status::run(&remote, format).await,
         Command::Bench(args) => cella_bench::run(args).await,
     }

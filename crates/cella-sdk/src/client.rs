@@ -14,6 +14,7 @@ use crate::cluster::Cluster;
 use crate::kv::Kv;
 use crate::lease::Leases;
 use crate::maintenance::Maintenance;
+use crate::mq::Mq;
 use crate::watch::Watcher;
 use crate::{Error, Result};
 
@@ -72,6 +73,11 @@ impl Client {
     /// Node status.
     pub fn maintenance(&self) -> Maintenance {
         Maintenance::new(self.transport.clone())
+    }
+
+    /// The message broker: topics, producers, consumers.
+    pub fn mq(&self) -> Mq {
+        Mq::new(self.transport.clone())
     }
 }
 

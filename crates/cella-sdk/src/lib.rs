@@ -1,4 +1,4 @@
-//! Rust client for Cella's consistent core.
+//! Rust client for Cella: the consistent core, and the message broker ([`mq`]).
 //!
 //! The core speaks etcd v3's gRPC API, so this client also works against etcd. One
 //! [`Client`] holds one HTTP/2 connection; each service handle it hands out shares it.
@@ -23,6 +23,7 @@ pub mod cluster;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
+pub mod mq;
 pub mod watch;
 
 pub use client::{Client, ClientBuilder};
