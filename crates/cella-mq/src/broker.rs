@@ -749,7 +749,7 @@ impl Broker {
             if let Err(e) = self.save_offsets() {
                 tracing::error!(error = %e, "mq: saving offsets failed");
             }
-            if ticks % 60 == 0 {
+            if ticks.is_multiple_of(60) {
                 if let Err(e) = self.apply_retention().await {
                     tracing::error!(error = %e, "mq: retention failed");
                 }
