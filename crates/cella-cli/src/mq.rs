@@ -30,6 +30,9 @@ pub enum MqCommand {
         /// Keep messages with one sharding key in one queue, in order.
         #[arg(long)]
         sharding_key: Option<String>,
+        /// Deliver no earlier than this many milliseconds from now.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
         /// The message body.
         body: String,
     },
@@ -224,9 +227,11 @@ pub async fn run(command: MqCommand, remote: &Remote, format: Format) -> anyhow:
             keys,
             tag,
             sharding_key,
+            delay_ms,
             body,
         } => {
-            let mut message = OutgoingMessage::new(topic, body.into_bytes());
+            let mut message = OutgoingMessage::new(topic, body.into_bytes())
+                .delay(Duration::from_millis(delay_ms));
             for key in keys {
                 message = message.key(key);
             }

@@ -129,6 +129,7 @@ impl Api {
             message_id: format_id(result.id),
             queue_id: result.queue_id,
             queue_offset: result.queue_offset,
+            delayed: result.delayed,
         })
     }
 

@@ -2,6 +2,13 @@
 //! [`crate::group`] to the [`Store`] (messages), the core (topic and group metadata) and a
 //! broker-local offsets file.
 //!
+//! Delayed messages (any delay up to `max_delay_ms`) are stored at once in the internal
+//! topic `%DELAY%` with their target and due time as properties, and kept in a
+//! [`TimerWheel`]; when due, a copy (same id) is appended to the target queue. The delay
+//! queue's progress is an offset like a group's, so after a restart the wheel is rebuilt from
+//! the not-yet-delivered part (a message delivered just before a crash may be delivered
+//! twice: at least once, as everywhere).
+//!
 //! Consumer offsets are kept in `offsets.json` beside the store, not in the core: they
 //! describe positions in this broker's own queues (meaningless to another node's store),
 //! and they change on every acknowledgement, which through Raft would cost a replicated,
@@ -24,6 +31,19 @@ use crate::error::{MqError, MqResult};
 use crate::group::{assigned_queues, Cursor, GroupMode, Members};
 use crate::meta::{validate_name, FlushPolicy, GroupMeta, Metadata, StartFrom, TopicMeta};
 use crate::storage::{record::hash64, Store, StoreConfig, StoredMessage};
+use crate::timer::TimerWheel;
+
+/// The internal topic holding delayed messages until they are due.
+const DELAY_TOPIC: &str = "%DELAY%";
+/// Property names the broker uses on delayed messages (user properties may not start with `%`).
+const PROP_TARGET_TOPIC: &str = "%TARGET_TOPIC";
+const PROP_TARGET_QUEUE: &str = "%TARGET_QUEUE";
+const PROP_DELIVER_AT: &str = "%DELIVER_AT";
+/// Delay-wheel resolution and size (one revolution: 51.2 s; longer delays wait in place).
+const DELAY_TICK_MS: u64 = 100;
+const DELAY_SLOTS: usize = 512;
+/// The delay queue's cursor owner, as a stand-in member name.
+const DELAY_MEMBER: &str = "%timer";
 
 /// What a producer sends.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -55,8 +75,10 @@ pub struct SendResult {
     pub id: u128,
     /// Its queue.
     pub queue_id: u32,
-    /// Its offset in the queue.
+    /// Its offset in the queue (0 for a delayed message: assigned when it is due).
     pub queue_offset: u64,
+    /// Whether it waits in the delay queue.
+    pub delayed: bool,
 }
 
 /// What a consumer asks for.
@@ -123,6 +145,17 @@ struct Inner {
     saved: Mutex<HashMap<CursorKey, u64>>,
     offsets_path: PathBuf,
     offsets_dirty: AtomicBool,
+    delays: Mutex<Delays>,
+}
+
+/// Delayed messages waiting: the wheel of delay-queue offsets, and the queue's progress.
+struct Delays {
+    wheel: TimerWheel<u64>,
+    cursor: Cursor,
+}
+
+fn delay_key() -> CursorKey {
+    (DELAY_TOPIC.into(), String::new(), DELAY_TOPIC.into(), 0)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -161,8 +194,15 @@ impl Broker {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
             Err(e) => return Err(MqError::io("reading offsets.json")(e)),
         };
+        let now_ms = epoch_ms + clock.now().as_millis() as u64;
+        let delays = Mutex::new(load_delays(
+            &store,
+            saved.get(&delay_key()).copied(),
+            now_ms,
+        )?);
         Ok(Broker {
             inner: Arc::new(Inner {
+                delays,
                 config,
                 store,
                 meta: Metadata::new(core),
@@ -287,12 +327,6 @@ impl Broker {
                 max_ms: config.max_delay_ms,
             });
         }
-        if req.delay_ms > 0 {
-            return Err(MqError::InvalidField {
-                field: "delay_ms",
-                rule: "must be 0: delayed delivery is not available on this broker yet".into(),
-            });
-        }
         if req.tag.len() > 127 || req.tag.contains('|') || req.tag == "*" {
             return Err(MqError::InvalidField {
                 field: "tag",
@@ -309,11 +343,11 @@ impl Broker {
             || req
                 .properties
                 .iter()
-                .any(|(k, v)| k.is_empty() || k.len() > 255 || v.len() > 4096)
+                .any(|(k, v)| k.is_empty() || k.len() > 255 || k.starts_with('%') || v.len() > 4096)
         {
             return Err(MqError::InvalidField {
                 field: "properties",
-                rule: "must be at most 64 entries, keys of 1-255 bytes, values up to 4096 bytes"
+                rule: "must be at most 64 entries, keys of 1-255 bytes not starting with `%`, values up to 4096 bytes"
                     .into(),
             });
         }
@@ -341,7 +375,7 @@ impl Broker {
         };
         let now = self.now_ms();
         let id: u128 = rand::random();
-        let message = StoredMessage {
+        let mut message = StoredMessage {
             topic: topic.name.clone(),
             queue_id,
             queue_offset: 0,
@@ -353,12 +387,90 @@ impl Broker {
             born_ms: if req.born_ms == 0 { now } else { req.born_ms },
             stored_ms: now,
         };
+        if req.delay_ms == 0 {
+            let appended = self.inner.store.append(message, topic.flush.mode()).await?;
+            return Ok(SendResult {
+                id,
+                queue_id,
+                queue_offset: appended.queue_offset,
+                delayed: false,
+            });
+        }
+        let deliver_at = now + req.delay_ms;
+        message
+            .properties
+            .insert(PROP_TARGET_TOPIC.into(), topic.name.clone());
+        message
+            .properties
+            .insert(PROP_TARGET_QUEUE.into(), queue_id.to_string());
+        message
+            .properties
+            .insert(PROP_DELIVER_AT.into(), deliver_at.to_string());
+        message.topic = DELAY_TOPIC.into();
+        message.queue_id = 0;
         let appended = self.inner.store.append(message, topic.flush.mode()).await?;
+        let mut delays = self.inner.delays.lock().expect("delays lock");
+        delays.wheel.insert(deliver_at, appended.queue_offset);
+        delays
+            .cursor
+            .deliver(appended.queue_offset, DELAY_MEMBER, Duration::MAX);
         Ok(SendResult {
             id,
             queue_id,
-            queue_offset: appended.queue_offset,
+            queue_offset: 0,
+            delayed: true,
         })
+    }
+
+    /// Moves every delayed message now due into its target queue; returns how many.
+    pub async fn deliver_due_delays(&self) -> MqResult<usize> {
+        let due = self
+            .inner
+            .delays
+            .lock()
+            .expect("delays lock")
+            .wheel
+            .advance(self.now_ms());
+        for offset in &due {
+            let read = self
+                .inner
+                .store
+                .read_queue(DELAY_TOPIC, 0, *offset, 1, &[])?;
+            if let Some(mut message) = read
+                .messages
+                .into_iter()
+                .find(|m| m.queue_offset == *offset)
+            {
+                let target = message
+                    .properties
+                    .remove(PROP_TARGET_TOPIC)
+                    .unwrap_or_default();
+                let queue = message
+                    .properties
+                    .remove(PROP_TARGET_QUEUE)
+                    .and_then(|q| q.parse().ok())
+                    .unwrap_or(0);
+                message.properties.remove(PROP_DELIVER_AT);
+                let mode = self
+                    .topic(&target)
+                    .await?
+                    .map_or(FlushPolicy::Sync, |t| t.flush)
+                    .mode();
+                message.topic = target;
+                message.queue_id = queue;
+                message.stored_ms = self.now_ms();
+                self.inner.store.append(message, mode).await?;
+            }
+            let mut delays = self.inner.delays.lock().expect("delays lock");
+            let _ = delays.cursor.ack(*offset, DELAY_MEMBER, Duration::ZERO);
+            self.inner.offsets_dirty.store(true, Ordering::Release);
+        }
+        Ok(due.len())
+    }
+
+    /// Delayed messages not yet due.
+    pub fn pending_delays(&self) -> usize {
+        self.inner.delays.lock().expect("delays lock").wheel.len()
     }
 
     async fn group_meta(&self, req: &PullRequest) -> MqResult<GroupMeta> {
@@ -709,6 +821,15 @@ impl Broker {
                 );
             }
         }
+        saved.insert(
+            delay_key(),
+            self.inner
+                .delays
+                .lock()
+                .expect("delays lock")
+                .cursor
+                .committed,
+        );
         let file = OffsetsFile {
             offsets: saved
                 .iter()
@@ -738,7 +859,7 @@ impl Broker {
     /// Runs the broker's periodic work (offset saving, retention) until `stop` resolves.
     pub async fn run_maintenance(&self, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(Duration::from_millis(DELAY_TICK_MS));
         let mut ticks: u64 = 0;
         loop {
             tokio::select! {
@@ -746,10 +867,15 @@ impl Broker {
                 _ = tick.tick() => {}
             }
             ticks += 1;
-            if let Err(e) = self.save_offsets() {
-                tracing::error!(error = %e, "mq: saving offsets failed");
+            if let Err(e) = self.deliver_due_delays().await {
+                tracing::error!(error = %e, "mq: delivering delayed messages failed");
             }
-            if ticks.is_multiple_of(60) {
+            if ticks.is_multiple_of(10) {
+                if let Err(e) = self.save_offsets() {
+                    tracing::error!(error = %e, "mq: saving offsets failed");
+                }
+            }
+            if ticks.is_multiple_of(600) {
                 if let Err(e) = self.apply_retention().await {
                     tracing::error!(error = %e, "mq: retention failed");
                 }
@@ -765,6 +891,35 @@ impl Broker {
         }
         self.inner.store.close();
     }
+}
+
+/// Rebuilds the delay wheel from the delay queue past its committed offset.
+fn load_delays(store: &Store, committed: Option<u64>, now_ms: u64) -> MqResult<Delays> {
+    let (first, end) = store.queue_bounds(DELAY_TOPIC, 0)?;
+    let mut delays = Delays {
+        wheel: TimerWheel::new(DELAY_TICK_MS, DELAY_SLOTS, now_ms),
+        cursor: Cursor::new(committed.unwrap_or(first).max(first)),
+    };
+    let mut at = delays.cursor.committed;
+    while at < end {
+        let read = store.read_queue(DELAY_TOPIC, 0, at, 256, &[])?;
+        for m in &read.messages {
+            let deliver_at = m
+                .properties
+                .get(PROP_DELIVER_AT)
+                .and_then(|d| d.parse().ok())
+                .unwrap_or(0);
+            delays.wheel.insert(deliver_at, m.queue_offset);
+            delays
+                .cursor
+                .deliver(m.queue_offset, DELAY_MEMBER, Duration::MAX);
+        }
+        if read.next_offset <= at {
+            break;
+        }
+        at = read.next_offset;
+    }
+    Ok(delays)
 }
 
 /// A message id as text: 32 lowercase hex digits.

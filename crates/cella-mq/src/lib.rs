@@ -4,6 +4,7 @@
 //!   group commit, crash recovery, retention. Messages live here, not in the core.
 //! - [`Broker`]: produce and consume; topic and group metadata live in the core.
 //! - [`api`]: the gRPC service and REST routes over a [`Broker`].
+//! - `timer`: the timing wheel behind delayed messages.
 //! - `group`: the consumer-group decisions (assignment, cursors, redelivery), no I/O.
 
 pub mod api;
@@ -13,6 +14,7 @@ mod error;
 mod group;
 mod meta;
 pub mod storage;
+mod timer;
 
 pub use broker::{format_id, Broker, PullRequest, QueueLag, SendRequest, SendResult};
 pub use config::MqConfig;

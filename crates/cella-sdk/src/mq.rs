@@ -167,6 +167,12 @@ impl OutgoingMessage {
         self
     }
 
+    /// Delivers the message no earlier than `delay` from now.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.request.delay_ms = delay.as_millis() as u64;
+        self
+    }
+
     /// Sets a property.
     pub fn property(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.request.properties.insert(name.into(), value.into());
@@ -181,8 +187,10 @@ pub struct Sent {
     pub id: String,
     /// Its queue.
     pub queue_id: u32,
-    /// Its offset in the queue.
+    /// Its offset in the queue (0 while delayed).
     pub queue_offset: u64,
+    /// Whether it waits in the delay queue.
+    pub delayed: bool,
 }
 
 /// Sends messages; retries while the broker is unavailable.
@@ -205,6 +213,7 @@ impl Producer {
                         id: r.message_id,
                         queue_id: r.queue_id,
                         queue_offset: r.queue_offset,
+                        delayed: r.delayed,
                     });
                 }
                 Err(status)

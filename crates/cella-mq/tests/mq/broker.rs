@@ -347,3 +347,79 @@ async fn messages_with_one_sharding_key_share_a_queue_in_send_order() {
     }
     assert_eq!(broker.store().find_by_key("order-3").unwrap().len(), 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_messages_arrive_when_due_with_their_id_even_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = start_core(&dir.path().join("core")).await;
+    let clock = ManualClock::new();
+    let broker = open_broker(&dir.path().join("mq"), test_config(), &core, &clock);
+    broker
+        .create_topic("t", 1, false, FlushPolicy::Sync)
+        .await
+        .unwrap();
+    let soon = broker
+        .send(SendRequest {
+            delay_ms: 5_000,
+            ..send("t", "soon")
+        })
+        .await
+        .unwrap();
+    let later = broker
+        .send(SendRequest {
+            delay_ms: 180_000,
+            ..send("t", "later")
+        })
+        .await
+        .unwrap();
+    assert!(soon.delayed && later.delayed);
+    broker.send(send("t", "now")).await.unwrap();
+    assert_eq!(
+        bodies(&broker.pull(&pull("g", "t", "a", 10)).await.unwrap()),
+        vec!["now"]
+    );
+    broker.ack("g", "a", "t", 0, 0).await.unwrap();
+    clock.advance(Duration::from_millis(4_800));
+    assert_eq!(broker.deliver_due_delays().await.unwrap(), 0, "not due yet");
+    clock.advance(Duration::from_millis(300));
+    assert_eq!(broker.deliver_due_delays().await.unwrap(), 1);
+    let got = broker.pull(&pull("g", "t", "a", 10)).await.unwrap();
+    assert_eq!(bodies(&got), vec!["soon"]);
+    assert_eq!(
+        got[0].id, soon.id,
+        "the delivered copy keeps the id the producer got"
+    );
+    assert!(
+        got[0].properties.is_empty(),
+        "broker-internal properties are removed"
+    );
+    broker
+        .ack("g", "a", "t", 0, got[0].queue_offset)
+        .await
+        .unwrap();
+    broker.close();
+    drop(broker);
+
+    // "later" (beyond one revolution of the wheel) survives a restart and still waits.
+    let broker = open_broker(&dir.path().join("mq"), test_config(), &core, &clock);
+    assert_eq!(broker.pending_delays(), 1);
+    clock.advance(Duration::from_secs(170));
+    assert_eq!(broker.deliver_due_delays().await.unwrap(), 0);
+    clock.advance(Duration::from_secs(10));
+    assert_eq!(broker.deliver_due_delays().await.unwrap(), 1);
+    assert_eq!(
+        bodies(&broker.pull(&pull("g", "t", "b", 10)).await.unwrap()),
+        vec!["later"]
+    );
+    let internal = SendRequest {
+        properties: [("%x".to_string(), "y".to_string())].into(),
+        ..send("t", "x")
+    };
+    assert!(matches!(
+        broker.send(internal).await.unwrap_err(),
+        MqError::InvalidField {
+            field: "properties",
+            ..
+        }
+    ));
+}
