@@ -9,6 +9,12 @@
 //! the not-yet-delivered part (a message delivered just before a crash may be delivered
 //! twice: at least once, as everywhere).
 //!
+//! A negative acknowledgement on an unordered topic sends the message (same id) to the
+//! group's retry topic `%RETRY%<group>` after the next backoff level (`retry_backoff_ms`);
+//! the group's pulls take from its retry topic too. After `max_retries` it goes to the
+//! dead-letter topic `%DLQ%<group>` instead, which can be consumed like any topic. Ordered
+//! topics retry in place, in order.
+//!
 //! Consumer offsets are kept in `offsets.json` beside the store, not in the core: they
 //! describe positions in this broker's own queues (meaningless to another node's store),
 //! and they change on every acknowledgement, which through Raft would cost a replicated,
@@ -30,7 +36,7 @@ use crate::config::MqConfig;
 use crate::error::{MqError, MqResult};
 use crate::group::{assigned_queues, Cursor, GroupMode, Members};
 use crate::meta::{validate_name, FlushPolicy, GroupMeta, Metadata, StartFrom, TopicMeta};
-use crate::storage::{record::hash64, Store, StoreConfig, StoredMessage};
+use crate::storage::{record::hash64, FlushMode, Store, StoreConfig, StoredMessage};
 use crate::timer::TimerWheel;
 
 /// The internal topic holding delayed messages until they are due.
@@ -42,6 +48,34 @@ const PROP_DELIVER_AT: &str = "%DELIVER_AT";
 /// Delay-wheel resolution and size (one revolution: 51.2 s; longer delays wait in place).
 const DELAY_TICK_MS: u64 = 100;
 const DELAY_SLOTS: usize = 512;
+/// How many times a message was retried, and where it came from (set on retry copies).
+const PROP_RETRIES: &str = "%RETRIES";
+const PROP_ORIGIN_TOPIC: &str = "%ORIGIN_TOPIC";
+const RETRY_PREFIX: &str = "%RETRY%";
+const DLQ_PREFIX: &str = "%DLQ%";
+
+/// The settings of a group's retry or dead-letter topic, for such names.
+fn internal_topic(name: &str) -> Option<TopicMeta> {
+    let group = name
+        .strip_prefix(RETRY_PREFIX)
+        .or_else(|| name.strip_prefix(DLQ_PREFIX))?;
+    validate_name("group", group).ok()?;
+    Some(TopicMeta {
+        name: name.to_string(),
+        queues: 1,
+        ordered: false,
+        flush: FlushPolicy::Sync,
+    })
+}
+
+/// Checks a topic named by a consumer: a user topic, or a group's retry or dead-letter topic.
+fn validate_consumed_topic(name: &str) -> MqResult<()> {
+    if internal_topic(name).is_some() {
+        return Ok(());
+    }
+    validate_name("topic", name)
+}
+
 /// The delay queue's cursor owner, as a stand-in member name.
 const DELAY_MEMBER: &str = "%timer";
 
@@ -274,6 +308,9 @@ impl Broker {
 
     /// A topic's settings, from the cache or the core; `None` if it does not exist.
     pub async fn topic(&self, name: &str) -> MqResult<Option<TopicMeta>> {
+        if let Some(t) = internal_topic(name) {
+            return Ok(Some(t));
+        }
         if let Some(t) = self.inner.topics.read().expect("topics lock").get(name) {
             return Ok(Some(t.clone()));
         }
@@ -375,7 +412,7 @@ impl Broker {
         };
         let now = self.now_ms();
         let id: u128 = rand::random();
-        let mut message = StoredMessage {
+        let message = StoredMessage {
             topic: topic.name.clone(),
             queue_id,
             queue_offset: 0,
@@ -396,24 +433,9 @@ impl Broker {
                 delayed: false,
             });
         }
-        let deliver_at = now + req.delay_ms;
-        message
-            .properties
-            .insert(PROP_TARGET_TOPIC.into(), topic.name.clone());
-        message
-            .properties
-            .insert(PROP_TARGET_QUEUE.into(), queue_id.to_string());
-        message
-            .properties
-            .insert(PROP_DELIVER_AT.into(), deliver_at.to_string());
-        message.topic = DELAY_TOPIC.into();
-        message.queue_id = 0;
-        let appended = self.inner.store.append(message, topic.flush.mode()).await?;
-        let mut delays = self.inner.delays.lock().expect("delays lock");
-        delays.wheel.insert(deliver_at, appended.queue_offset);
-        delays
-            .cursor
-            .deliver(appended.queue_offset, DELAY_MEMBER, Duration::MAX);
+        let mode = topic.flush.mode();
+        self.enqueue_delayed(message, topic.name, queue_id, now + req.delay_ms, mode)
+            .await?;
         Ok(SendResult {
             id,
             queue_id,
@@ -533,7 +555,7 @@ impl Broker {
     /// Pulls messages for a member (joining the group if needed) without waiting.
     pub async fn pull(&self, req: &PullRequest) -> MqResult<Vec<StoredMessage>> {
         validate_name("group", &req.group)?;
-        validate_name("topic", &req.topic)?;
+        validate_consumed_topic(&req.topic)?;
         if req.member.is_empty() || req.member.len() > 255 {
             return Err(MqError::InvalidField {
                 field: "member",
@@ -556,7 +578,6 @@ impl Broker {
             .collect();
         let now = self.inner.clock.now();
         let deadline = now + self.inner.config.ack_timeout();
-        let store = &self.inner.store;
 
         let mut groups = self.inner.groups.lock().expect("groups lock");
         let runtime = self.refresh(&mut groups, &meta);
@@ -567,20 +588,51 @@ impl Broker {
             GroupMode::Clustering => String::new(),
             GroupMode::Broadcasting => req.member.clone(),
         };
+        let mut out = Vec::new();
+        let take = Take {
+            group: &meta,
+            owner: &owner,
+            member: &req.member,
+            max,
+            deadline,
+        };
+        self.take_from(runtime, &take, &topic, &tags, &mut out)?;
+        let retry_topic = format!("{RETRY_PREFIX}{}", meta.name);
+        if out.len() < max
+            && topic.name != retry_topic
+            && self.inner.store.queue_bounds(&retry_topic, 0)?.1 > 0
+        {
+            let retry = internal_topic(&retry_topic).expect("a retry topic name");
+            self.take_from(runtime, &take, &retry, &tags, &mut out)?;
+        }
+        self.inner.offsets_dirty.store(true, Ordering::Release);
+        Ok(out)
+    }
+
+    /// Delivers from `topic`'s queues held by the member into `out`, up to `take.max`.
+    fn take_from(
+        &self,
+        runtime: &mut GroupRuntime,
+        take: &Take<'_>,
+        topic: &TopicMeta,
+        tags: &[String],
+        out: &mut Vec<StoredMessage>,
+    ) -> MqResult<()> {
+        let (meta, owner, max, deadline) = (take.group, take.owner, take.max, take.deadline);
+        let store = &self.inner.store;
         let queues = assigned_queues(
             meta.mode,
             &runtime.members.names(),
-            &req.member,
+            take.member,
             topic.queues,
         );
-        let share = max.div_ceil(queues.len().max(1));
-        let mut out = Vec::new();
+        let share = max.saturating_sub(out.len()).div_ceil(queues.len().max(1));
         for queue in queues {
             if out.len() >= max {
                 break;
             }
             let (first, end) = store.queue_bounds(&topic.name, queue)?;
-            let key = (topic.name.clone(), owner.clone(), queue);
+            let key = (topic.name.clone(), owner.to_string(), queue);
             let cursor = match runtime.cursors.get_mut(&key) {
                 Some(c) => c,
                 None => {
@@ -589,7 +641,12 @@ impl Broker {
                         .saved
                         .lock()
                         .expect("saved lock")
-                        .get(&(meta.name.clone(), owner.clone(), topic.name.clone(), queue))
+                        .get(&(
+                            meta.name.clone(),
+                            owner.to_string(),
+                            topic.name.clone(),
+                            queue,
+                        ))
                         .copied();
                     let start = saved.unwrap_or(match meta.start {
                         StartFrom::Earliest => first,
@@ -611,7 +668,7 @@ impl Broker {
                     .pop()
                 {
                     Some(m) if m.queue_offset == offset => {
-                        cursor.deliver(offset, &req.member, deadline);
+                        cursor.deliver(offset, take.member, deadline);
                         out.push(m);
                     }
                     _ => cursor.skip(offset),
@@ -622,19 +679,18 @@ impl Broker {
                 continue;
             }
             let from = cursor.next;
-            let read = store.read_queue(&topic.name, queue, from, room - taken, &tags)?;
+            let read = store.read_queue(&topic.name, queue, from, room - taken, tags)?;
             let delivered: Vec<u64> = read.messages.iter().map(|m| m.queue_offset).collect();
             for offset in from..read.next_offset {
                 if delivered.contains(&offset) {
-                    cursor.deliver(offset, &req.member, deadline);
+                    cursor.deliver(offset, take.member, deadline);
                 } else {
                     cursor.skip(offset);
                 }
             }
             out.extend(read.messages);
         }
-        self.inner.offsets_dirty.store(true, Ordering::Release);
-        Ok(out)
+        Ok(())
     }
 
     /// Pulls, waiting up to `wait` for messages when there are none (long poll).
@@ -735,10 +791,89 @@ impl Broker {
         offset: u64,
     ) -> MqResult<()> {
         let topic = self.known_topic(topic, queue_id).await?;
-        let ordered = topic.ordered;
+        if topic.ordered {
+            return self.with_cursor(group, member, &topic, queue_id, offset, |c, now| {
+                c.nack(offset, member, now, true)
+            });
+        }
         self.with_cursor(group, member, &topic, queue_id, offset, |c, now| {
-            c.nack(offset, member, now, ordered)
+            c.check(offset, member, now)
+        })?;
+        let read = self
+            .inner
+            .store
+            .read_queue(&topic.name, queue_id, offset, 1, &[])?;
+        if let Some(message) = read.messages.into_iter().find(|m| m.queue_offset == offset) {
+            self.send_to_retry(group, message).await?;
+        }
+        self.with_cursor(group, member, &topic, queue_id, offset, |c, now| {
+            c.ack(offset, member, now)
         })
+    }
+
+    /// Re-sends a nacked message to the group's retry topic after its backoff, or to its
+    /// dead-letter topic once it has been retried `max_retries` times.
+    async fn send_to_retry(&self, group: &str, mut message: StoredMessage) -> MqResult<()> {
+        let retries: u32 = message
+            .properties
+            .get(PROP_RETRIES)
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0)
+            + 1;
+        if !message.properties.contains_key(PROP_ORIGIN_TOPIC) {
+            message
+                .properties
+                .insert(PROP_ORIGIN_TOPIC.into(), message.topic.clone());
+        }
+        message
+            .properties
+            .insert(PROP_RETRIES.into(), retries.to_string());
+        message.stored_ms = self.now_ms();
+        message.queue_id = 0;
+        let config = &self.inner.config;
+        if retries > config.max_retries {
+            tracing::info!(group, id = %format_id(message.id), retries, "mq: retries exhausted; to the dead-letter topic");
+            message.topic = format!("{DLQ_PREFIX}{group}");
+            self.inner.store.append(message, FlushMode::Sync).await?;
+            return Ok(());
+        }
+        let level = (retries as usize - 1).min(config.retry_backoff_ms.len().saturating_sub(1));
+        let backoff = config.retry_backoff_ms.get(level).copied().unwrap_or(1_000);
+        self.enqueue_delayed(
+            message,
+            format!("{RETRY_PREFIX}{group}"),
+            0,
+            self.now_ms() + backoff,
+            FlushMode::Sync,
+        )
+        .await
+    }
+
+    /// Stores `message` in the delay queue, to be appended to `target`/`queue` at `deliver_at`.
+    async fn enqueue_delayed(
+        &self,
+        mut message: StoredMessage,
+        target: String,
+        queue: u32,
+        deliver_at: u64,
+        mode: FlushMode,
+    ) -> MqResult<()> {
+        message.properties.insert(PROP_TARGET_TOPIC.into(), target);
+        message
+            .properties
+            .insert(PROP_TARGET_QUEUE.into(), queue.to_string());
+        message
+            .properties
+            .insert(PROP_DELIVER_AT.into(), deliver_at.to_string());
+        message.topic = DELAY_TOPIC.into();
+        message.queue_id = 0;
+        let appended = self.inner.store.append(message, mode).await?;
+        let mut delays = self.inner.delays.lock().expect("delays lock");
+        delays.wheel.insert(deliver_at, appended.queue_offset);
+        delays
+            .cursor
+            .deliver(appended.queue_offset, DELAY_MEMBER, Duration::MAX);
+        Ok(())
     }
 
     /// Removes a member at once: its queues go to the others, its deliveries come back.
@@ -891,6 +1026,15 @@ impl Broker {
         }
         self.inner.store.close();
     }
+}
+
+/// What one pull is for: the group, the cursor owner, the member, and its limits.
+struct Take<'a> {
+    group: &'a GroupMeta,
+    owner: &'a str,
+    member: &'a str,
+    max: usize,
+    deadline: Duration,
 }
 
 /// Rebuilds the delay wheel from the delay queue past its committed offset.

@@ -30,6 +30,11 @@ pub struct MqConfig {
     pub ack_timeout_ms: u64,
     /// Most messages one pull returns.
     pub max_pull: u32,
+    /// Backoff before the n-th retry of a nacked message, in milliseconds (the last level
+    /// repeats).
+    pub retry_backoff_ms: Vec<u64>,
+    /// Retries before a message goes to the group's dead-letter topic.
+    pub max_retries: u32,
 }
 
 impl Default for MqConfig {
@@ -46,6 +51,10 @@ impl Default for MqConfig {
             session_timeout_ms: 10_000,
             ack_timeout_ms: 30_000,
             max_pull: 256,
+            retry_backoff_ms: vec![
+                1_000, 5_000, 10_000, 30_000, 60_000, 120_000, 300_000, 600_000,
+            ],
+            max_retries: 16,
         }
     }
 }

@@ -138,7 +138,13 @@ impl Cursor {
         self.mark_done(offset);
     }
 
-    fn check(&self, offset: u64, member: &str, now: Duration) -> Result<(), NotInflight> {
+    /// Whether `offset` is in flight to `member` and not past its deadline.
+    pub(crate) fn check(
+        &self,
+        offset: u64,
+        member: &str,
+        now: Duration,
+    ) -> Result<(), NotInflight> {
         match self.inflight.get(&offset) {
             Some(d) if d.member == member && d.deadline > now => Ok(()),
             _ => Err(NotInflight),

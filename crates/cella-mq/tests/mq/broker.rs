@@ -423,3 +423,95 @@ async fn delayed_messages_arrive_when_due_with_their_id_even_across_a_restart() 
         }
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nacked_messages_retry_with_backoff_then_go_to_the_dead_letter_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = start_core(&dir.path().join("core")).await;
+    let clock = ManualClock::new();
+    let config = cella_mq::MqConfig {
+        retry_backoff_ms: vec![1_000, 10_000],
+        max_retries: 2,
+        ..test_config()
+    };
+    let broker = open_broker(&dir.path().join("mq"), config, &core, &clock);
+    broker
+        .create_topic("t", 1, false, FlushPolicy::Sync)
+        .await
+        .unwrap();
+    let sent = broker.send(send("t", "flaky")).await.unwrap();
+    let first = broker.pull(&pull("g", "t", "a", 5)).await.unwrap();
+    broker
+        .nack("g", "a", "t", 0, first[0].queue_offset)
+        .await
+        .unwrap();
+    assert!(
+        broker
+            .pull(&pull("g", "t", "a", 5))
+            .await
+            .unwrap()
+            .is_empty(),
+        "not before the first backoff"
+    );
+    clock.advance(Duration::from_millis(1_000));
+    broker.deliver_due_delays().await.unwrap();
+    let retry = broker.pull(&pull("g", "t", "a", 5)).await.unwrap();
+    assert_eq!(bodies(&retry), vec!["flaky"]);
+    assert_eq!(
+        (retry[0].topic.as_str(), retry[0].id),
+        ("%RETRY%g", sent.id),
+        "same id, from the group's retry topic"
+    );
+    assert_eq!(
+        retry[0].properties.get("%RETRIES").map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(
+        retry[0].properties.get("%ORIGIN_TOPIC").map(String::as_str),
+        Some("t")
+    );
+    broker
+        .nack("g", "a", "%RETRY%g", 0, retry[0].queue_offset)
+        .await
+        .unwrap();
+    clock.advance(Duration::from_millis(9_000));
+    broker.deliver_due_delays().await.unwrap();
+    assert!(
+        broker
+            .pull(&pull("g", "t", "a", 5))
+            .await
+            .unwrap()
+            .is_empty(),
+        "the second level waits 10 s"
+    );
+    clock.advance(Duration::from_millis(1_000));
+    broker.deliver_due_delays().await.unwrap();
+    let again = broker.pull(&pull("g", "t", "a", 5)).await.unwrap();
+    assert_eq!(
+        again[0].properties.get("%RETRIES").map(String::as_str),
+        Some("2")
+    );
+    broker
+        .nack("g", "a", "%RETRY%g", 0, again[0].queue_offset)
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(60));
+    broker.deliver_due_delays().await.unwrap();
+    assert!(
+        broker
+            .pull(&pull("g", "t", "a", 5))
+            .await
+            .unwrap()
+            .is_empty(),
+        "retries are exhausted"
+    );
+    let dead = broker
+        .pull(&pull("inspect", "%DLQ%g", "x", 5))
+        .await
+        .unwrap();
+    assert_eq!(bodies(&dead), vec!["flaky"]);
+    assert!(
+        broker.lag("g").await.unwrap().iter().all(|l| l.lag == 0),
+        "nothing left pending for the group"
+    );
+}

@@ -6,8 +6,10 @@
 //! offset, from a queue the member holds, passing its tag filter, not acknowledged already
 //! and not in flight to another member; on ordered topics every earlier matching message
 //! of the queue is done; ack and nack succeed exactly when the model has the delivery in
-//! flight to that member. At the end one member drains the topic and every matching message
-//! must have been acknowledged, with the group's committed offsets at the queues' ends.
+//! flight to that member; a message nacked on an unordered topic comes back only through the
+//! group's retry topic. At the end one member drains the topic and its retries, and every
+//! matching message must have been acknowledged or dead-lettered (after a nack), with the
+//! group's committed offsets at the queues' ends.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -16,7 +18,7 @@ use std::time::Duration;
 
 use cella_base::ManualClock;
 use cella_core::Core;
-use cella_mq::{Broker, FlushPolicy, PullRequest, SendRequest};
+use cella_mq::{Broker, FlushPolicy, MqConfig, PullRequest, SendRequest};
 use proptest::prelude::*;
 
 use crate::common::{open_broker, start_core, test_config};
@@ -71,14 +73,21 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Where a delivery came from: (topic, queue, offset).
+type Key = (String, u32, u64);
+
 /// What the group promises, kept naively.
 #[derive(Default)]
 struct Model {
     /// Tags of the messages sent, per queue, by queue offset.
     sent: Vec<Vec<u8>>,
-    /// (queue, offset) → (member, deadline).
-    inflight: HashMap<(u32, u64), (String, Duration)>,
-    acked: HashSet<(u32, u64)>,
+    /// Delivery → (member, deadline, body).
+    inflight: HashMap<Key, (String, Duration, String)>,
+    acked: HashSet<Key>,
+    /// Bodies acknowledged from any topic (the topic itself or the group's retry topic).
+    handled: HashSet<String>,
+    /// Bodies nacked on an unordered topic: they must come back through the retry topic.
+    nacked: HashSet<String>,
     /// Member → last heartbeat.
     members: BTreeMap<String, Duration>,
 }
@@ -94,23 +103,23 @@ impl Model {
             .retain(|_, seen| now.saturating_sub(*seen) < SESSION);
         let members = &self.members;
         self.inflight
-            .retain(|_, (m, deadline)| *deadline > now && members.contains_key(m));
+            .retain(|_, (m, deadline, _)| *deadline > now && members.contains_key(m));
     }
 
-    fn holds(&self, member: &str, queue: u32) -> bool {
+    fn holds(&self, member: &str, queue: u32, queues: u32) -> bool {
         let names: Vec<&String> = self.members.keys().collect();
         names
             .iter()
             .position(|m| *m == member)
-            .is_some_and(|i| queue as usize % names.len() == i)
+            .is_some_and(|i| queue as usize % names.len() == i && queue < queues)
     }
 
-    fn owned_by(&self, member: &str) -> Vec<(u32, u64)> {
-        let mut v: Vec<_> = self
+    fn owned_by(&self, member: &str, now: Duration) -> Vec<Key> {
+        let mut v: Vec<Key> = self
             .inflight
             .iter()
-            .filter(|(_, (m, _))| m == member)
-            .map(|(k, _)| *k)
+            .filter(|(_, (m, deadline, _))| m == member && *deadline > now)
+            .map(|(k, _)| k.clone())
             .collect();
         v.sort_unstable();
         v
@@ -141,14 +150,23 @@ fn env() -> &'static Env {
     })
 }
 
+fn config() -> MqConfig {
+    MqConfig {
+        retry_backoff_ms: vec![1_000, 2_000],
+        max_retries: 2,
+        ..test_config()
+    }
+}
+
 async fn run_case(ops: Vec<Op>, ordered: bool, filter: Option<u8>) -> Result<(), TestCaseError> {
     static CASE: AtomicU32 = AtomicU32::new(0);
     let case = CASE.fetch_add(1, Ordering::Relaxed);
     let (topic, group) = (format!("model-{case}"), format!("group-{case}"));
+    let retry_topic = format!("%RETRY%{group}");
     let env = env();
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new();
-    let mut broker: Broker = open_broker(dir.path(), test_config(), &env.core, &clock);
+    let mut broker: Broker = open_broker(dir.path(), config(), &env.core, &clock);
     broker
         .create_topic(&topic, QUEUES, ordered, FlushPolicy::Async)
         .await
@@ -189,23 +207,13 @@ async fn run_case(ops: Vec<Op>, ordered: bool, filter: Option<u8>) -> Result<(),
                 let member = MEMBERS[member];
                 model.refresh(now);
                 model.members.insert(member.to_string(), now);
+                broker.deliver_due_delays().await.unwrap();
                 let got = broker.pull(&pull(member, max)).await.unwrap();
                 prop_assert!(got.len() <= max.max(1) as usize);
-                let mut batch: BTreeSet<(u32, u64)> = BTreeSet::new();
+                let mut batch: BTreeSet<Key> = BTreeSet::new();
                 for m in got {
-                    let key = (m.queue_id, m.queue_offset);
-                    prop_assert_eq!(
-                        String::from_utf8_lossy(&m.body).into_owned(),
-                        format!("{}-{}", key.0, key.1)
-                    );
-                    prop_assert!(
-                        model.holds(member, key.0),
-                        "{member} got {key:?} from a queue it does not hold"
-                    );
-                    prop_assert!(
-                        model.matches(filter, key.0, key.1),
-                        "{key:?} does not pass the filter"
-                    );
+                    let key: Key = (m.topic.clone(), m.queue_id, m.queue_offset);
+                    let body = String::from_utf8_lossy(&m.body).into_owned();
                     prop_assert!(
                         !model.acked.contains(&key),
                         "{key:?} delivered after its ack"
@@ -214,19 +222,42 @@ async fn run_case(ops: Vec<Op>, ordered: bool, filter: Option<u8>) -> Result<(),
                         !model.inflight.contains_key(&key),
                         "{key:?} is in flight already"
                     );
-                    if ordered {
-                        for earlier in 0..key.1 {
-                            let e = (key.0, earlier);
-                            prop_assert!(
-                                !model.matches(filter, e.0, e.1)
-                                    || model.acked.contains(&e)
-                                    || batch.contains(&e),
-                                "ordered: {key:?} delivered before {e:?} was done"
-                            );
+                    if m.topic == retry_topic {
+                        prop_assert!(
+                            model.nacked.contains(&body),
+                            "retry of {body}, which was never nacked"
+                        );
+                        prop_assert!(
+                            model.holds(member, 0, 1),
+                            "{member} got a retry it does not hold"
+                        );
+                    } else {
+                        prop_assert_eq!(&m.topic, &topic);
+                        prop_assert_eq!(&body, &format!("{}-{}", key.1, key.2));
+                        prop_assert!(
+                            model.holds(member, key.1, QUEUES),
+                            "{member} got {key:?} from a queue it does not hold"
+                        );
+                        prop_assert!(
+                            model.matches(filter, key.1, key.2),
+                            "{key:?} does not pass the filter"
+                        );
+                        if ordered {
+                            for earlier in 0..key.2 {
+                                let e: Key = (topic.clone(), key.1, earlier);
+                                prop_assert!(
+                                    !model.matches(filter, key.1, earlier)
+                                        || model.acked.contains(&e)
+                                        || batch.contains(&e),
+                                    "ordered: {key:?} delivered before {e:?} was done"
+                                );
+                            }
                         }
                     }
-                    batch.insert(key);
-                    model.inflight.insert(key, (member.to_string(), now + ACK));
+                    batch.insert(key.clone());
+                    model
+                        .inflight
+                        .insert(key, (member.to_string(), now + ACK, body));
                 }
             }
             Op::Ack { member, pick } | Op::Nack { member, pick } => {
@@ -236,31 +267,34 @@ async fn run_case(ops: Vec<Op>, ordered: bool, filter: Option<u8>) -> Result<(),
                     .members
                     .get(name)
                     .is_some_and(|seen| now.saturating_sub(*seen) < SESSION);
-                let owned: Vec<_> = model
-                    .owned_by(name)
-                    .into_iter()
-                    .filter(|k| model.inflight[k].1 > now)
-                    .collect();
-                let Some(&(queue, offset)) = owned.get(pick % owned.len().max(1)).filter(|_| live)
+                let owned = model.owned_by(name, now);
+                let Some(key) = owned
+                    .get(pick % owned.len().max(1))
+                    .filter(|_| live)
+                    .cloned()
                 else {
                     continue;
                 };
                 model.refresh(now);
+                let (t, queue, offset) = key.clone();
+                let body = model.inflight[&key].2.clone();
                 if matches!(op, Op::Ack { .. }) {
-                    broker
-                        .ack(&group, name, &topic, queue, offset)
-                        .await
-                        .unwrap();
-                    model.inflight.remove(&(queue, offset));
-                    model.acked.insert((queue, offset));
+                    broker.ack(&group, name, &t, queue, offset).await.unwrap();
+                    model.inflight.remove(&key);
+                    model.acked.insert(key);
+                    model.handled.insert(body);
                 } else {
-                    broker
-                        .nack(&group, name, &topic, queue, offset)
-                        .await
-                        .unwrap();
-                    model.inflight.retain(|(q, o), _| {
-                        !(*q == queue && (*o == offset || (ordered && *o > offset)))
-                    });
+                    broker.nack(&group, name, &t, queue, offset).await.unwrap();
+                    if ordered && t == topic {
+                        model
+                            .inflight
+                            .retain(|(kt, q, o), _| !(*kt == t && *q == queue && *o >= offset));
+                    } else {
+                        // Done here; it comes back through the retry topic (or the DLQ).
+                        model.inflight.remove(&key);
+                        model.acked.insert(key);
+                        model.nacked.insert(body);
+                    }
                 }
             }
             Op::AckUnknown {
@@ -270,82 +304,113 @@ async fn run_case(ops: Vec<Op>, ordered: bool, filter: Option<u8>) -> Result<(),
             } => {
                 let name = MEMBERS[member];
                 model.refresh(now);
-                let expected_ok = model
-                    .inflight
-                    .get(&(queue, offset))
-                    .is_some_and(|(m, _)| m == name);
+                let key: Key = (topic.clone(), queue, offset);
+                let expected_ok = model.inflight.get(&key).is_some_and(|(m, _, _)| m == name);
                 let result = broker.ack(&group, name, &topic, queue, offset).await;
-                let group_known =
-                    !model.members.is_empty() || !model.acked.is_empty() || result.is_ok();
-                if expected_ok {
-                    prop_assert!(
-                        result.is_ok(),
-                        "ack of a delivery in flight failed: {result:?}"
-                    );
-                    model.inflight.remove(&(queue, offset));
-                    model.acked.insert((queue, offset));
-                } else {
-                    prop_assert!(
-                        result.is_err() || !group_known,
-                        "ack of {queue}/{offset} by {name} accepted"
-                    );
+                prop_assert_eq!(
+                    result.is_ok(),
+                    expected_ok,
+                    "ack of {:?} by {}: {:?}",
+                    key,
+                    name,
+                    result
+                );
+                if let Some((_, _, body)) = model.inflight.remove(&key).filter(|_| expected_ok) {
+                    model.acked.insert(key);
+                    model.handled.insert(body);
                 }
             }
             Op::Leave { member } => {
                 let name = MEMBERS[member];
                 let result = broker.leave(&group, name);
                 prop_assert_eq!(result.is_ok(), model.members.remove(name).is_some());
-                model.inflight.retain(|_, (m, _)| m != name);
+                model.inflight.retain(|_, (m, _, _)| m != name);
             }
             Op::Advance { secs } => clock.advance(Duration::from_secs(secs)),
             Op::Restart => {
                 // Progress above the saved committed offset may be delivered again.
-                let committed: HashMap<u32, u64> = match broker.lag(&group).await {
-                    Ok(lag) => lag.into_iter().map(|l| (l.queue_id, l.committed)).collect(),
+                let committed: HashMap<(String, u32), u64> = match broker.lag(&group).await {
+                    Ok(lag) => lag
+                        .into_iter()
+                        .map(|l| ((l.topic, l.queue_id), l.committed))
+                        .collect(),
                     Err(_) => HashMap::new(),
                 };
                 broker.close();
                 drop(broker);
-                broker = open_broker(dir.path(), test_config(), &env.core, &clock);
+                broker = open_broker(dir.path(), config(), &env.core, &clock);
                 model
                     .acked
-                    .retain(|(q, o)| *o < committed.get(q).copied().unwrap_or(0));
+                    .retain(|(t, q, o)| *o < committed.get(&(t.clone(), *q)).copied().unwrap_or(0));
                 model.inflight.clear();
                 model.members.clear();
             }
         }
     }
 
-    // Drain: everyone falls silent; one member takes every queue and acks all it gets.
-    clock.advance(SESSION + ACK);
-    for _ in 0..500 {
-        let got = broker.pull(&pull("drainer", 16)).await.unwrap();
-        if got.is_empty() {
+    // Drain: everyone falls silent; one member takes every queue (and the retries as their
+    // backoff passes) and acks all it gets.
+    for _ in 0..20 {
+        clock.advance(SESSION + ACK);
+        broker.deliver_due_delays().await.unwrap();
+        let mut got_any = false;
+        for _ in 0..500 {
+            let got = broker.pull(&pull("drainer", 16)).await.unwrap();
+            if got.is_empty() {
+                break;
+            }
+            got_any = true;
+            for m in got {
+                broker
+                    .ack(&group, "drainer", &m.topic, m.queue_id, m.queue_offset)
+                    .await
+                    .unwrap();
+                model
+                    .handled
+                    .insert(String::from_utf8_lossy(&m.body).into_owned());
+            }
+        }
+        if !got_any && broker.pending_delays() == 0 {
             break;
         }
-        for m in got {
-            broker
-                .ack(&group, "drainer", &topic, m.queue_id, m.queue_offset)
-                .await
-                .unwrap();
-            model.acked.insert((m.queue_id, m.queue_offset));
-        }
     }
+    let dead_letters = PullRequest {
+        group: format!("dlq-reader-{case}"),
+        topic: format!("%DLQ%{group}"),
+        member: "reader".into(),
+        max: 256,
+        ..Default::default()
+    };
+    let dead: HashSet<String> = broker
+        .pull(&dead_letters)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+        .collect();
     for (queue, sent) in model.sent.iter().enumerate() {
         for offset in 0..sent.len() as u64 {
+            let body = format!("{queue}-{offset}");
             if model.matches(filter, queue as u32, offset) {
                 prop_assert!(
-                    model.acked.contains(&(queue as u32, offset)),
-                    "{queue}/{offset} never acked"
+                    model.handled.contains(&body) || dead.contains(&body),
+                    "{body} never acked nor dead-lettered"
                 );
             }
         }
+    }
+    for body in &dead {
+        prop_assert!(
+            model.nacked.contains(body),
+            "{body} dead-lettered without a nack"
+        );
     }
     for lag in broker.lag(&group).await.unwrap() {
         prop_assert_eq!(
             lag.committed,
             lag.end,
-            "queue {} not fully committed",
+            "queue {}/{} not fully committed",
+            lag.topic,
             lag.queue_id
         );
     }
