@@ -55,6 +55,22 @@ pub enum MqCommand {
         #[arg(long, default_value_t = 30_000)]
         timeout_ms: u64,
     },
+    /// Declare a group's maximum backlog per queue of a topic and what happens past it.
+    Subscribe {
+        /// The consumer group.
+        #[arg(long)]
+        group: String,
+        /// The topic.
+        #[arg(long)]
+        topic: String,
+        /// Most messages per queue the group may have waiting (0: no limit).
+        #[arg(long)]
+        max_backlog: u64,
+        /// Move the messages past the limit to the group's dead-letter topic instead of
+        /// dropping them.
+        #[arg(long)]
+        dead_letter: bool,
+    },
     /// Show a group's committed offset and backlog per queue.
     Lag {
         /// The consumer group.
@@ -273,6 +289,22 @@ pub async fn run(command: MqCommand, remote: &Remote, format: Format) -> anyhow:
             let left = consumer.leave().await;
             result?;
             Ok(left?)
+        }
+        MqCommand::Subscribe {
+            group,
+            topic,
+            max_backlog,
+            dead_letter,
+        } => {
+            mq.declare_subscription(&group, &topic, max_backlog, dead_letter)
+                .await?;
+            let policy = if dead_letter {
+                "dead-letter"
+            } else {
+                "drop-oldest"
+            };
+            println!("{group} on {topic}: at most {max_backlog} waiting per queue, then {policy}");
+            Ok(())
         }
         MqCommand::Lag { group } => {
             let queues = mq

@@ -20,7 +20,7 @@ use tonic::{Request, Status};
 use crate::broker::{format_id, Broker, PullRequest, QueueLag, SendRequest};
 use crate::error::{MqError, MqResult};
 use crate::group::GroupMode;
-use crate::meta::{FlushPolicy, StartFrom, TopicMeta};
+use crate::meta::{FlushPolicy, Overflow, StartFrom, TopicMeta};
 use crate::storage::StoredMessage;
 
 /// Longest a pull may wait for messages.
@@ -202,6 +202,27 @@ impl Api {
         Ok(pb::LeaveResponse {})
     }
 
+    async fn declare_subscription(&self, req: pb::Subscription) -> MqResult<pb::Subscription> {
+        let overflow =
+            match enum_field("overflow", req.overflow, |v| pb::Overflow::try_from(v).ok())? {
+                pb::Overflow::Unspecified | pb::Overflow::DropOldest => Overflow::DropOldest,
+                pb::Overflow::DeadLetter => Overflow::DeadLetter,
+            };
+        let sub = self
+            .0
+            .declare_subscription(&req.group, &req.topic, req.max_backlog, overflow)
+            .await?;
+        Ok(pb::Subscription {
+            group: sub.group,
+            topic: sub.topic,
+            max_backlog: sub.max_backlog,
+            overflow: match sub.overflow {
+                Overflow::DropOldest => pb::Overflow::DropOldest,
+                Overflow::DeadLetter => pb::Overflow::DeadLetter,
+            } as i32,
+        })
+    }
+
     async fn lag(&self, req: pb::LagRequest) -> MqResult<pb::LagResponse> {
         Ok(pb::LagResponse {
             queues: self
@@ -270,6 +291,14 @@ impl MessageQueue for Api {
         r: Request<pb::LagRequest>,
     ) -> Result<tonic::Response<pb::LagResponse>, Status> {
         Ok(tonic::Response::new(Api::lag(self, r.into_inner()).await?))
+    }
+    async fn declare_subscription(
+        &self,
+        r: Request<pb::Subscription>,
+    ) -> Result<tonic::Response<pb::Subscription>, Status> {
+        Ok(tonic::Response::new(
+            Api::declare_subscription(self, r.into_inner()).await?,
+        ))
     }
 }
 
@@ -370,6 +399,26 @@ pub fn router(broker: Broker) -> Router {
                 },
             ),
         )
+        .route(
+            "/v1/mq/groups/{group}/subscriptions/{topic}",
+            axum::routing::put(
+                |State(api): State<Api>,
+                 Path((group, topic)): Path<(String, String)>,
+                 body: Bytes| async move {
+                    reply(match parse::<pb::Subscription>(&body) {
+                        Ok(req) => {
+                            api.declare_subscription(pb::Subscription {
+                                group,
+                                topic,
+                                ..req
+                            })
+                            .await
+                        }
+                        Err(e) => Err(e),
+                    })
+                },
+            ),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(Api(broker))
 }
@@ -414,6 +463,15 @@ pub fn openapi() -> serde_json::Value {
         "LagResponse",
     );
     lag_path["parameters"] = path_param("group");
+    let mut sub_path = op(
+        "Declare a subscription's maximum backlog per queue and overflow policy",
+        Some("Subscription"),
+        "Subscription",
+    );
+    sub_path["parameters"] = serde_json::json!([
+        { "name": "group", "in": "path", "required": true, "schema": { "type": "string" } },
+        { "name": "topic", "in": "path", "required": true, "schema": { "type": "string" } }
+    ]);
     let topic = object(
         serde_json::json!({ "name": s("string"), "queues": s("integer"), "ordered": s("boolean"), "flush": { "type": "string", "enum": ["FLUSH_POLICY_SYNC", "FLUSH_POLICY_ASYNC"] } }),
     );
@@ -431,7 +489,8 @@ pub fn openapi() -> serde_json::Value {
             "/v1/mq/ack": { "post": op("Acknowledge a delivery", Some("AckRequest"), "Empty") },
             "/v1/mq/nack": { "post": op("Negatively acknowledge a delivery: it is delivered again", Some("AckRequest"), "Empty") },
             "/v1/mq/leave": { "post": op("Remove a member from its group at once", Some("LeaveRequest"), "Empty") },
-            "/v1/mq/groups/{group}/lag": { "get": lag_path }
+            "/v1/mq/groups/{group}/lag": { "get": lag_path },
+            "/v1/mq/groups/{group}/subscriptions/{topic}": { "put": sub_path }
         },
         "components": { "schemas": {
             "mq.Topic": topic.clone(),
@@ -453,6 +512,10 @@ pub fn openapi() -> serde_json::Value {
             "mq.AckRequest": ack,
             "mq.LeaveRequest": object(serde_json::json!({ "group": s("string"), "member": s("string") })),
             "mq.Empty": object(serde_json::json!({})),
+            "mq.Subscription": object(serde_json::json!({
+                "max_backlog": u64s,
+                "overflow": { "type": "string", "enum": ["OVERFLOW_DROP_OLDEST", "OVERFLOW_DEAD_LETTER"] }
+            })),
             "mq.LagResponse": object(serde_json::json!({ "queues": { "type": "array", "items": object(serde_json::json!({
                 "topic": s("string"), "queue_id": s("integer"), "member": s("string"), "committed": u64s, "end": u64s, "lag": u64s
             })) } }))

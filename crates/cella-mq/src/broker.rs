@@ -35,7 +35,10 @@ use serde::{Deserialize, Serialize};
 use crate::config::MqConfig;
 use crate::error::{MqError, MqResult};
 use crate::group::{assigned_queues, Cursor, GroupMode, Members};
-use crate::meta::{validate_name, FlushPolicy, GroupMeta, Metadata, StartFrom, TopicMeta};
+use crate::meta::{
+    validate_name, FlushPolicy, GroupMeta, Metadata, Overflow, StartFrom, SubscriptionMeta,
+    TopicMeta,
+};
 use crate::storage::{record::hash64, FlushMode, Store, StoreConfig, StoredMessage};
 use crate::timer::TimerWheel;
 
@@ -180,6 +183,7 @@ struct Inner {
     offsets_path: PathBuf,
     offsets_dirty: AtomicBool,
     delays: Mutex<Delays>,
+    subscriptions: RwLock<HashMap<(String, String), Option<SubscriptionMeta>>>,
 }
 
 /// Delayed messages waiting: the wheel of delay-queue offsets, and the queue's progress.
@@ -237,6 +241,7 @@ impl Broker {
         Ok(Broker {
             inner: Arc::new(Inner {
                 delays,
+                subscriptions: RwLock::new(HashMap::new()),
                 config,
                 store,
                 meta: Metadata::new(core),
@@ -569,6 +574,7 @@ impl Broker {
                 topic: req.topic.clone(),
             })?;
         let meta = self.group_meta(req).await?;
+        let backlog = self.subscription(&meta.name, &topic.name).await?;
         let max = (req.max.max(1)).min(self.inner.config.max_pull) as usize;
         let tags: Vec<String> = req
             .tags
@@ -579,34 +585,100 @@ impl Broker {
         let now = self.inner.clock.now();
         let deadline = now + self.inner.config.ack_timeout();
 
-        let mut groups = self.inner.groups.lock().expect("groups lock");
-        let runtime = self.refresh(&mut groups, &meta);
-        if runtime.members.heartbeat(&req.member, now) {
-            tracing::info!(group = %meta.name, member = %req.member, "mq: member joined; rebalancing");
-        }
-        let owner = match meta.mode {
-            GroupMode::Clustering => String::new(),
-            GroupMode::Broadcasting => req.member.clone(),
+        let taken = {
+            let mut groups = self.inner.groups.lock().expect("groups lock");
+            let runtime = self.refresh(&mut groups, &meta);
+            if runtime.members.heartbeat(&req.member, now) {
+                tracing::info!(group = %meta.name, member = %req.member, "mq: member joined; rebalancing");
+            }
+            let owner = match meta.mode {
+                GroupMode::Clustering => String::new(),
+                GroupMode::Broadcasting => req.member.clone(),
+            };
+            let mut taken = Taken::default();
+            let take = Take {
+                group: &meta,
+                owner: &owner,
+                member: &req.member,
+                max,
+                deadline,
+                backlog: backlog
+                    .filter(|s| s.max_backlog > 0)
+                    .map(|s| (s.max_backlog, s.overflow)),
+            };
+            self.take_from(runtime, &take, &topic, &tags, &mut taken)?;
+            let retry_topic = format!("{RETRY_PREFIX}{}", meta.name);
+            if taken.out.len() < max
+                && topic.name != retry_topic
+                && self.inner.store.queue_bounds(&retry_topic, 0)?.1 > 0
+            {
+                let retry = internal_topic(&retry_topic).expect("a retry topic name");
+                let take = Take {
+                    backlog: None,
+                    ..take
+                };
+                self.take_from(runtime, &take, &retry, &tags, &mut taken)?;
+            }
+            taken
         };
-        let mut out = Vec::new();
-        let take = Take {
-            group: &meta,
-            owner: &owner,
-            member: &req.member,
-            max,
-            deadline,
-        };
-        self.take_from(runtime, &take, &topic, &tags, &mut out)?;
-        let retry_topic = format!("{RETRY_PREFIX}{}", meta.name);
-        if out.len() < max
-            && topic.name != retry_topic
-            && self.inner.store.queue_bounds(&retry_topic, 0)?.1 > 0
-        {
-            let retry = internal_topic(&retry_topic).expect("a retry topic name");
-            self.take_from(runtime, &take, &retry, &tags, &mut out)?;
-        }
         self.inner.offsets_dirty.store(true, Ordering::Release);
-        Ok(out)
+        if taken.shed > 0 {
+            tracing::warn!(group = %meta.name, topic = %topic.name, shed = taken.shed, "mq: backlog over its maximum; oldest messages shed");
+        }
+        for mut message in taken.dead_letters {
+            message
+                .properties
+                .insert(PROP_ORIGIN_TOPIC.into(), message.topic.clone());
+            message.topic = format!("{DLQ_PREFIX}{}", meta.name);
+            message.queue_id = 0;
+            self.inner.store.append(message, FlushMode::Sync).await?;
+        }
+        Ok(taken.out)
+    }
+
+    async fn subscription(&self, group: &str, topic: &str) -> MqResult<Option<SubscriptionMeta>> {
+        let key = (group.to_string(), topic.to_string());
+        if let Some(found) = self
+            .inner
+            .subscriptions
+            .read()
+            .expect("subscriptions lock")
+            .get(&key)
+        {
+            return Ok(found.clone());
+        }
+        let found = self.inner.meta.subscription(group, topic).await?;
+        self.inner
+            .subscriptions
+            .write()
+            .expect("subscriptions lock")
+            .insert(key, found.clone());
+        Ok(found)
+    }
+
+    /// Declares a subscription's maximum backlog per queue and what happens past it.
+    pub async fn declare_subscription(
+        &self,
+        group: &str,
+        topic: &str,
+        max_backlog: u64,
+        overflow: Overflow,
+    ) -> MqResult<SubscriptionMeta> {
+        validate_name("group", group)?;
+        validate_name("topic", topic)?;
+        let sub = SubscriptionMeta {
+            group: group.into(),
+            topic: topic.into(),
+            max_backlog,
+            overflow,
+        };
+        self.inner.meta.put_subscription(&sub).await?;
+        self.inner
+            .subscriptions
+            .write()
+            .expect("subscriptions lock")
+            .insert((group.into(), topic.into()), Some(sub.clone()));
+        Ok(sub)
     }
 
     /// Delivers from `topic`'s queues held by the member into `out`, up to `take.max`.
@@ -616,8 +688,9 @@ impl Broker {
         take: &Take<'_>,
         topic: &TopicMeta,
         tags: &[String],
-        out: &mut Vec<StoredMessage>,
+        taken: &mut Taken,
     ) -> MqResult<()> {
+        let out = &mut taken.out;
         let (meta, owner, max, deadline) = (take.group, take.owner, take.max, take.deadline);
         let store = &self.inner.store;
         let queues = assigned_queues(
@@ -656,6 +729,22 @@ impl Broker {
                 }
             };
             cursor.skip_to(first);
+            if let Some((limit, overflow)) = take.backlog {
+                // Shed at most a bounded slice per pull; later pulls shed the rest.
+                let to = end.saturating_sub(limit).min(cursor.next + SHED_PER_PULL);
+                for offset in cursor.next..to {
+                    if overflow == Overflow::DeadLetter {
+                        let read = store.read_queue(&topic.name, queue, offset, 1, &[])?;
+                        taken.dead_letters.extend(
+                            read.messages
+                                .into_iter()
+                                .filter(|m| m.queue_offset == offset),
+                        );
+                    }
+                    cursor.skip(offset);
+                    taken.shed += 1;
+                }
+            }
             let room = cursor.room(topic.ordered, share.min(max - out.len()));
             if room == 0 {
                 continue;
@@ -1035,7 +1124,20 @@ struct Take<'a> {
     member: &'a str,
     max: usize,
     deadline: Duration,
+    /// The subscription's maximum backlog per queue and its overflow policy.
+    backlog: Option<(u64, Overflow)>,
 }
+
+/// What one pull produced: deliveries, and messages shed by a backlog limit.
+#[derive(Default)]
+struct Taken {
+    out: Vec<StoredMessage>,
+    dead_letters: Vec<StoredMessage>,
+    shed: u64,
+}
+
+/// Most messages one queue sheds per pull when over its backlog limit.
+const SHED_PER_PULL: u64 = 4096;
 
 /// Rebuilds the delay wheel from the delay queue past its committed offset.
 fn load_delays(store: &Store, committed: Option<u64>, now_ms: u64) -> MqResult<Delays> {

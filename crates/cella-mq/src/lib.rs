@@ -20,4 +20,4 @@ pub use broker::{format_id, Broker, PullRequest, QueueLag, SendRequest, SendResu
 pub use config::MqConfig;
 pub use error::{MqError, MqResult};
 pub use group::GroupMode;
-pub use meta::{FlushPolicy, GroupMeta, StartFrom, TopicMeta};
+pub use meta::{FlushPolicy, GroupMeta, Overflow, StartFrom, SubscriptionMeta, TopicMeta};

@@ -16,6 +16,7 @@ use crate::storage::FlushMode;
 
 const TOPICS: &str = "/cella/mq/topics/";
 const GROUPS: &str = "/cella/mq/groups/";
+const SUBSCRIPTIONS: &str = "/cella/mq/subscriptions/";
 
 /// A topic's settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +71,29 @@ pub struct GroupMeta {
     pub mode: GroupMode,
     /// Where it started.
     pub start: StartFrom,
+}
+
+/// What a subscription does when its backlog exceeds its maximum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overflow {
+    /// Skip the oldest messages past the limit (the subscription never sees them).
+    DropOldest,
+    /// Move the oldest messages past the limit to the group's dead-letter topic.
+    DeadLetter,
+}
+
+/// A subscription (group × topic) declared with a maximum backlog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionMeta {
+    /// The consumer group.
+    pub group: String,
+    /// The topic.
+    pub topic: String,
+    /// Most messages per queue the group may have waiting (0: no limit).
+    pub max_backlog: u64,
+    /// What happens to the messages past the limit.
+    pub overflow: Overflow,
 }
 
 /// Checks a topic or group name: 1–127 of `[A-Za-z0-9._-]`, not starting with `.`.
@@ -212,6 +236,26 @@ impl Metadata {
 
     pub(crate) async fn groups(&self) -> MqResult<Vec<GroupMeta>> {
         self.list(GROUPS).await
+    }
+
+    pub(crate) async fn subscription(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> MqResult<Option<SubscriptionMeta>> {
+        self.get(format!("{SUBSCRIPTIONS}{group}/{topic}")).await
+    }
+
+    /// Declares (creates or replaces) a subscription.
+    pub(crate) async fn put_subscription(&self, sub: &SubscriptionMeta) -> MqResult<()> {
+        self.core
+            .put(pb::PutRequest {
+                key: Bytes::from(format!("{SUBSCRIPTIONS}{}/{}", sub.group, sub.topic)),
+                value: encode(sub),
+                ..Default::default()
+            })
+            .await?;
+        Ok(())
     }
 
     /// Creates a group unless it exists; returns the stored one.

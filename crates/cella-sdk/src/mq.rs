@@ -118,6 +118,31 @@ impl Mq {
         Producer { mq: self.clone() }
     }
 
+    /// Declares that `group` may have at most `max_backlog` messages waiting per queue of
+    /// `topic`; older ones are dropped, or moved to the group's dead-letter topic when
+    /// `dead_letter` is set.
+    pub async fn declare_subscription(
+        &self,
+        group: &str,
+        topic: &str,
+        max_backlog: u64,
+        dead_letter: bool,
+    ) -> Result<()> {
+        let overflow = if dead_letter {
+            pb::Overflow::DeadLetter
+        } else {
+            pb::Overflow::DropOldest
+        };
+        let request = pb::Subscription {
+            group: group.into(),
+            topic: topic.into(),
+            max_backlog,
+            overflow: overflow as i32,
+        };
+        self.client.clone().declare_subscription(request).await?;
+        Ok(())
+    }
+
     /// A group's committed offset and backlog per queue.
     pub async fn lag(&self, group: &str) -> Result<Vec<pb::QueueLag>> {
         let response = self

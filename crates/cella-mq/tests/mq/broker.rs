@@ -515,3 +515,58 @@ async fn nacked_messages_retry_with_backoff_then_go_to_the_dead_letter_topic() {
         "nothing left pending for the group"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_over_its_max_backlog_sheds_the_oldest_by_its_declared_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = start_core(&dir.path().join("core")).await;
+    let clock = ManualClock::new();
+    let broker = open_broker(&dir.path().join("mq"), test_config(), &core, &clock);
+    broker
+        .create_topic("t", 1, false, FlushPolicy::Sync)
+        .await
+        .unwrap();
+    broker
+        .declare_subscription("dropper", "t", 3, cella_mq::Overflow::DropOldest)
+        .await
+        .unwrap();
+    broker
+        .declare_subscription("keeper", "t", 3, cella_mq::Overflow::DeadLetter)
+        .await
+        .unwrap();
+    for i in 0..10 {
+        broker.send(send("t", &format!("m{i}"))).await.unwrap();
+    }
+    assert_eq!(
+        bodies(&broker.pull(&pull("dropper", "t", "a", 10)).await.unwrap()),
+        vec!["m7", "m8", "m9"]
+    );
+    assert_eq!(
+        bodies(&broker.pull(&pull("keeper", "t", "a", 10)).await.unwrap()),
+        vec!["m7", "m8", "m9"]
+    );
+    let dead = broker
+        .pull(&pull("inspect", "%DLQ%keeper", "x", 20))
+        .await
+        .unwrap();
+    assert_eq!(
+        bodies(&dead),
+        (0..7).map(|i| format!("m{i}")).collect::<Vec<_>>(),
+        "dead-lettered, not lost"
+    );
+    assert!(broker
+        .pull(&pull("other", "%DLQ%dropper", "x", 20))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        bodies(&broker.pull(&pull("unlimited", "t", "a", 20)).await.unwrap()).len(),
+        10,
+        "other groups keep everything"
+    );
+    let bad = broker
+        .declare_subscription("g", "bad/topic", 3, cella_mq::Overflow::DropOldest)
+        .await
+        .unwrap_err();
+    assert!(matches!(bad, MqError::InvalidField { field: "topic", .. }));
+}

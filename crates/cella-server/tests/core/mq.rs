@@ -237,6 +237,26 @@ async fn rest_routes_work_and_bad_input_gets_a_clear_error() {
     .unwrap();
     assert_eq!(status, 400, "{body}");
 
+    let (status, body) = http(
+        &addr,
+        "PUT",
+        "/v1/mq/groups/g/subscriptions/t",
+        r#"{"max_backlog":"100","overflow":"OVERFLOW_DEAD_LETTER"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("OVERFLOW_DEAD_LETTER"), "{body}");
+    let (status, body) = http(
+        &addr,
+        "PUT",
+        "/v1/mq/groups/g/subscriptions/t",
+        r#"{"overflow":"SOMETIMES"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 400, "{body}");
+
     let (_, doc) = http(&addr, "GET", "/openapi.json", "").await.unwrap();
     for path in [
         "/v1/mq/topics",
