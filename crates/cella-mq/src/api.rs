@@ -66,6 +66,19 @@ fn lag_to_pb(l: QueueLag) -> pb::QueueLag {
     }
 }
 
+fn parse_id(text: &str) -> MqResult<u128> {
+    if text.len() != 32 {
+        return Err(MqError::InvalidField {
+            field: "message_id",
+            rule: format!("must be 32 hex digits (got {text:?})"),
+        });
+    }
+    u128::from_str_radix(text, 16).map_err(|_| MqError::InvalidField {
+        field: "message_id",
+        rule: format!("must be 32 hex digits (got {text:?})"),
+    })
+}
+
 fn enum_field<T>(
     field: &'static str,
     value: i32,
@@ -123,6 +136,8 @@ impl Api {
                 body: req.body.to_vec(),
                 born_ms: req.born_ms,
                 delay_ms: req.delay_ms,
+                transaction_group: (!req.transaction_group.is_empty())
+                    .then_some(req.transaction_group),
             })
             .await?;
         Ok(pb::SendResponse {
@@ -130,6 +145,7 @@ impl Api {
             queue_id: result.queue_id,
             queue_offset: result.queue_offset,
             delayed: result.delayed,
+            half: result.half,
         })
     }
 
@@ -223,6 +239,33 @@ impl Api {
         })
     }
 
+    async fn end_transaction(
+        &self,
+        req: pb::EndTransactionRequest,
+    ) -> MqResult<pb::EndTransactionResponse> {
+        let id = parse_id(&req.message_id)?;
+        self.0.end_transaction(id, req.commit).await?;
+        Ok(pb::EndTransactionResponse {})
+    }
+
+    async fn transaction_checks(
+        &self,
+        req: pb::TransactionChecksRequest,
+    ) -> MqResult<pb::TransactionChecksResponse> {
+        let max = if req.max_messages == 0 {
+            DEFAULT_PULL
+        } else {
+            req.max_messages.min(self.0.config().max_pull)
+        };
+        let messages = self
+            .0
+            .transaction_checks(&req.producer_group, max as usize)
+            .await?;
+        Ok(pb::TransactionChecksResponse {
+            messages: messages.into_iter().map(message_to_pb).collect(),
+        })
+    }
+
     async fn lag(&self, req: pb::LagRequest) -> MqResult<pb::LagResponse> {
         Ok(pb::LagResponse {
             queues: self
@@ -298,6 +341,22 @@ impl MessageQueue for Api {
     ) -> Result<tonic::Response<pb::Subscription>, Status> {
         Ok(tonic::Response::new(
             Api::declare_subscription(self, r.into_inner()).await?,
+        ))
+    }
+    async fn end_transaction(
+        &self,
+        r: Request<pb::EndTransactionRequest>,
+    ) -> Result<tonic::Response<pb::EndTransactionResponse>, Status> {
+        Ok(tonic::Response::new(
+            Api::end_transaction(self, r.into_inner()).await?,
+        ))
+    }
+    async fn transaction_checks(
+        &self,
+        r: Request<pb::TransactionChecksRequest>,
+    ) -> Result<tonic::Response<pb::TransactionChecksResponse>, Status> {
+        Ok(tonic::Response::new(
+            Api::transaction_checks(self, r.into_inner()).await?,
         ))
     }
 }
@@ -419,6 +478,24 @@ pub fn router(broker: Broker) -> Router {
                 },
             ),
         )
+        .route(
+            "/v1/mq/transactions/end",
+            post(|State(api): State<Api>, body: Bytes| async move {
+                reply(match parse(&body) {
+                    Ok(req) => api.end_transaction(req).await,
+                    Err(e) => Err(e),
+                })
+            }),
+        )
+        .route(
+            "/v1/mq/transactions/checks",
+            post(|State(api): State<Api>, body: Bytes| async move {
+                reply(match parse(&body) {
+                    Ok(req) => api.transaction_checks(req).await,
+                    Err(e) => Err(e),
+                })
+            }),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(Api(broker))
 }
@@ -490,7 +567,9 @@ pub fn openapi() -> serde_json::Value {
             "/v1/mq/nack": { "post": op("Negatively acknowledge a delivery: it is delivered again", Some("AckRequest"), "Empty") },
             "/v1/mq/leave": { "post": op("Remove a member from its group at once", Some("LeaveRequest"), "Empty") },
             "/v1/mq/groups/{group}/lag": { "get": lag_path },
-            "/v1/mq/groups/{group}/subscriptions/{topic}": { "put": sub_path }
+            "/v1/mq/groups/{group}/subscriptions/{topic}": { "put": sub_path },
+            "/v1/mq/transactions/end": { "post": op("Commit or roll back a half message", Some("EndTransactionRequest"), "Empty") },
+            "/v1/mq/transactions/checks": { "post": op("Half messages of a producer group awaiting a decision (check-back)", Some("TransactionChecksRequest"), "PullResponse") }
         },
         "components": { "schemas": {
             "mq.Topic": topic.clone(),
@@ -499,7 +578,8 @@ pub fn openapi() -> serde_json::Value {
                 "sharding_key": s("string"), "queue_id": s("integer"), "tag": s("string"),
                 "keys": { "type": "array", "items": s("string") },
                 "properties": { "type": "object", "additionalProperties": s("string") },
-                "body": { "type": "string", "format": "byte" }, "born_ms": u64s, "delay_ms": u64s
+                "body": { "type": "string", "format": "byte" }, "born_ms": u64s, "delay_ms": u64s,
+                "transaction_group": s("string")
             })),
             "mq.SendResponse": object(serde_json::json!({ "message_id": s("string"), "queue_id": s("integer"), "queue_offset": u64s })),
             "mq.PullRequest": object(serde_json::json!({
@@ -512,6 +592,8 @@ pub fn openapi() -> serde_json::Value {
             "mq.AckRequest": ack,
             "mq.LeaveRequest": object(serde_json::json!({ "group": s("string"), "member": s("string") })),
             "mq.Empty": object(serde_json::json!({})),
+            "mq.EndTransactionRequest": object(serde_json::json!({ "message_id": s("string"), "commit": s("boolean") })),
+            "mq.TransactionChecksRequest": object(serde_json::json!({ "producer_group": s("string"), "max_messages": s("integer") })),
             "mq.Subscription": object(serde_json::json!({
                 "max_backlog": u64s,
                 "overflow": { "type": "string", "enum": ["OVERFLOW_DROP_OLDEST", "OVERFLOW_DEAD_LETTER"] }

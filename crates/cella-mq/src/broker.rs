@@ -15,6 +15,12 @@
 //! dead-letter topic `%DLQ%<group>` instead, which can be consumed like any topic. Ordered
 //! topics retry in place, in order.
 //!
+//! Transactional messages: a send with a transaction group is stored as a half message in
+//! `%HALF%` and delivered only on commit (a copy, same id, appended to its queue); each
+//! decision is recorded in `%HALF_OP%` after its effect, so a crash can only repeat a
+//! commit, never lose one. Undecided halves are offered to the producer group's check-back
+//! poll every `transaction_check_ms`, and rolled back after `transaction_max_checks`.
+//!
 //! Consumer offsets are kept in `offsets.json` beside the store, not in the core: they
 //! describe positions in this broker's own queues (meaningless to another node's store),
 //! and they change on every acknowledgement, which through Raft would cost a replicated,
@@ -41,6 +47,12 @@ use crate::meta::{
 };
 use crate::storage::{record::hash64, FlushMode, Store, StoreConfig, StoredMessage};
 use crate::timer::TimerWheel;
+use crate::txn::Halves;
+
+/// Internal topics of transactional messages: the halves, and the decisions taken.
+const HALF_TOPIC: &str = "%HALF%";
+const HALF_OP_TOPIC: &str = "%HALF_OP%";
+const PROP_PRODUCER_GROUP: &str = "%PRODUCER_GROUP";
 
 /// The internal topic holding delayed messages until they are due.
 const DELAY_TOPIC: &str = "%DELAY%";
@@ -103,6 +115,8 @@ pub struct SendRequest {
     pub born_ms: u64,
     /// Deliver no earlier than this many milliseconds from now (0: at once).
     pub delay_ms: u64,
+    /// Makes it a half message of this producer group, delivered only when committed.
+    pub transaction_group: Option<String>,
 }
 
 /// Where a sent message was stored.
@@ -116,6 +130,8 @@ pub struct SendResult {
     pub queue_offset: u64,
     /// Whether it waits in the delay queue.
     pub delayed: bool,
+    /// Whether it is a half message waiting for its transaction's decision.
+    pub half: bool,
 }
 
 /// What a consumer asks for.
@@ -183,6 +199,7 @@ struct Inner {
     offsets_path: PathBuf,
     offsets_dirty: AtomicBool,
     delays: Mutex<Delays>,
+    halves: Mutex<Halves>,
     subscriptions: RwLock<HashMap<(String, String), Option<SubscriptionMeta>>>,
 }
 
@@ -241,6 +258,7 @@ impl Broker {
         Ok(Broker {
             inner: Arc::new(Inner {
                 delays,
+                halves: Mutex::new(load_halves(&store, config.transaction_check_ms, now_ms)?),
                 subscriptions: RwLock::new(HashMap::new()),
                 config,
                 store,
@@ -417,7 +435,7 @@ impl Broker {
         };
         let now = self.now_ms();
         let id: u128 = rand::random();
-        let message = StoredMessage {
+        let mut message = StoredMessage {
             topic: topic.name.clone(),
             queue_id,
             queue_offset: 0,
@@ -429,6 +447,32 @@ impl Broker {
             born_ms: if req.born_ms == 0 { now } else { req.born_ms },
             stored_ms: now,
         };
+        if let Some(group) = &req.transaction_group {
+            validate_name("transaction_group", group)?;
+            if req.delay_ms > 0 {
+                return Err(MqError::InvalidField {
+                    field: "delay_ms",
+                    rule: "must be 0 for a transactional message".into(),
+                });
+            }
+            let props = &mut message.properties;
+            props.insert(PROP_TARGET_TOPIC.into(), topic.name.clone());
+            props.insert(PROP_TARGET_QUEUE.into(), queue_id.to_string());
+            props.insert(PROP_PRODUCER_GROUP.into(), group.clone());
+            message.topic = HALF_TOPIC.into();
+            message.queue_id = 0;
+            let appended = self.inner.store.append(message, topic.flush.mode()).await?;
+            let interval = self.inner.config.transaction_check_ms;
+            let mut halves = self.inner.halves.lock().expect("halves lock");
+            halves.add(id, appended.queue_offset, group, now, interval);
+            return Ok(SendResult {
+                id,
+                queue_id,
+                queue_offset: 0,
+                delayed: false,
+                half: true,
+            });
+        }
         if req.delay_ms == 0 {
             let appended = self.inner.store.append(message, topic.flush.mode()).await?;
             return Ok(SendResult {
@@ -436,6 +480,7 @@ impl Broker {
                 queue_id,
                 queue_offset: appended.queue_offset,
                 delayed: false,
+                half: false,
             });
         }
         let mode = topic.flush.mode();
@@ -446,7 +491,119 @@ impl Broker {
             queue_id,
             queue_offset: 0,
             delayed: true,
+            half: false,
         })
+    }
+
+    /// Commits (delivers) or rolls back (discards) the half message `id`.
+    pub async fn end_transaction(&self, id: u128, commit: bool) -> MqResult<()> {
+        let half = self
+            .inner
+            .halves
+            .lock()
+            .expect("halves lock")
+            .decide(id)
+            .ok_or(MqError::TransactionNotFound { id: format_id(id) })?;
+        let result = self.apply_decision(id, half.offset, commit).await;
+        if result.is_err() {
+            // Nothing was recorded: the half waits for its decision again.
+            let now = self.now_ms();
+            let interval = self.inner.config.transaction_check_ms;
+            let mut halves = self.inner.halves.lock().expect("halves lock");
+            halves.add(id, half.offset, &half.producer_group, now, interval);
+        }
+        result
+    }
+
+    /// Delivers a committed half (then records the decision), or records a rollback.
+    async fn apply_decision(&self, id: u128, offset: u64, commit: bool) -> MqResult<()> {
+        if commit {
+            let read = self.inner.store.read_queue(HALF_TOPIC, 0, offset, 1, &[])?;
+            let mut message = read
+                .messages
+                .into_iter()
+                .find(|m| m.queue_offset == offset)
+                .ok_or_else(|| MqError::Corrupt(format!("half message at {offset} is gone")))?;
+            let target = message
+                .properties
+                .remove(PROP_TARGET_TOPIC)
+                .unwrap_or_default();
+            let queue = message
+                .properties
+                .remove(PROP_TARGET_QUEUE)
+                .and_then(|q| q.parse().ok())
+                .unwrap_or(0);
+            message.properties.remove(PROP_PRODUCER_GROUP);
+            let mode = self
+                .topic(&target)
+                .await?
+                .map_or(FlushPolicy::Sync, |t| t.flush)
+                .mode();
+            message.topic = target;
+            message.queue_id = queue;
+            message.stored_ms = self.now_ms();
+            self.inner.store.append(message, mode).await?;
+        }
+        let record = StoredMessage {
+            topic: HALF_OP_TOPIC.into(),
+            queue_id: 0,
+            queue_offset: 0,
+            id,
+            tag: if commit { "commit" } else { "rollback" }.into(),
+            keys: Vec::new(),
+            properties: BTreeMap::new(),
+            body: Vec::new(),
+            born_ms: self.now_ms(),
+            stored_ms: self.now_ms(),
+        };
+        self.inner.store.append(record, FlushMode::Sync).await?;
+        Ok(())
+    }
+
+    /// Half messages of `producer_group` whose transaction the producer should report
+    /// (check-back); halves asked about too often are rolled back here.
+    pub async fn transaction_checks(
+        &self,
+        producer_group: &str,
+        max: usize,
+    ) -> MqResult<Vec<StoredMessage>> {
+        validate_name("producer_group", producer_group)?;
+        let now = self.now_ms();
+        let config = &self.inner.config;
+        let (due, abandoned) = {
+            let mut halves = self.inner.halves.lock().expect("halves lock");
+            let abandoned = halves.abandoned(now, config.transaction_max_checks);
+            (
+                halves.due_checks(producer_group, now, config.transaction_check_ms, max),
+                abandoned,
+            )
+        };
+        for id in abandoned {
+            tracing::warn!(id = %format_id(id), "mq: no decision after every check-back; rolling back");
+            self.apply_decision(id, 0, false).await?;
+        }
+        let mut out = Vec::new();
+        for (id, offset) in due {
+            let read = self.inner.store.read_queue(HALF_TOPIC, 0, offset, 1, &[])?;
+            if let Some(mut m) = read
+                .messages
+                .into_iter()
+                .find(|m| m.queue_offset == offset && m.id == id)
+            {
+                m.topic = m
+                    .properties
+                    .get(PROP_TARGET_TOPIC)
+                    .cloned()
+                    .unwrap_or_default();
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Half messages waiting for a decision.
+    pub fn pending_transactions(&self) -> usize {
+        self.inner.halves.lock().expect("halves lock").len()
     }
 
     /// Moves every delayed message now due into its target queue; returns how many.
@@ -1138,6 +1295,46 @@ struct Taken {
 
 /// Most messages one queue sheds per pull when over its backlog limit.
 const SHED_PER_PULL: u64 = 4096;
+
+/// Rebuilds the undecided half messages: every retained half without a recorded decision.
+fn load_halves(store: &Store, interval_ms: u64, now_ms: u64) -> MqResult<Halves> {
+    let mut decided = std::collections::HashSet::new();
+    scan_queue(store, HALF_OP_TOPIC, |m| {
+        decided.insert(m.id);
+    })?;
+    let mut halves = Halves::default();
+    scan_queue(store, HALF_TOPIC, |m| {
+        if !decided.contains(&m.id) {
+            let group = m
+                .properties
+                .get(PROP_PRODUCER_GROUP)
+                .cloned()
+                .unwrap_or_default();
+            halves.add(
+                m.id,
+                m.queue_offset,
+                &group,
+                m.stored_ms.min(now_ms),
+                interval_ms,
+            );
+        }
+    })?;
+    Ok(halves)
+}
+
+/// Visits every retained message of queue 0 of an internal topic.
+fn scan_queue(store: &Store, topic: &str, mut visit: impl FnMut(&StoredMessage)) -> MqResult<()> {
+    let (mut at, end) = store.queue_bounds(topic, 0)?;
+    while at < end {
+        let read = store.read_queue(topic, 0, at, 256, &[])?;
+        read.messages.iter().for_each(&mut visit);
+        if read.next_offset <= at {
+            break;
+        }
+        at = read.next_offset;
+    }
+    Ok(())
+}
 
 /// Rebuilds the delay wheel from the delay queue past its committed offset.
 fn load_delays(store: &Store, committed: Option<u64>, now_ms: u64) -> MqResult<Delays> {

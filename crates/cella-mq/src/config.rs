@@ -35,6 +35,11 @@ pub struct MqConfig {
     pub retry_backoff_ms: Vec<u64>,
     /// Retries before a message goes to the group's dead-letter topic.
     pub max_retries: u32,
+    /// An undecided transactional message is checked back with its producer group after
+    /// this long, and again at this interval, in milliseconds.
+    pub transaction_check_ms: u64,
+    /// Check-backs before an undecided transactional message is rolled back.
+    pub transaction_max_checks: u32,
 }
 
 impl Default for MqConfig {
@@ -55,6 +60,8 @@ impl Default for MqConfig {
                 1_000, 5_000, 10_000, 30_000, 60_000, 120_000, 300_000, 600_000,
             ],
             max_retries: 16,
+            transaction_check_ms: 6_000,
+            transaction_max_checks: 15,
         }
     }
 }

@@ -81,6 +81,12 @@ pub enum MqError {
         /// The offset.
         offset: u64,
     },
+    /// An end-transaction for a message that is not a pending half message.
+    #[error("transaction of message {id} not found: it is not a half message waiting for a decision (never sent as one, or already decided)")]
+    TransactionNotFound {
+        /// The message id.
+        id: String,
+    },
     /// The on-disk data is not what the format says; details in the message.
     #[error("storage corrupt: {0}")]
     Corrupt(String),
@@ -120,7 +126,10 @@ impl MqError {
             | DelayTooLong { .. }
             | QueueNotFound { .. }
             | UnknownOffset { .. } => Code::InvalidArgument,
-            TopicNotFound { .. } | GroupNotFound { .. } | MemberNotFound { .. } => Code::NotFound,
+            TopicNotFound { .. }
+            | GroupNotFound { .. }
+            | MemberNotFound { .. }
+            | TransactionNotFound { .. } => Code::NotFound,
             TopicExists { .. } => Code::AlreadyExists,
             Core(e) => match e.grpc_code() {
                 Code::Unavailable | Code::DeadlineExceeded => Code::Unavailable,

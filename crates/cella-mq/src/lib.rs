@@ -15,6 +15,7 @@ mod group;
 mod meta;
 pub mod storage;
 mod timer;
+mod txn;
 
 pub use broker::{format_id, Broker, PullRequest, QueueLag, SendRequest, SendResult};
 pub use config::MqConfig;

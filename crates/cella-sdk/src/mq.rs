@@ -143,6 +143,36 @@ impl Mq {
         Ok(())
     }
 
+    /// Commits (delivers) or rolls back the half message `message_id`.
+    pub async fn end_transaction(&self, message_id: &str, commit: bool) -> Result<()> {
+        let request = pb::EndTransactionRequest {
+            message_id: message_id.into(),
+            commit,
+        };
+        self.client.clone().end_transaction(request).await?;
+        Ok(())
+    }
+
+    /// Half messages of `producer_group` waiting for a decision (the broker's check-back):
+    /// answer each with [`Mq::end_transaction`].
+    pub async fn transaction_checks(
+        &self,
+        producer_group: &str,
+        max: u32,
+    ) -> Result<Vec<pb::Message>> {
+        let request = pb::TransactionChecksRequest {
+            producer_group: producer_group.into(),
+            max_messages: max,
+        };
+        Ok(self
+            .client
+            .clone()
+            .transaction_checks(request)
+            .await?
+            .into_inner()
+            .messages)
+    }
+
     /// A group's committed offset and backlog per queue.
     pub async fn lag(&self, group: &str) -> Result<Vec<pb::QueueLag>> {
         let response = self
@@ -198,6 +228,14 @@ impl OutgoingMessage {
         self
     }
 
+    /// Makes it a half message of `producer_group`: stored now, delivered only once
+    /// committed with [`Mq::end_transaction`]; until then the broker asks the group about it
+    /// through [`Mq::transaction_checks`].
+    pub fn transaction(mut self, producer_group: impl Into<String>) -> Self {
+        self.request.transaction_group = producer_group.into();
+        self
+    }
+
     /// Sets a property.
     pub fn property(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.request.properties.insert(name.into(), value.into());
@@ -216,6 +254,8 @@ pub struct Sent {
     pub queue_offset: u64,
     /// Whether it waits in the delay queue.
     pub delayed: bool,
+    /// Whether it is a half message waiting for its transaction's decision.
+    pub half: bool,
 }
 
 /// Sends messages; retries while the broker is unavailable.
@@ -239,6 +279,7 @@ impl Producer {
                         queue_id: r.queue_id,
                         queue_offset: r.queue_offset,
                         delayed: r.delayed,
+                        half: r.half,
                     });
                 }
                 Err(status)

@@ -570,3 +570,122 @@ async fn a_subscription_over_its_max_backlog_sheds_the_oldest_by_its_declared_po
         .unwrap_err();
     assert!(matches!(bad, MqError::InvalidField { field: "topic", .. }));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_messages_wait_for_commit_or_rollback_and_are_checked_back_until_decided() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = start_core(&dir.path().join("core")).await;
+    let clock = ManualClock::new();
+    let config = cella_mq::MqConfig {
+        transaction_check_ms: 5_000,
+        transaction_max_checks: 2,
+        ..test_config()
+    };
+    let broker = open_broker(&dir.path().join("mq"), config.clone(), &core, &clock);
+    broker
+        .create_topic("t", 1, false, FlushPolicy::Sync)
+        .await
+        .unwrap();
+    let tx = |body: &str| SendRequest {
+        transaction_group: Some("payments".into()),
+        ..send("t", body)
+    };
+    let committed = broker.send(tx("paid")).await.unwrap();
+    let rolled_back = broker.send(tx("cancelled")).await.unwrap();
+    let undecided = broker.send(tx("unsure")).await.unwrap();
+    assert!(committed.half && rolled_back.half && undecided.half);
+    assert!(
+        broker
+            .pull(&pull("g", "t", "a", 10))
+            .await
+            .unwrap()
+            .is_empty(),
+        "halves are not delivered"
+    );
+    broker.end_transaction(committed.id, true).await.unwrap();
+    broker.end_transaction(rolled_back.id, false).await.unwrap();
+    let again = broker
+        .end_transaction(committed.id, true)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(again, MqError::TransactionNotFound { .. }),
+        "{again}"
+    );
+    let got = broker.pull(&pull("g", "t", "a", 10)).await.unwrap();
+    assert_eq!(bodies(&got), vec!["paid"]);
+    assert_eq!(got[0].id, committed.id);
+    assert!(
+        broker
+            .transaction_checks("payments", 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "not before the check interval"
+    );
+    clock.advance(Duration::from_secs(5));
+    let checks = broker.transaction_checks("payments", 10).await.unwrap();
+    assert_eq!(
+        checks
+            .iter()
+            .map(|m| (m.id, m.topic.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(undecided.id, "t")]
+    );
+    assert!(
+        broker
+            .transaction_checks("other", 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "only its producer group is asked"
+    );
+    broker.close();
+    drop(broker);
+
+    // Decisions survive a restart; the undecided half is still pending and checked again.
+    let broker = open_broker(&dir.path().join("mq"), config, &core, &clock);
+    assert_eq!(broker.pending_transactions(), 1);
+    clock.advance(Duration::from_secs(5));
+    assert_eq!(
+        broker
+            .transaction_checks("payments", 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    clock.advance(Duration::from_secs(5));
+    assert_eq!(
+        broker
+            .transaction_checks("payments", 10)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "second check"
+    );
+    clock.advance(Duration::from_secs(5));
+    assert!(
+        broker
+            .transaction_checks("payments", 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "rolled back after two checks"
+    );
+    assert_eq!(broker.pending_transactions(), 0);
+    assert!(matches!(
+        broker
+            .end_transaction(undecided.id, true)
+            .await
+            .unwrap_err(),
+        MqError::TransactionNotFound { .. }
+    ));
+    let all = broker.pull(&pull("late", "t", "b", 10)).await.unwrap();
+    assert_eq!(
+        bodies(&all),
+        vec!["paid"],
+        "only the committed message was ever delivered"
+    );
+}

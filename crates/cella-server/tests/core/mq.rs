@@ -267,3 +267,64 @@ async fn rest_routes_work_and_bad_input_gets_a_clear_error() {
         assert!(doc.contains(path), "{path} missing from /openapi.json");
     }
 }
+
+#[tokio::test]
+async fn a_half_message_is_delivered_only_after_its_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(small(dir.path())).await;
+    let mut c = client(&node).await;
+    let half = c
+        .send(mq::SendRequest {
+            topic: "pay".into(),
+            transaction_group: "payments".into(),
+            body: "charged".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(half.half);
+    let pull = mq::PullRequest {
+        group: "g".into(),
+        topic: "pay".into(),
+        member: "m".into(),
+        max_messages: 10,
+        ..Default::default()
+    };
+    assert!(c
+        .pull(pull.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .messages
+        .is_empty());
+    let bad = c
+        .end_transaction(mq::EndTransactionRequest {
+            message_id: "xyz".into(),
+            commit: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    let unknown = c
+        .end_transaction(mq::EndTransactionRequest {
+            message_id: format!("{:032x}", 7),
+            commit: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown:?}");
+    c.end_transaction(mq::EndTransactionRequest {
+        message_id: half.message_id.clone(),
+        commit: true,
+    })
+    .await
+    .unwrap();
+    let got = c.pull(pull).await.unwrap().into_inner().messages;
+    assert_eq!(
+        got.iter()
+            .map(|m| m.message_id.as_str())
+            .collect::<Vec<_>>(),
+        vec![half.message_id.as_str()]
+    );
+}
