@@ -392,62 +392,74 @@ fn reply<T: Serialize>(result: MqResult<T>) -> Response {
     }
 }
 
+/// Parses the JSON body as `Req`, runs `op`, and answers with its result or error.
+async fn call<Req, Resp, Fut>(api: Api, body: Bytes, op: impl FnOnce(Api, Req) -> Fut) -> Response
+where
+    Req: DeserializeOwned + Default,
+    Resp: Serialize,
+    Fut: std::future::Future<Output = MqResult<Resp>>,
+{
+    reply(match parse::<Req>(&body) {
+        Ok(req) => op(api, req).await,
+        Err(e) => Err(e),
+    })
+}
+
 /// The broker's REST routes under `/v1/mq`.
 pub fn router(broker: Broker) -> Router {
     let body_limit = broker.config().max_body_bytes * 2 + 64 * 1024;
     Router::new()
         .route(
             "/v1/mq/topics",
-            post(|State(api): State<Api>, body: Bytes| async move {
-                reply(match parse(&body) {
-                    Ok(req) => api.create_topic(req).await,
-                    Err(e) => Err(e),
-                })
+            post(|State(api): State<Api>, body: Bytes| {
+                call(
+                    api,
+                    body,
+                    |api, req| async move { api.create_topic(req).await },
+                )
             })
             .get(|State(api): State<Api>| async move { reply(api.list_topics().await) }),
         )
         .route(
             "/v1/mq/topics/{topic}/messages",
             post(
-                |State(api): State<Api>, Path(topic): Path<String>, body: Bytes| async move {
-                    reply(match parse::<pb::SendRequest>(&body) {
-                        Ok(req) => api.send(pb::SendRequest { topic, ..req }).await,
-                        Err(e) => Err(e),
+                |State(api): State<Api>, Path(topic): Path<String>, body: Bytes| {
+                    call(api, body, |api, req: pb::SendRequest| async move {
+                        api.send(pb::SendRequest { topic, ..req }).await
                     })
                 },
             ),
         )
         .route(
             "/v1/mq/pull",
-            post(|State(api): State<Api>, body: Bytes| async move {
-                reply(match parse(&body) {
-                    Ok(req) => api.pull(req).await,
-                    Err(e) => Err(e),
-                })
+            post(|State(api): State<Api>, body: Bytes| {
+                call(api, body, |api, req| async move { api.pull(req).await })
             }),
         )
         .route(
             "/v1/mq/ack",
-            post(|State(api): State<Api>, body: Bytes| async move {
-                reply(match parse(&body) {
-                    Ok(req) => api.ack(req, true).await,
-                    Err(e) => Err(e),
-                })
+            post(|State(api): State<Api>, body: Bytes| {
+                call(
+                    api,
+                    body,
+                    |api, req| async move { api.ack(req, true).await },
+                )
             }),
         )
         .route(
             "/v1/mq/nack",
-            post(|State(api): State<Api>, body: Bytes| async move {
-                reply(match parse(&body) {
-                    Ok(req) => api.ack(req, false).await,
-                    Err(e) => Err(e),
-                })
+            post(|State(api): State<Api>, body: Bytes| {
+                call(
+                    api,
+                    body,
+                    |api, req| async move { api.ack(req, false).await },
+                )
             }),
         )
         .route(
             "/v1/mq/leave",
-            post(|State(api): State<Api>, body: Bytes| async move {
-                reply(parse(&body).and_then(|req| api.leave(req)))
+            post(|State(api): State<Api>, body: Bytes| {
+                call(api, body, |api, req| async move { api.leave(req) })
             }),
         )
         .route(
@@ -463,36 +475,31 @@ pub fn router(broker: Broker) -> Router {
             axum::routing::put(
                 |State(api): State<Api>,
                  Path((group, topic)): Path<(String, String)>,
-                 body: Bytes| async move {
-                    reply(match parse::<pb::Subscription>(&body) {
-                        Ok(req) => {
-                            api.declare_subscription(pb::Subscription {
-                                group,
-                                topic,
-                                ..req
-                            })
-                            .await
-                        }
-                        Err(e) => Err(e),
+                 body: Bytes| {
+                    call(api, body, |api, req: pb::Subscription| async move {
+                        api.declare_subscription(pb::Subscription {
+                            group,
+                            topic,
+                            ..req
+                        })
+                        .await
                     })
                 },
             ),
         )
         .route(
             "/v1/mq/transactions/end",
-            post(|State(api): State<Api>, body: Bytes| async move {
-                reply(match parse(&body) {
-                    Ok(req) => api.end_transaction(req).await,
-                    Err(e) => Err(e),
+            post(|State(api): State<Api>, body: Bytes| {
+                call(api, body, |api, req| async move {
+                    api.end_transaction(req).await
                 })
             }),
         )
         .route(
             "/v1/mq/transactions/checks",
-            post(|State(api): State<Api>, body: Bytes| async move {
-                reply(match parse(&body) {
-                    Ok(req) => api.transaction_checks(req).await,
-                    Err(e) => Err(e),
+            post(|State(api): State<Api>, body: Bytes| {
+                call(api, body, |api, req| async move {
+                    api.transaction_checks(req).await
                 })
             }),
         )

@@ -519,30 +519,12 @@ impl Broker {
     async fn apply_decision(&self, id: u128, offset: u64, commit: bool) -> MqResult<()> {
         if commit {
             let read = self.inner.store.read_queue(HALF_TOPIC, 0, offset, 1, &[])?;
-            let mut message = read
+            let message = read
                 .messages
                 .into_iter()
                 .find(|m| m.queue_offset == offset)
                 .ok_or_else(|| MqError::Corrupt(format!("half message at {offset} is gone")))?;
-            let target = message
-                .properties
-                .remove(PROP_TARGET_TOPIC)
-                .unwrap_or_default();
-            let queue = message
-                .properties
-                .remove(PROP_TARGET_QUEUE)
-                .and_then(|q| q.parse().ok())
-                .unwrap_or(0);
-            message.properties.remove(PROP_PRODUCER_GROUP);
-            let mode = self
-                .topic(&target)
-                .await?
-                .map_or(FlushPolicy::Sync, |t| t.flush)
-                .mode();
-            message.topic = target;
-            message.queue_id = queue;
-            message.stored_ms = self.now_ms();
-            self.inner.store.append(message, mode).await?;
+            self.release_to_target(message, PROP_PRODUCER_GROUP).await?;
         }
         let record = StoredMessage {
             topic: HALF_OP_TOPIC.into(),
@@ -601,6 +583,31 @@ impl Broker {
         Ok(out)
     }
 
+    /// Appends a held message (delayed or half) to the queue its properties name, without
+    /// the broker's own properties (`extra` is the holder's).
+    async fn release_to_target(&self, mut message: StoredMessage, extra: &str) -> MqResult<()> {
+        let target = message
+            .properties
+            .remove(PROP_TARGET_TOPIC)
+            .unwrap_or_default();
+        let queue = message
+            .properties
+            .remove(PROP_TARGET_QUEUE)
+            .and_then(|q| q.parse().ok())
+            .unwrap_or(0);
+        message.properties.remove(extra);
+        let mode = self
+            .topic(&target)
+            .await?
+            .map_or(FlushPolicy::Sync, |t| t.flush)
+            .mode();
+        message.topic = target;
+        message.queue_id = queue;
+        message.stored_ms = self.now_ms();
+        self.inner.store.append(message, mode).await?;
+        Ok(())
+    }
+
     /// Half messages waiting for a decision.
     pub fn pending_transactions(&self) -> usize {
         self.inner.halves.lock().expect("halves lock").len()
@@ -620,30 +627,12 @@ impl Broker {
                 .inner
                 .store
                 .read_queue(DELAY_TOPIC, 0, *offset, 1, &[])?;
-            if let Some(mut message) = read
+            if let Some(message) = read
                 .messages
                 .into_iter()
                 .find(|m| m.queue_offset == *offset)
             {
-                let target = message
-                    .properties
-                    .remove(PROP_TARGET_TOPIC)
-                    .unwrap_or_default();
-                let queue = message
-                    .properties
-                    .remove(PROP_TARGET_QUEUE)
-                    .and_then(|q| q.parse().ok())
-                    .unwrap_or(0);
-                message.properties.remove(PROP_DELIVER_AT);
-                let mode = self
-                    .topic(&target)
-                    .await?
-                    .map_or(FlushPolicy::Sync, |t| t.flush)
-                    .mode();
-                message.topic = target;
-                message.queue_id = queue;
-                message.stored_ms = self.now_ms();
-                self.inner.store.append(message, mode).await?;
+                self.release_to_target(message, PROP_DELIVER_AT).await?;
             }
             let mut delays = self.inner.delays.lock().expect("delays lock");
             let _ = delays.cursor.ack(*offset, DELAY_MEMBER, Duration::ZERO);

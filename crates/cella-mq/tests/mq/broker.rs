@@ -2,10 +2,9 @@
 
 use std::time::Duration;
 
-use cella_base::ManualClock;
 use cella_mq::{FlushPolicy, GroupMode, MqError, PullRequest, SendRequest, StartFrom};
 
-use crate::common::{open_broker, start_core, test_config};
+use crate::common::{test_config, Harness};
 
 fn send(topic: &str, body: &str) -> SendRequest {
     SendRequest {
@@ -34,10 +33,8 @@ fn bodies(messages: &[cella_mq::storage::StoredMessage]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_group_reads_from_the_first_message_and_acks_survive_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let core = start_core(&dir.path().join("core")).await;
-    let clock = ManualClock::new();
-    let broker = open_broker(&dir.path().join("mq"), test_config(), &core, &clock);
+    let h = Harness::start().await;
+    let broker = h.broker(test_config());
     broker
         .create_topic("orders", 1, false, FlushPolicy::Sync)
         .await
@@ -59,7 +56,7 @@ async fn a_new_group_reads_from_the_first_message_and_acks_survive_a_restart() {
     broker.close();
     drop(broker);
 
-    let broker = open_broker(&dir.path().join("mq"), test_config(), &core, &clock);
+    let broker = h.broker(test_config());
     let got = broker.pull(&pull("g", "orders", "c2", 10)).await.unwrap();
     assert_eq!(
         bodies(&got),
@@ -80,10 +77,8 @@ async fn a_new_group_reads_from_the_first_message_and_acks_survive_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clustering_splits_queues_and_a_leaving_member_hands_its_deliveries_over() {
-    let dir = tempfile::tempdir().unwrap();
-    let core = start_core(&dir.path().join("core")).await;
-    let clock = ManualClock::new();
-    let broker = open_broker(&dir.path().join("mq"), test_config(), &core, &clock);
+    let h = Harness::start().await;
+    let broker = h.broker(test_config());
     broker
         .create_topic("t", 2, false, FlushPolicy::Async)
         .await
@@ -124,10 +119,8 @@ async fn clustering_splits_queues_and_a_leaving_member_hands_its_deliveries_over
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcasting_gives_every_member_every_message_and_tags_filter() {
-    let dir = tempfile::tempdir().unwrap();
-    let core = start_core(&dir.path().join("core")).await;
-    let clock = ManualClock::new();
-    let broker = open_broker(&dir.path().join("mq"), test_config(), &core, &clock);
+    let h = Harness::start().await;
+    let broker = h.broker(test_config());
     for (i, tag) in ["red", "blue", "red"].iter().enumerate() {
         broker
             .send(SendRequest {
@@ -167,10 +160,9 @@ async fn broadcasting_gives_every_member_every_message_and_tags_filter() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacked_deliveries_come_back_after_the_ack_timeout_and_nacks_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let core = start_core(&dir.path().join("core")).await;
-    let clock = ManualClock::new();
-    let broker = open_broker(&dir.path().join("mq"), test_config(), &core, &clock);
+    let h = Harness::start().await;
+    let clock = h.clock.clone();
+    let broker = h.broker(test_config());
     broker
         .create_topic("t", 1, true, FlushPolicy::Sync)
         .await
@@ -209,15 +201,13 @@ async fn unacked_deliveries_come_back_after_the_ack_timeout_and_nacks_at_once() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_with_the_field_and_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let core = start_core(&dir.path().join("core")).await;
-    let clock = ManualClock::new();
+    let h = Harness::start().await;
     let config = cella_mq::MqConfig {
         auto_create_topics: false,
         max_body_bytes: 1024,
         ..test_config()
     };
-    let broker = open_broker(&dir.path().join("mq"), config, &core, &clock);
+    let broker = h.broker(config);
     let err = broker.send(send("nope", "x")).await.unwrap_err();
     assert!(matches!(err, MqError::TopicNotFound { .. }), "{err}");
     assert!(
@@ -296,10 +286,8 @@ async fn bad_input_is_refused_with_the_field_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_poll_returns_when_a_message_arrives() {
-    let dir = tempfile::tempdir().unwrap();
-    let core = start_core(&dir.path().join("core")).await;
-    let clock = ManualClock::new();
-    let broker = open_broker(&dir.path().join("mq"), test_config(), &core, &clock);
+    let h = Harness::start().await;
+    let broker = h.broker(test_config());
     broker
         .create_topic("t", 1, false, FlushPolicy::Sync)
         .await
@@ -324,10 +312,8 @@ async fn a_long_poll_returns_when_a_message_arrives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_with_one_sharding_key_share_a_queue_in_send_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let core = start_core(&dir.path().join("core")).await;
-    let clock = ManualClock::new();
-    let broker = open_broker(&dir.path().join("mq"), test_config(), &core, &clock);
+    let h = Harness::start().await;
+    let broker = h.broker(test_config());
     broker
         .create_topic("t", 8, true, FlushPolicy::Sync)
         .await
@@ -350,10 +336,9 @@ async fn messages_with_one_sharding_key_share_a_queue_in_send_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delayed_messages_arrive_when_due_with_their_id_even_across_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let core = start_core(&dir.path().join("core")).await;
-    let clock = ManualClock::new();
-    let broker = open_broker(&dir.path().join("mq"), test_config(), &core, &clock);
+    let h = Harness::start().await;
+    let clock = h.clock.clone();
+    let broker = h.broker(test_config());
     broker
         .create_topic("t", 1, false, FlushPolicy::Sync)
         .await
@@ -401,7 +386,7 @@ async fn delayed_messages_arrive_when_due_with_their_id_even_across_a_restart() 
     drop(broker);
 
     // "later" (beyond one revolution of the wheel) survives a restart and still waits.
-    let broker = open_broker(&dir.path().join("mq"), test_config(), &core, &clock);
+    let broker = h.broker(test_config());
     assert_eq!(broker.pending_delays(), 1);
     clock.advance(Duration::from_secs(170));
     assert_eq!(broker.deliver_due_delays().await.unwrap(), 0);
@@ -426,15 +411,14 @@ async fn delayed_messages_arrive_when_due_with_their_id_even_across_a_restart() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nacked_messages_retry_with_backoff_then_go_to_the_dead_letter_topic() {
-    let dir = tempfile::tempdir().unwrap();
-    let core = start_core(&dir.path().join("core")).await;
-    let clock = ManualClock::new();
+    let h = Harness::start().await;
+    let clock = h.clock.clone();
     let config = cella_mq::MqConfig {
         retry_backoff_ms: vec![1_000, 10_000],
         max_retries: 2,
         ..test_config()
     };
-    let broker = open_broker(&dir.path().join("mq"), config, &core, &clock);
+    let broker = h.broker(config);
     broker
         .create_topic("t", 1, false, FlushPolicy::Sync)
         .await
@@ -518,10 +502,8 @@ async fn nacked_messages_retry_with_backoff_then_go_to_the_dead_letter_topic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_over_its_max_backlog_sheds_the_oldest_by_its_declared_policy() {
-    let dir = tempfile::tempdir().unwrap();
-    let core = start_core(&dir.path().join("core")).await;
-    let clock = ManualClock::new();
-    let broker = open_broker(&dir.path().join("mq"), test_config(), &core, &clock);
+    let h = Harness::start().await;
+    let broker = h.broker(test_config());
     broker
         .create_topic("t", 1, false, FlushPolicy::Sync)
         .await
@@ -573,15 +555,14 @@ async fn a_subscription_over_its_max_backlog_sheds_the_oldest_by_its_declared_po
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_messages_wait_for_commit_or_rollback_and_are_checked_back_until_decided() {
-    let dir = tempfile::tempdir().unwrap();
-    let core = start_core(&dir.path().join("core")).await;
-    let clock = ManualClock::new();
+    let h = Harness::start().await;
+    let clock = h.clock.clone();
     let config = cella_mq::MqConfig {
         transaction_check_ms: 5_000,
         transaction_max_checks: 2,
         ..test_config()
     };
-    let broker = open_broker(&dir.path().join("mq"), config.clone(), &core, &clock);
+    let broker = h.broker(config.clone());
     broker
         .create_topic("t", 1, false, FlushPolicy::Sync)
         .await
@@ -644,7 +625,7 @@ async fn half_messages_wait_for_commit_or_rollback_and_are_checked_back_until_de
     drop(broker);
 
     // Decisions survive a restart; the undecided half is still pending and checked again.
-    let broker = open_broker(&dir.path().join("mq"), config, &core, &clock);
+    let broker = h.broker(config);
     assert_eq!(broker.pending_transactions(), 1);
     clock.advance(Duration::from_secs(5));
     assert_eq!(

@@ -56,3 +56,29 @@ pub fn open_broker(dir: &Path, config: MqConfig, core: &Core, clock: &ManualCloc
     )
     .expect("broker opens")
 }
+
+/// A core and a broker directory for one test, on a manual clock.
+pub struct Harness {
+    dir: tempfile::TempDir,
+    core: Core,
+    /// The brokers' clock.
+    pub clock: ManualClock,
+}
+
+impl Harness {
+    /// A fresh core in a temporary directory.
+    pub async fn start() -> Harness {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let core = start_core(&dir.path().join("core")).await;
+        Harness {
+            dir,
+            core,
+            clock: ManualClock::new(),
+        }
+    }
+
+    /// Opens (or reopens) the test's broker with `config`.
+    pub fn broker(&self, config: MqConfig) -> Broker {
+        open_broker(&self.dir.path().join("mq"), config, &self.core, &self.clock)
+    }
+}
