@@ -14,6 +14,7 @@ const PROTOS: &[&str] = &[
     "cella/v1/lock.proto",
     "cella/v1/idgen.proto",
     "cella/v1/config.proto",
+    "cella/v1/mq.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -2,6 +2,7 @@
 //! `lock`, `elect`, `status`) and measures it (`bench`).
 //! `status`) and its blocks (`id`), and measures it (`bench`).
 //! `status`), the config center (`config`), and measures them (`bench`).
+//! `status`) and the broker (`mq`), and measures it (`bench`).
 //!
 //! Exit codes: 0 ok, 1 failed, 2 bad usage. Results go to stdout in `--output`'s format;
 //! logs and errors go to stderr.
@@ -11,6 +12,7 @@ mod id;
 mod kv;
 mod lease;
 mod lock;
+mod mq;
 mod output;
 mod registry;
 mod serve;
@@ -86,6 +88,9 @@ enum Command {
     /// Unique ids: next, batch, decode, segment, layouts.
     #[command(subcommand)]
     Id(id::IdCommand),
+    /// Message broker: topics, send, consume, group lag.
+    #[command(subcommand)]
+    Mq(mq::MqCommand),
     /// Show every member: leader, term, raft index, applied index, lag.
     Status,
     /// Measure Cella (and peers such as etcd) with benchmark workloads.
@@ -189,6 +194,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Elect(command) => lock::run_elect(command, &remote, format).await,
         Command::Id(command) => id::run(command, &remote, format).await,
         Command::Config(command) => config::run(command, &remote, format).await,
+        Command::Mq(command) => mq::run(command, &remote, format).await,
         Command::Status => status::run(&remote, format).await,
         Command::Bench(args) => cella_bench::run(args).await,
     }

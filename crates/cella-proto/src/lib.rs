@@ -74,4 +74,13 @@ pub mod cella {
             include!(concat!(env!("OUT_DIR"), "/cella.config.v1.serde.rs"));
         }
     }
+
+    /// The message broker's API.
+    pub mod mq {
+        /// Version 1.
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/cella.mq.v1.rs"));
+            include!(concat!(env!("OUT_DIR"), "/cella.mq.v1.serde.rs"));
+        }
+    }
 }

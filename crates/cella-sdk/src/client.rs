@@ -16,6 +16,7 @@ use crate::kv::Kv;
 use crate::lease::Leases;
 use crate::lock::{Elections, Locks};
 use crate::maintenance::Maintenance;
+use crate::mq::Mq;
 use crate::registry::Registry;
 use crate::watch::Watcher;
 use crate::{Error, Result};
@@ -100,6 +101,11 @@ impl Client {
     /// Unique ids: from the node, decoded, per segment tag, or generated locally.
     pub fn ids(&self) -> Ids {
         Ids::new(self.transport.clone())
+    }
+
+    /// The message broker: topics, producers, consumers.
+    pub fn mq(&self) -> Mq {
+        Mq::new(self.transport.clone())
     }
 }
 

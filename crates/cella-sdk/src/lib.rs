@@ -1,5 +1,5 @@
 //! Rust client for Cella: the consistent core, and the blocks built on it (service registry,
-//! locks and elections, unique ids).
+//! locks and elections, unique ids, config center, message broker).
 //!
 //! The core speaks etcd v3's gRPC API, so this client also works against etcd. One
 //! [`Client`] holds one HTTP/2 connection; each service handle it hands out shares it.
@@ -27,6 +27,7 @@ pub mod kv;
 pub mod lease;
 pub mod lock;
 pub mod maintenance;
+pub mod mq;
 pub mod registry;
 pub mod watch;
 

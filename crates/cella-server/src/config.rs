@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use cella_config::ConfigSettings;
 use cella_core::CoreConfig;
 use cella_idgen::IdgenConfig;
+use cella_mq::MqConfig;
 use cella_registry::RegistryConfig;
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +32,8 @@ pub struct ServerConfig {
     pub idgen: IdgenConfig,
     /// The config center.
     pub config: ConfigSettings,
+    /// The message broker (`[mq]`); its data lives in `<data_dir>/mq`.
+    pub mq: MqConfig,
 }
 
 impl Default for ServerConfig {
@@ -44,6 +47,7 @@ impl Default for ServerConfig {
             registry: RegistryConfig::default(),
             idgen: IdgenConfig::default(),
             config: ConfigSettings::default(),
+            mq: MqConfig::default(),
         }
     }
 }

@@ -16,6 +16,7 @@ use axum::routing::get;
 use axum::Router;
 use cella_base::SystemClock;
 use cella_core::{Core, Membership};
+use cella_mq::Broker;
 use cella_registry::Registry;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -75,7 +76,26 @@ pub async fn run(
             Arc::new(cella_config::UnixClock),
             config.config.clone(),
         )),
+        broker: Broker::open(
+            config.data_dir.join("mq"),
+            config.mq.clone(),
+            core.clone(),
+            Arc::new(SystemClock::new()),
+            unix_epoch_ms(),
+        )
+        .context("opening the message broker")?,
     };
+    let (maintenance_stop, maintenance_stopped) = tokio::sync::oneshot::channel::<()>();
+    let maintenance = tokio::spawn({
+        let broker = blocks.broker.clone();
+        async move {
+            broker
+                .run_maintenance(async move {
+                    let _ = maintenance_stopped.await;
+                })
+                .await
+        }
+    });
     let app = router(core.clone(), &blocks);
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(serve(listener, app, drain_rx));
@@ -93,6 +113,12 @@ pub async fn run(
         }
     }
     blocks.ids.release_workers().await;
+    let _ = maintenance_stop.send(());
+    let _ = maintenance.await;
+    let broker = blocks.broker.clone();
+    tokio::task::spawn_blocking(move || broker.close())
+        .await
+        .context("closing the message broker")?;
     core.shutdown().await;
     tracing::info!("stopped");
     Ok(())
@@ -153,6 +179,15 @@ struct Blocks {
     locks: cella_lock::LockService,
     ids: Arc<cella_idgen::IdService>,
     config: cella_config::ConfigApi,
+    broker: Broker,
+}
+
+/// Milliseconds since the Unix epoch now (the broker stamps messages with wall time).
+fn unix_epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
 }
 
 /// The node's HTTP and gRPC routes on one router.
@@ -179,7 +214,8 @@ fn router(core: Core, blocks: &Blocks) -> Router {
         .add_service(cella_registry::grpc::service(blocks.registry.clone()))
         .add_service(cella_registry::grpc::peer_service(blocks.registry.clone()))
         .add_service(cella_idgen::grpc::server(blocks.ids.clone()))
-        .add_service(config_grpc);
+        .add_service(config_grpc)
+        .add_service(cella_mq::api::grpc_service(blocks.broker.clone()));
     grpc.into_axum_router()
         .merge(cella_core::rest::router(core))
         .merge(cella_lock::rest::router(blocks.locks.clone()))
@@ -187,6 +223,7 @@ fn router(core: Core, blocks: &Blocks) -> Router {
         .merge(cella_registry::nacos::router(blocks.registry.clone()))
         .merge(cella_idgen::rest::router(blocks.ids.clone()))
         .merge(config_rest)
+        .merge(cella_mq::api::router(blocks.broker.clone()))
         .merge(ops)
         .fallback(no_route)
 }

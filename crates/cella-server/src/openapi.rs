@@ -24,6 +24,7 @@ pub fn document() -> Value {
     merge(&mut doc, cella_lock::rest::openapi());
     merge(&mut doc, cella_idgen::rest::openapi());
     merge(&mut doc, cella_config::rest::openapi());
+    merge(&mut doc, cella_mq::api::openapi());
     doc
 }
 

@@ -11,6 +11,7 @@ use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
+use cella_proto::cella::mq::v1::message_queue_client::MessageQueueClient;
 use cella_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use cella_proto::etcdserverpb::kv_client::KvClient;
 use cella_proto::etcdserverpb::maintenance_client::MaintenanceClient;
@@ -22,6 +23,9 @@ use tonic::transport::{Channel, Endpoint};
 
 /// A KV client over a lazily connecting channel.
 pub type Kv = KvClient<Channel>;
+
+/// The broker's gRPC client, as the tests use it.
+pub type Mq = MessageQueueClient<Channel>;
 
 /// Largest response a test client accepts (prefix reads of whole test runs).
 const MAX_RESPONSE_BYTES: usize = 256 << 20;
@@ -104,6 +108,11 @@ pub fn channel(endpoint: &str) -> anyhow::Result<Channel> {
 /// A KV client for `endpoint`; see [`channel`].
 pub fn kv(endpoint: &str) -> anyhow::Result<Kv> {
     Ok(KvClient::new(channel(endpoint)?).max_decoding_message_size(MAX_RESPONSE_BYTES))
+}
+
+/// A message-broker client for `endpoint`; see [`channel`].
+pub fn mq(endpoint: &str) -> anyhow::Result<Mq> {
+    Ok(MessageQueueClient::new(channel(endpoint)?))
 }
 
 /// Runs one unary call with `timeout` as both its gRPC deadline and a local limit.

@@ -62,6 +62,13 @@ impl NodeOptions {
         self
     }
 
+    /// Passes `--config PATH` (a TOML file in `ServerConfig`'s form, e.g. an `[mq]` table).
+    pub fn config_file(mut self, path: &Path) -> Self {
+        self.args.push("--config".into());
+        self.args.push(path.display().to_string());
+        self
+    }
+
     /// Sets `CELLA_ELECTION_TIMEOUT_MS` (the heartbeat is a tenth of it).
     pub fn election_timeout(self, timeout: Duration) -> Self {
         self.env("CELLA_ELECTION_TIMEOUT_MS", timeout.as_millis())

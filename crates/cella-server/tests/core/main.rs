@@ -7,5 +7,6 @@ mod durability;
 mod harness;
 mod kv;
 mod lease;
+mod mq;
 mod rest;
 mod watch;

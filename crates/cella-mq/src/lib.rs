@@ -1,0 +1,24 @@
+//! Cella's message broker (SPEC §6): topics with queues, producers, consumer groups.
+//!
+//! - [`storage`]: the message store — commitlog segments, consume queues, lookup index,
+//!   group commit, crash recovery, retention. Messages live here, not in the core.
+//! - [`Broker`]: produce and consume; topic and group metadata live in the core.
+//! - [`api`]: the gRPC service and REST routes over a [`Broker`].
+//! - `timer`: the timing wheel behind delayed messages.
+//! - `group`: the consumer-group decisions (assignment, cursors, redelivery), no I/O.
+
+pub mod api;
+mod broker;
+mod config;
+mod error;
+mod group;
+mod meta;
+pub mod storage;
+mod timer;
+mod txn;
+
+pub use broker::{format_id, Broker, PullRequest, QueueLag, SendRequest, SendResult};
+pub use config::MqConfig;
+pub use error::{MqError, MqResult};
+pub use group::GroupMode;
+pub use meta::{FlushPolicy, GroupMeta, Overflow, StartFrom, SubscriptionMeta, TopicMeta};

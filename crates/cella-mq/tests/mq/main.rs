@@ -1,0 +1,5 @@
+//! Broker integration tests: a real in-process core (for metadata) and real files.
+
+mod broker;
+mod common;
+mod model;

@@ -1,0 +1,504 @@
+//! The message broker: topics, a [`Producer`] and a [`Consumer`] that acknowledges what it
+//! handled, plus [`Dedupe`] for consumers that must be idempotent.
+//!
+//! Delivery is at least once: a message not acknowledged (the consumer crashed, or missed
+//! the ack deadline) is delivered again, possibly to another member. Consumers that must
+//! not act twice remember recent message ids with [`Dedupe`].
+//!
+//! ```no_run
+//! # async fn demo() -> cella_sdk::Result<()> {
+//! use cella_sdk::mq::{Consumer, OutgoingMessage};
+//! let client = cella_sdk::Client::connect("127.0.0.1:7070").await?;
+//! let sent = client.mq().producer().send(OutgoingMessage::new("orders", "created #1").key("order-1")).await?;
+//! let mut consumer = Consumer::new(client.mq(), "billing", "orders");
+//! for delivery in consumer.poll(16, std::time::Duration::from_secs(1)).await? {
+//!     consumer.ack(&delivery).await?;
+//! }
+//! # let _ = sent; Ok(()) }
+//! ```
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use cella_proto::cella::mq::v1 as pb;
+use pb::message_queue_client::MessageQueueClient;
+
+use crate::client::Transport;
+use crate::{Error, Result};
+
+/// Sends retried on an unavailable broker, with this first pause (doubling).
+const SEND_RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// Attempts per send when the broker is unavailable.
+const SEND_ATTEMPTS: u32 = 3;
+
+/// A topic's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topic {
+    /// Its name.
+    pub name: String,
+    /// Its queue count.
+    pub queues: u32,
+    /// Whether each queue is consumed in order.
+    pub ordered: bool,
+    /// Whether sends are acknowledged after fsync (`true`) or after the write.
+    pub sync_flush: bool,
+}
+
+impl From<pb::Topic> for Topic {
+    fn from(t: pb::Topic) -> Self {
+        Topic {
+            name: t.name,
+            queues: t.queues,
+            ordered: t.ordered,
+            sync_flush: t.flush != pb::FlushPolicy::Async as i32,
+        }
+    }
+}
+
+/// The broker service of one node.
+#[derive(Debug, Clone)]
+pub struct Mq {
+    client: MessageQueueClient<Transport>,
+}
+
+impl Mq {
+    pub(crate) fn new(transport: Transport) -> Self {
+        Mq {
+            client: MessageQueueClient::new(transport),
+        }
+    }
+
+    /// Creates a topic with `queues` queues (0: the broker's default); succeeds unchanged if
+    /// it exists with the same settings.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        queues: u32,
+        ordered: bool,
+        sync_flush: bool,
+    ) -> Result<Topic> {
+        let flush = if sync_flush {
+            pb::FlushPolicy::Sync
+        } else {
+            pb::FlushPolicy::Async
+        };
+        let request = pb::CreateTopicRequest {
+            name: name.into(),
+            queues,
+            ordered,
+            flush: flush as i32,
+        };
+        Ok(self
+            .client
+            .clone()
+            .create_topic(request)
+            .await?
+            .into_inner()
+            .into())
+    }
+
+    /// Every topic.
+    pub async fn topics(&self) -> Result<Vec<Topic>> {
+        let response = self
+            .client
+            .clone()
+            .list_topics(pb::ListTopicsRequest {})
+            .await?;
+        Ok(response
+            .into_inner()
+            .topics
+            .into_iter()
+            .map(Topic::from)
+            .collect())
+    }
+
+    /// A producer sending through this connection.
+    pub fn producer(&self) -> Producer {
+        Producer { mq: self.clone() }
+    }
+
+    /// Declares that `group` may have at most `max_backlog` messages waiting per queue of
+    /// `topic`; older ones are dropped, or moved to the group's dead-letter topic when
+    /// `dead_letter` is set.
+    pub async fn declare_subscription(
+        &self,
+        group: &str,
+        topic: &str,
+        max_backlog: u64,
+        dead_letter: bool,
+    ) -> Result<()> {
+        let overflow = if dead_letter {
+            pb::Overflow::DeadLetter
+        } else {
+            pb::Overflow::DropOldest
+        };
+        let request = pb::Subscription {
+            group: group.into(),
+            topic: topic.into(),
+            max_backlog,
+            overflow: overflow as i32,
+        };
+        self.client.clone().declare_subscription(request).await?;
+        Ok(())
+    }
+
+    /// Commits (delivers) or rolls back the half message `message_id`.
+    pub async fn end_transaction(&self, message_id: &str, commit: bool) -> Result<()> {
+        let request = pb::EndTransactionRequest {
+            message_id: message_id.into(),
+            commit,
+        };
+        self.client.clone().end_transaction(request).await?;
+        Ok(())
+    }
+
+    /// Half messages of `producer_group` waiting for a decision (the broker's check-back):
+    /// answer each with [`Mq::end_transaction`].
+    pub async fn transaction_checks(
+        &self,
+        producer_group: &str,
+        max: u32,
+    ) -> Result<Vec<pb::Message>> {
+        let request = pb::TransactionChecksRequest {
+            producer_group: producer_group.into(),
+            max_messages: max,
+        };
+        Ok(self
+            .client
+            .clone()
+            .transaction_checks(request)
+            .await?
+            .into_inner()
+            .messages)
+    }
+
+    /// A group's committed offset and backlog per queue.
+    pub async fn lag(&self, group: &str) -> Result<Vec<pb::QueueLag>> {
+        let response = self
+            .client
+            .clone()
+            .lag(pb::LagRequest {
+                group: group.into(),
+            })
+            .await?;
+        Ok(response.into_inner().queues)
+    }
+}
+
+/// A message to send.
+#[derive(Debug, Clone, Default)]
+pub struct OutgoingMessage {
+    request: pb::SendRequest,
+}
+
+impl OutgoingMessage {
+    /// A message with `body` for `topic`.
+    pub fn new(topic: impl Into<String>, body: impl Into<bytes::Bytes>) -> Self {
+        OutgoingMessage {
+            request: pb::SendRequest {
+                topic: topic.into(),
+                body: body.into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Adds a key to find the message by.
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.request.keys.push(key.into());
+        self
+    }
+
+    /// Sets the tag consumers filter on.
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        self.request.tag = tag.into();
+        self
+    }
+
+    /// Routes by `key`: messages with one sharding key keep their order in one queue.
+    pub fn sharding_key(mut self, key: impl Into<String>) -> Self {
+        self.request.sharding_key = key.into();
+        self
+    }
+
+    /// Delivers the message no earlier than `delay` from now.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.request.delay_ms = delay.as_millis() as u64;
+        self
+    }
+
+    /// Makes it a half message of `producer_group`: stored now, delivered only once
+    /// committed with [`Mq::end_transaction`]; until then the broker asks the group about it
+    /// through [`Mq::transaction_checks`].
+    pub fn transaction(mut self, producer_group: impl Into<String>) -> Self {
+        self.request.transaction_group = producer_group.into();
+        self
+    }
+
+    /// Sets a property.
+    pub fn property(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.request.properties.insert(name.into(), value.into());
+        self
+    }
+}
+
+/// Where a sent message was stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    /// Its id (32 hex digits).
+    pub id: String,
+    /// Its queue.
+    pub queue_id: u32,
+    /// Its offset in the queue (0 while delayed).
+    pub queue_offset: u64,
+    /// Whether it waits in the delay queue.
+    pub delayed: bool,
+    /// Whether it is a half message waiting for its transaction's decision.
+    pub half: bool,
+}
+
+/// Sends messages; retries while the broker is unavailable.
+#[derive(Debug, Clone)]
+pub struct Producer {
+    mq: Mq,
+}
+
+impl Producer {
+    /// Sends `message` and returns once the broker made it durable under the topic's policy.
+    /// A retried send may store the message twice; consumers dedupe by key or id.
+    pub async fn send(&self, message: OutgoingMessage) -> Result<Sent> {
+        let mut pause = SEND_RETRY_PAUSE;
+        let mut attempt = 1;
+        loop {
+            match self.mq.client.clone().send(message.request.clone()).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    return Ok(Sent {
+                        id: r.message_id,
+                        queue_id: r.queue_id,
+                        queue_offset: r.queue_offset,
+                        delayed: r.delayed,
+                        half: r.half,
+                    });
+                }
+                Err(status)
+                    if status.code() == tonic::Code::Unavailable && attempt < SEND_ATTEMPTS =>
+                {
+                    tracing::debug!(attempt, error = %status.message(), "mq send: broker unavailable, retrying");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    attempt += 1;
+                }
+                Err(status) => return Err(status.into()),
+            }
+        }
+    }
+}
+
+/// A received message; acknowledge it with [`Consumer::ack`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// The message as stored.
+    pub message: pb::Message,
+}
+
+impl Delivery {
+    /// The message body.
+    pub fn body(&self) -> &[u8] {
+        &self.message.body
+    }
+}
+
+/// A member of a consumer group on one topic. Polling is its heartbeat; drop it (or call
+/// [`Consumer::leave`]) to hand its queues to the others.
+#[derive(Debug)]
+pub struct Consumer {
+    mq: Mq,
+    group: String,
+    topic: String,
+    member: String,
+    tags: Vec<String>,
+    broadcasting: bool,
+    from_latest: bool,
+}
+
+fn member_name() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!(
+        "{}-{}-{nanos:x}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl Consumer {
+    /// A new member (with a unique name) of `group` consuming `topic`.
+    pub fn new(mq: Mq, group: &str, topic: &str) -> Consumer {
+        Consumer {
+            mq,
+            group: group.into(),
+            topic: topic.into(),
+            member: member_name(),
+            tags: Vec::new(),
+            broadcasting: false,
+            from_latest: false,
+        }
+    }
+
+    /// Names the member (default: unique per process and consumer).
+    pub fn member(mut self, name: impl Into<String>) -> Self {
+        self.member = name.into();
+        self
+    }
+
+    /// Receives only messages with one of `tags`.
+    pub fn tags(mut self, tags: impl IntoIterator<Item = String>) -> Self {
+        self.tags = tags.into_iter().collect();
+        self
+    }
+
+    /// Makes a new group broadcasting: every member gets every message.
+    pub fn broadcasting(mut self) -> Self {
+        self.broadcasting = true;
+        self
+    }
+
+    /// Makes a new group start after the last message sent so far.
+    pub fn from_latest(mut self) -> Self {
+        self.from_latest = true;
+        self
+    }
+
+    /// This member's name.
+    pub fn member_name(&self) -> &str {
+        &self.member
+    }
+
+    /// Takes up to `max` messages, waiting up to `wait` (at most 30 s) when none is ready.
+    pub async fn poll(&mut self, max: u32, wait: Duration) -> Result<Vec<Delivery>> {
+        let request = pb::PullRequest {
+            group: self.group.clone(),
+            topic: self.topic.clone(),
+            member: self.member.clone(),
+            tags: self.tags.clone(),
+            max_messages: max,
+            wait_ms: wait.as_millis() as u64,
+            mode: if self.broadcasting {
+                pb::GroupMode::Broadcasting
+            } else {
+                pb::GroupMode::Unspecified
+            } as i32,
+            start: if self.from_latest {
+                pb::StartFrom::Latest
+            } else {
+                pb::StartFrom::Unspecified
+            } as i32,
+        };
+        let response = self.mq.client.clone().pull(request).await?;
+        Ok(response
+            .into_inner()
+            .messages
+            .into_iter()
+            .map(|message| Delivery { message })
+            .collect())
+    }
+
+    fn ack_request(&self, delivery: &Delivery) -> pb::AckRequest {
+        pb::AckRequest {
+            group: self.group.clone(),
+            member: self.member.clone(),
+            topic: delivery.message.topic.clone(),
+            queue_id: delivery.message.queue_id,
+            queue_offset: delivery.message.queue_offset,
+        }
+    }
+
+    /// Marks a delivery handled.
+    pub async fn ack(&self, delivery: &Delivery) -> Result<()> {
+        self.mq
+            .client
+            .clone()
+            .ack(self.ack_request(delivery))
+            .await?;
+        Ok(())
+    }
+
+    /// Hands a delivery back: it will be delivered again.
+    pub async fn nack(&self, delivery: &Delivery) -> Result<()> {
+        self.mq
+            .client
+            .clone()
+            .nack(self.ack_request(delivery))
+            .await?;
+        Ok(())
+    }
+
+    /// Leaves the group now, so its queues and unacknowledged deliveries go to the others.
+    pub async fn leave(&self) -> Result<()> {
+        let request = pb::LeaveRequest {
+            group: self.group.clone(),
+            member: self.member.clone(),
+        };
+        match self.mq.client.clone().leave(request).await {
+            Ok(_) => Ok(()),
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(()),
+            Err(status) => Err(Error::from(status)),
+        }
+    }
+}
+
+/// Remembers the last `capacity` message ids (or business keys) a consumer handled, so a
+/// redelivered message can be recognised and skipped.
+#[derive(Debug, Clone)]
+pub struct Dedupe {
+    capacity: usize,
+    order: VecDeque<String>,
+    seen: HashSet<String>,
+}
+
+impl Dedupe {
+    /// Remembers up to `capacity` ids (at least one).
+    pub fn new(capacity: usize) -> Dedupe {
+        Dedupe {
+            capacity: capacity.max(1),
+            order: VecDeque::new(),
+            seen: HashSet::new(),
+        }
+    }
+
+    /// Whether `id` is new; records it. The oldest id is forgotten when full.
+    pub fn first_time(&mut self, id: &str) -> bool {
+        if self.seen.contains(id) {
+            return false;
+        }
+        if self.order.len() == self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        self.order.push_back(id.to_string());
+        self.seen.insert(id.to_string());
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedupe_recognises_repeats_and_forgets_the_oldest_when_full() {
+        let mut d = Dedupe::new(2);
+        assert!(d.first_time("a"));
+        assert!(!d.first_time("a"));
+        assert!(d.first_time("b"));
+        assert!(d.first_time("c"));
+        assert!(d.first_time("a"), "a was forgotten when c arrived");
+        assert!(!d.first_time("c"));
+    }
+}
