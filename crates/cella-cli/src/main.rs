@@ -9,6 +9,7 @@ mod lease;
 mod output;
 mod registry;
 mod serve;
+mod sidecar;
 mod status;
 
 use std::fmt;
@@ -69,6 +70,8 @@ enum Command {
     /// Register, list and watch service instances.
     #[command(subcommand)]
     Registry(registry::RegistryCommand),
+    /// Run the sidecar for an app: registers it and serves Dapr's v1.0 service invocation.
+    Sidecar(sidecar::SidecarArgs),
     /// Show every member: leader, term, raft index, applied index, lag.
     Status,
     /// Measure Cella (and peers such as etcd) with benchmark workloads.
@@ -168,6 +171,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Kv(command) => kv::run(command, &remote, format).await,
         Command::Lease(command) => lease::run(command, &remote, format).await,
         Command::Registry(command) => registry::run(command, &remote, format).await,
+        Command::Sidecar(args) => sidecar::run(args, &remote).await,
         Command::Status => status::run(&remote, format).await,
         Command::Bench(args) => cella_bench::run(args).await,
     }

@@ -1,4 +1,5 @@
-//! Rust client for Cella: the consistent core and the service registry.
+//! Rust client for Cella: the consistent core, the service registry and the client RPC
+//! stack ([`rpc`]) that calls a service's instances.
 //!
 //! The core speaks etcd v3's gRPC API, so this client also works against etcd. One
 //! [`Client`] holds one HTTP/2 connection; each service handle it hands out shares it.
@@ -24,6 +25,7 @@ pub mod kv;
 pub mod lease;
 pub mod maintenance;
 pub mod registry;
+pub mod rpc;
 pub mod watch;
 
 pub use client::{Client, ClientBuilder};

@@ -7,6 +7,7 @@
 //! - [`http`]: a raw HTTP/1.1 client for REST and Nacos-style routes.
 //! - [`client`]: etcd v3 KV calls with per-call timeouts and outcome classification.
 //! - [`workload`]: the write load and register workload the fault tests share.
+//! - [`upstream`]: steerable HTTP and gRPC servers for RPC stack tests.
 //! - [`nemesis`]: kill/restart schedules for clusters.
 //! - [`linearizability`]: the checker for recorded register histories.
 //! - [`ManualClock`]: deterministic time for unit tests of domain code.
@@ -20,6 +21,7 @@ pub mod nemesis;
 mod node;
 mod port;
 mod probe;
+pub mod upstream;
 pub mod workload;
 
 pub use binary::{cella_binary, workspace_root};
