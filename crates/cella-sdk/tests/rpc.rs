@@ -70,7 +70,8 @@ async fn run_calls(channel: &GrpcChannel, calls: usize, concurrency: usize) -> V
 
 #[tokio::test]
 async fn the_balancer_steers_away_from_a_slow_instance() {
-    const SLOW: Duration = Duration::from_millis(40);
+    // Far above a loaded machine's scheduling noise, so "slow" is unambiguous.
+    const SLOW: Duration = Duration::from_millis(200);
     let fast_a = Upstream::grpc("fast-a").await.unwrap();
     let fast_b = Upstream::grpc("fast-b").await.unwrap();
     let slow = Upstream::grpc("slow").await.unwrap();
@@ -91,8 +92,8 @@ async fn the_balancer_steers_away_from_a_slow_instance() {
         ..RpcSettings::default()
     };
     let channel = grpc_channel(&upstreams, &settings);
-    let mut latencies = run_calls(&channel, 120, 4).await;
-    assert!(slow.hits() - before >= 30, "round robin sent {} of 120", slow.hits() - before);
+    let mut latencies = run_calls(&channel, 60, 4).await;
+    assert!(slow.hits() - before >= 15, "round robin sent {} of 60", slow.hits() - before);
     assert!(percentile(&mut latencies, 0.99) >= SLOW);
 }
 

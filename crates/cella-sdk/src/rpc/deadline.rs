@@ -83,11 +83,17 @@ where
             let Some(deadline) = deadline else {
                 return call.await;
             };
-            match tokio::time::timeout_at(deadline.into(), call).await {
-                Ok(result) => result,
-                Err(_) => Err(Box::new(Error::DeadlineExceeded {
+            let exceeded = || {
+                Box::new(Error::DeadlineExceeded {
                     message: "the call's deadline passed before an answer".into(),
-                }) as BoxError),
+                }) as BoxError
+            };
+            match tokio::time::timeout_at(deadline.into(), call).await {
+                // A connection that enforces `grpc-timeout` itself fails first with its own
+                // error: past the deadline, it is the deadline all the same.
+                Ok(Err(_)) if Instant::now() >= deadline => Err(exceeded()),
+                Ok(result) => result,
+                Err(_) => Err(exceeded()),
             }
         })
     }
