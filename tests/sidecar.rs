@@ -72,7 +72,12 @@ fn start_sidecar(endpoint: &str, app_id: &str, app_port: u16, port: u16, log: &P
     let log = std::fs::File::create(log).expect("sidecar log");
     let child = Command::new(cella_binary().expect("cella is built"))
         .args(["--endpoint", endpoint, "sidecar", "--app-id", app_id])
-        .args(["--app-port", &app_port.to_string(), "--port", &port.to_string()])
+        .args([
+            "--app-port",
+            &app_port.to_string(),
+            "--port",
+            &port.to_string(),
+        ])
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -90,7 +95,11 @@ fn dapr_python() -> PathBuf {
             .status()
             .is_ok_and(|s| s.success());
     if !has_dapr {
-        let made = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().expect("python3 -m venv");
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 -m venv");
         assert!(made.success(), "python3 -m venv failed");
         let pip = Command::new(venv.join("bin").join("pip"))
             .args(["install", "--quiet", "dapr==1.19.0"])
@@ -118,32 +127,74 @@ async fn sidecars_invoke_across_apps_and_dapr_sdk_works() {
     let (echo_sidecar_port, caller_sidecar_port) = (free_port().unwrap(), free_port().unwrap());
     let _echo_app = start_app(dir.path(), "echo", echo_port);
     let _caller_app = start_app(dir.path(), "caller", caller_port);
-    let mut echo_sidecar = start_sidecar(&endpoint, "echo", echo_port, echo_sidecar_port, &dir.path().join("echo.log"));
-    let _caller_sidecar =
-        start_sidecar(&endpoint, "caller", caller_port, caller_sidecar_port, &dir.path().join("caller.log"));
+    let mut echo_sidecar = start_sidecar(
+        &endpoint,
+        "echo",
+        echo_port,
+        echo_sidecar_port,
+        &dir.path().join("echo.log"),
+    );
+    let _caller_sidecar = start_sidecar(
+        &endpoint,
+        "caller",
+        caller_port,
+        caller_sidecar_port,
+        &dir.path().join("caller.log"),
+    );
     let caller = format!("127.0.0.1:{caller_sidecar_port}");
 
     // The path form, once the echo app is registered (bounded wait).
     let deadline = Instant::now() + Duration::from_secs(30);
     let (status, body) = loop {
-        let answer = invoke(&caller, "POST", "/v1.0/invoke/echo/method/orders/7?x=1", "buy").await;
+        let answer = invoke(
+            &caller,
+            "POST",
+            "/v1.0/invoke/echo/method/orders/7?x=1",
+            "buy",
+        )
+        .await;
         if answer.0 == 200 || Instant::now() > deadline {
             break answer;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(status, 200, "{body}\n{}", std::fs::read_to_string(dir.path().join("caller.log")).unwrap_or_default());
-    assert!(body.starts_with("echo POST /orders/7?x=1 buy rid="), "{body}");
-    assert!(body.len() > "echo POST /orders/7?x=1 buy rid=".len(), "a request id arrives: {body}");
+    assert_eq!(
+        status,
+        200,
+        "{body}\n{}",
+        std::fs::read_to_string(dir.path().join("caller.log")).unwrap_or_default()
+    );
+    assert!(
+        body.starts_with("echo POST /orders/7?x=1 buy rid="),
+        "{body}"
+    );
+    assert!(
+        body.len() > "echo POST /orders/7?x=1 buy rid=".len(),
+        "a request id arrives: {body}"
+    );
 
     // Any method; and the dapr-app-id header form on any path.
     let (status, body) = invoke(&caller, "GET", "/v1.0/invoke/echo/method/items", "").await;
-    assert_eq!((status, body.starts_with("echo GET /items ")), (200, true), "{body}");
-    let (status, body) =
-        http::request_with_headers(&caller, "PUT", "/cart/3", &[("dapr-app-id", "echo")], "text/plain", "two")
-            .await
-            .unwrap();
-    assert_eq!((status, body.starts_with("echo PUT /cart/3 two ")), (200, true), "{body}");
+    assert_eq!(
+        (status, body.starts_with("echo GET /items ")),
+        (200, true),
+        "{body}"
+    );
+    let (status, body) = http::request_with_headers(
+        &caller,
+        "PUT",
+        "/cart/3",
+        &[("dapr-app-id", "echo")],
+        "text/plain",
+        "two",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (status, body.starts_with("echo PUT /cart/3 two ")),
+        (200, true),
+        "{body}"
+    );
 
     // The sidecar's own routes, and bad input.
     assert_eq!(invoke(&caller, "GET", "/v1.0/healthz", "").await.0, 204);
@@ -152,7 +203,10 @@ async fn sidecars_invoke_across_apps_and_dapr_sdk_works() {
     assert!(body.contains(r#""id":"caller""#), "{body}");
     let (status, body) = invoke(&caller, "GET", "/v1.0/invoke/nobody/method/x", "").await;
     assert_eq!(status, 503, "{body}");
-    assert!(body.contains("ERR_DIRECT_INVOKE") && body.contains("nobody"), "{body}");
+    assert!(
+        body.contains("ERR_DIRECT_INVOKE") && body.contains("nobody"),
+        "{body}"
+    );
     let (status, body) = invoke(&caller, "GET", "/v1.0/invoke/bad!id/method/x", "").await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("invalid app id"), "{body}");
@@ -171,8 +225,15 @@ async fn sidecars_invoke_across_apps_and_dapr_sdk_works() {
         .output()
         .expect("run the Dapr client");
     let printed = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{printed}\n{}", String::from_utf8_lossy(&output.stderr));
-    assert!(printed.starts_with("echo POST /greet/7 hello from dapr rid="), "{printed}");
+    assert!(
+        output.status.success(),
+        "{printed}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        printed.starts_with("echo POST /greet/7 hello from dapr rid="),
+        "{printed}"
+    );
 
     // Stopping the echo sidecar deregisters the app: calls stop reaching it.
     let pid = echo_sidecar.0.id() as libc::pid_t;
@@ -182,7 +243,10 @@ async fn sidecars_invoke_across_apps_and_dapr_sdk_works() {
         let status = echo_sidecar.0.wait();
         (status, echo_sidecar)
     });
-    let (status, _echo_sidecar) = tokio::time::timeout(Duration::from_secs(20), exit).await.unwrap().unwrap();
+    let (status, _echo_sidecar) = tokio::time::timeout(Duration::from_secs(20), exit)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.unwrap().success(), "the sidecar exits 0 on SIGTERM");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -190,7 +254,10 @@ async fn sidecars_invoke_across_apps_and_dapr_sdk_works() {
         if status == 503 {
             break;
         }
-        assert!(Instant::now() < deadline, "echo still reachable after its sidecar stopped (status {status})");
+        assert!(
+            Instant::now() < deadline,
+            "echo still reachable after its sidecar stopped (status {status})"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

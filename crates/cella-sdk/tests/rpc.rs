@@ -10,8 +10,8 @@ use bytes::Bytes;
 use cella_base::SystemClock;
 use cella_sdk::registry::service_name;
 use cella_sdk::rpc::{
-    self, headers, BalancePolicy, Context, EjectionPolicy, GrpcChannel, GrpcConnect, HttpConnect, HttpConnection,
-    RetryBudget, RpcSettings, RpcStack, ServeOptions,
+    self, headers, BalancePolicy, Context, EjectionPolicy, GrpcChannel, GrpcConnect, HttpConnect,
+    HttpConnection, RetryBudget, RpcSettings, RpcStack, ServeOptions,
 };
 use cella_testkit::upstream::{echo, EchoRequest, Upstream};
 use cella_testkit::{Node, NodeOptions};
@@ -20,7 +20,8 @@ use tower::ServiceExt;
 fn grpc_channel(upstreams: &[&Upstream], settings: &RpcSettings) -> GrpcChannel {
     let instances: Vec<_> = upstreams.iter().map(|u| u.instance()).collect();
     let discover = rpc::fixed(&instances, &GrpcConnect).expect("valid instances");
-    let stack = rpc::stack("test", discover, settings, Arc::new(SystemClock::new())).expect("valid settings");
+    let stack = rpc::stack("test", discover, settings, Arc::new(SystemClock::new()))
+        .expect("valid settings");
     GrpcChannel::new(stack)
 }
 
@@ -82,8 +83,15 @@ async fn the_balancer_steers_away_from_a_slow_instance() {
     let mut latencies = run_calls(&channel, 400, 4).await;
     let p99 = percentile(&mut latencies, 0.99);
     let slow_share = slow.hits() as f64 / 400.0;
-    assert!(slow_share < 0.02, "the slow instance got {:.1} % of calls", slow_share * 100.0);
-    assert!(p99 < SLOW / 2, "p99 {p99:?} is not near the fast instances' (slow one answers in {SLOW:?})");
+    assert!(
+        slow_share < 0.02,
+        "the slow instance got {:.1} % of calls",
+        slow_share * 100.0
+    );
+    assert!(
+        p99 < SLOW / 2,
+        "p99 {p99:?} is not near the fast instances' (slow one answers in {SLOW:?})"
+    );
 
     // The same calls round robin: the slow instance gets its third, and the p99 shows it.
     let before = slow.hits();
@@ -93,7 +101,11 @@ async fn the_balancer_steers_away_from_a_slow_instance() {
     };
     let channel = grpc_channel(&upstreams, &settings);
     let mut latencies = run_calls(&channel, 60, 4).await;
-    assert!(slow.hits() - before >= 15, "round robin sent {} of 60", slow.hits() - before);
+    assert!(
+        slow.hits() - before >= 15,
+        "round robin sent {} of 60",
+        slow.hits() - before
+    );
     assert!(percentile(&mut latencies, 0.99) >= SLOW);
 }
 
@@ -117,7 +129,11 @@ async fn a_failing_instance_is_ejected() {
     for i in 0..60 {
         assert_eq!(http_call(&stack, "GET", &format!("/item/{i}")).await, 200);
     }
-    assert_eq!(failing.hits(), 3, "ejected after its third failure in a row");
+    assert_eq!(
+        failing.hits(),
+        3,
+        "ejected after its third failure in a row"
+    );
     // Once ejected it takes nothing, so non-idempotent calls succeed too.
     for i in 0..30 {
         assert_eq!(http_call(&stack, "POST", &format!("/buy/{i}")).await, 200);
@@ -183,7 +199,11 @@ async fn retries_only_idempotent_calls_and_within_the_budget() {
     for _ in 0..10 {
         assert_eq!(http_call(&stack, "GET", "/order").await, 503);
     }
-    assert_eq!(down.hits(), 10 + 10 + 5, "GET retried until the budget ran out");
+    assert_eq!(
+        down.hits(),
+        10 + 10 + 5,
+        "GET retried until the budget ran out"
+    );
 
     // A roomy budget: every GET gets its three tries.
     let roomy = RpcSettings {
@@ -205,7 +225,9 @@ async fn retries_only_idempotent_calls_and_within_the_budget() {
     let grpc_down = Upstream::grpc("grpc-down").await.unwrap();
     grpc_down.set_failing(true);
     let channel = grpc_channel(&[&grpc_down], &roomy);
-    let status = echo(channel.clone(), request("x")).await.expect_err("fails");
+    let status = echo(channel.clone(), request("x"))
+        .await
+        .expect_err("fails");
     assert_eq!(status.code(), tonic::Code::Unavailable);
     assert_eq!(grpc_down.hits(), 1);
     let mut marked = request("x");
@@ -236,20 +258,28 @@ async fn deadlines_propagate_and_end_calls() {
 
     // The context's deadline is sooner than the per-call timeout: it travels.
     let mut call = request("hi");
-    call.extensions_mut().insert(Context::new().with_timeout(Duration::from_millis(300)));
+    call.extensions_mut()
+        .insert(Context::new().with_timeout(Duration::from_millis(300)));
     let reply = echo(channel.clone(), call).await.unwrap();
     let left = grpc_timeout_of(&reply);
-    assert!(left <= Duration::from_millis(300) && !left.is_zero(), "{left:?}");
+    assert!(
+        left <= Duration::from_millis(300) && !left.is_zero(),
+        "{left:?}"
+    );
 
     // No context deadline: the per-call timeout travels.
     let reply = echo(channel.clone(), request("hi")).await.unwrap();
     let left = grpc_timeout_of(&reply);
-    assert!(left <= Duration::from_secs(5) && left > Duration::from_millis(300), "{left:?}");
+    assert!(
+        left <= Duration::from_secs(5) && left > Duration::from_millis(300),
+        "{left:?}"
+    );
 
     // A server slower than the deadline: the call ends with DEADLINE_EXCEEDED.
     upstream.set_delay(Duration::from_millis(500));
     let mut call = request("hi");
-    call.extensions_mut().insert(Context::new().with_timeout(Duration::from_millis(100)));
+    call.extensions_mut()
+        .insert(Context::new().with_timeout(Duration::from_millis(100)));
     let status = echo(channel, call).await.expect_err("deadline passes");
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status}");
 }
@@ -268,7 +298,11 @@ async fn context_headers_arrive_at_the_server() {
     call.extensions_mut().insert(context.clone());
     echo(channel.clone(), call).await.unwrap();
     let seen = upstream.last_headers().expect("a call arrived");
-    let get = |name: &str| seen.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let get = |name: &str| {
+        seen.get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     assert_eq!(get(headers::REQUEST_ID), Some(context.request_id.clone()));
     assert_eq!(get(headers::TRACEPARENT), Some(context.traceparent.clone()));
     assert_eq!(get(headers::XID).as_deref(), Some("tx-7"));
@@ -304,7 +338,8 @@ async fn consistent_hash_keeps_a_key_on_one_instance() {
         for user in 0..30 {
             let key = format!("user-{user}");
             let mut call = request("hi");
-            call.extensions_mut().insert(Context::new().with_routing_key(key.clone()));
+            call.extensions_mut()
+                .insert(Context::new().with_routing_key(key.clone()));
             let reply = echo(channel.clone(), call).await.unwrap();
             let owner = owners.entry(key.clone()).or_insert(reply.upstream.clone());
             assert_eq!(*owner, reply.upstream, "{key} moved in round {round}");
@@ -324,7 +359,12 @@ async fn the_rate_limit_turns_calls_away() {
     let channel = grpc_channel(&[&upstream], &settings);
     let mut outcomes = Vec::new();
     for _ in 0..5 {
-        outcomes.push(echo(channel.clone(), request("hi")).await.map(|_| ()).map_err(|s| s.code()));
+        outcomes.push(
+            echo(channel.clone(), request("hi"))
+                .await
+                .map(|_| ())
+                .map_err(|s| s.code()),
+        );
     }
     // The burst passes; right after it (well within the second that refills one token)
     // the next call is turned away without reaching the server.
@@ -349,12 +389,18 @@ fn bad_settings_are_refused_naming_the_field() {
         max_attempts: 0,
         ..RpcSettings::default()
     };
-    assert!(settings.validate().expect_err("zero").to_string().contains("max_attempts"));
+    assert!(settings
+        .validate()
+        .expect_err("zero")
+        .to_string()
+        .contains("max_attempts"));
 }
 
 async fn start_node() -> Node {
     let mut node = Node::embedded(NodeOptions::default()).expect("start cella up");
-    node.wait_ready(Duration::from_secs(30)).await.expect("node ready");
+    node.wait_ready(Duration::from_secs(30))
+        .await
+        .expect("node ready");
     node
 }
 
@@ -365,8 +411,14 @@ async fn discovery_follows_the_registry() {
     let registry = client.registry();
     let a = Upstream::http("a").await.unwrap();
     let b = Upstream::http("b").await.unwrap();
-    let reg_a = registry.register(service_name("shop"), a.instance()).await.unwrap();
-    let reg_b = registry.register(service_name("shop"), b.instance()).await.unwrap();
+    let reg_a = registry
+        .register(service_name("shop"), a.instance())
+        .await
+        .unwrap();
+    let reg_b = registry
+        .register(service_name("shop"), b.instance())
+        .await
+        .unwrap();
     let settings = RpcSettings {
         policy: BalancePolicy::RoundRobin,
         ..RpcSettings::default()
@@ -388,18 +440,31 @@ async fn discovery_follows_the_registry() {
         if b.hits() == before {
             break;
         }
-        assert!(Instant::now() < deadline, "b still gets calls after deregistering");
+        assert!(
+            Instant::now() < deadline,
+            "b still gets calls after deregistering"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The last instance leaves: calls fail with a clear error.
     reg_a.deregister().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while http_call(&stack, "GET", "/").await != 0 {
-        assert!(Instant::now() < deadline, "a still gets calls after deregistering");
+        assert!(
+            Instant::now() < deadline,
+            "a still gets calls after deregistering"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let request = http::Request::builder().uri("/").body(Bytes::new()).unwrap();
-    let error = stack.clone().oneshot(request).await.expect_err("no endpoints");
+    let request = http::Request::builder()
+        .uri("/")
+        .body(Bytes::new())
+        .unwrap();
+    let error = stack
+        .clone()
+        .oneshot(request)
+        .await
+        .expect_err("no endpoints");
     assert!(error.to_string().contains("no endpoint of shop"), "{error}");
 }
 
@@ -458,7 +523,9 @@ async fn a_server_registers_when_ready_and_deregisters_before_draining() {
     .expect("registered");
     let (_, registered) = watch.instances().iter().next().unwrap();
     assert_eq!(registered.port, u32::from(port));
-    assert!(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok());
+    assert!(tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_ok());
 
     // Shutdown: the removal reaches subscribers while the server still serves.
     stop_tx.send(()).unwrap();
@@ -470,7 +537,10 @@ async fn a_server_registers_when_ready_and_deregisters_before_draining() {
     })
     .await
     .expect("deregistered");
-    assert!(drained_rx.try_recv().is_err(), "drained before deregistering");
+    assert!(
+        drained_rx.try_recv().is_err(),
+        "drained before deregistering"
+    );
     lifecycle.await.unwrap().unwrap();
     assert!(drained_rx.try_recv().is_ok());
 }

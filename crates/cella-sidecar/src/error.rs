@@ -89,17 +89,25 @@ impl SidecarError {
     /// Dapr's error code and the HTTP status for this error.
     fn code_and_status(&self) -> (&'static str, StatusCode) {
         match self {
-            SidecarError::InvalidConfig { .. } => ("ERR_MALFORMED_REQUEST", StatusCode::BAD_REQUEST),
+            SidecarError::InvalidConfig { .. } => {
+                ("ERR_MALFORMED_REQUEST", StatusCode::BAD_REQUEST)
+            }
             SidecarError::Bind { .. } | SidecarError::Lifecycle { .. } => {
                 ("ERR_INTERNAL", StatusCode::INTERNAL_SERVER_ERROR)
             }
             SidecarError::InvalidAppId { .. } => ("ERR_DIRECT_INVOKE", StatusCode::BAD_REQUEST),
-            SidecarError::BodyTooLarge { .. } => ("ERR_MALFORMED_REQUEST", StatusCode::PAYLOAD_TOO_LARGE),
+            SidecarError::BodyTooLarge { .. } => {
+                ("ERR_MALFORMED_REQUEST", StatusCode::PAYLOAD_TOO_LARGE)
+            }
             SidecarError::NoRoute { .. } => ("ERR_NOT_FOUND", StatusCode::NOT_FOUND),
             SidecarError::Discovery { .. } => ("ERR_DIRECT_INVOKE", StatusCode::BAD_GATEWAY),
-            SidecarError::NoInstance { .. } => ("ERR_DIRECT_INVOKE", StatusCode::SERVICE_UNAVAILABLE),
+            SidecarError::NoInstance { .. } => {
+                ("ERR_DIRECT_INVOKE", StatusCode::SERVICE_UNAVAILABLE)
+            }
             SidecarError::Timeout { .. } => ("ERR_DIRECT_INVOKE", StatusCode::GATEWAY_TIMEOUT),
-            SidecarError::RateLimited { .. } => ("ERR_DIRECT_INVOKE", StatusCode::TOO_MANY_REQUESTS),
+            SidecarError::RateLimited { .. } => {
+                ("ERR_DIRECT_INVOKE", StatusCode::TOO_MANY_REQUESTS)
+            }
             SidecarError::Upstream { .. } => ("ERR_DIRECT_INVOKE", StatusCode::BAD_GATEWAY),
         }
     }

@@ -98,13 +98,16 @@ impl Sidecar {
                 rule: "must be 1..65535",
             });
         }
-        config.rpc.validate().map_err(|e| SidecarError::InvalidConfig {
-            field: "rpc",
-            rule: match e {
-                cella_sdk::Error::InvalidSetting { rule, .. } => rule,
-                _ => "invalid RPC settings",
-            },
-        })?;
+        config
+            .rpc
+            .validate()
+            .map_err(|e| SidecarError::InvalidConfig {
+                field: "rpc",
+                rule: match e {
+                    cella_sdk::Error::InvalidSetting { rule, .. } => rule,
+                    _ => "invalid RPC settings",
+                },
+            })?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| SidecarError::Bind {
@@ -141,20 +144,35 @@ impl Sidecar {
             port: u32::from(config.app_port),
             labels: config.labels.iter().cloned().collect(),
             metadata: [
-                ("sidecar_port".to_string(), listener.local_addr().map(|a| a.port().to_string()).unwrap_or_default()),
+                (
+                    "sidecar_port".to_string(),
+                    listener
+                        .local_addr()
+                        .map(|a| a.port().to_string())
+                        .unwrap_or_default(),
+                ),
                 ("protocol".to_string(), "http".to_string()),
             ]
             .into(),
             ..Default::default()
         };
         let serve = move |drain| async move {
-            axum::serve(listener, app).with_graceful_shutdown(drain).await
+            axum::serve(listener, app)
+                .with_graceful_shutdown(drain)
+                .await
         };
-        serve_registered(&self.registry, &config.app_id, instance, config.serve, serve, shutdown)
-            .await
-            .map_err(|e| SidecarError::Lifecycle {
-                message: e.to_string(),
-            })
+        serve_registered(
+            &self.registry,
+            &config.app_id,
+            instance,
+            config.serve,
+            serve,
+            shutdown,
+        )
+        .await
+        .map_err(|e| SidecarError::Lifecycle {
+            message: e.to_string(),
+        })
     }
 }
 
@@ -163,7 +181,10 @@ fn router(state: AppState) -> Router {
         .route("/v1.0/healthz", get(healthz))
         .route("/v1.0/healthz/outbound", get(healthz))
         .route("/v1.0/metadata", get(metadata))
-        .route("/v1.0/invoke/{app_id}/method/{*method}", any(invoke_by_path))
+        .route(
+            "/v1.0/invoke/{app_id}/method/{*method}",
+            any(invoke_by_path),
+        )
         .fallback(invoke_by_header)
         .with_state(state)
 }
@@ -205,7 +226,11 @@ async fn invoke_by_path(
 ) -> Response {
     let forward = async {
         let (parts, body) = buffered(request).await?;
-        let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+        let query = parts
+            .uri
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
         state
             .invoker
             .invoke(Invocation {

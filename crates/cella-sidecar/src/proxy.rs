@@ -94,9 +94,12 @@ impl Invoker {
     pub async fn invoke(&self, call: Invocation) -> Result<Response, SidecarError> {
         check_app_id(&call.app_id)?;
         let stack = self.stack(&call.app_id).await?;
-        let uri: Uri = call.path_and_query.parse().map_err(|_| SidecarError::NoRoute {
-            path: call.path_and_query.clone(),
-        })?;
+        let uri: Uri = call
+            .path_and_query
+            .parse()
+            .map_err(|_| SidecarError::NoRoute {
+                path: call.path_and_query.clone(),
+            })?;
         let mut request = http::Request::new(call.body);
         *request.method_mut() = call.method;
         *request.uri_mut() = uri;

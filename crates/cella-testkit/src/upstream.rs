@@ -98,12 +98,27 @@ impl Upstream {
             let state = served.clone();
             async move {
                 let (parts, body) = request.into_parts();
-                let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+                let body = axum::body::to_bytes(body, 1 << 20)
+                    .await
+                    .unwrap_or_default();
                 if !state.serve(&parts.headers).await {
-                    return (StatusCode::SERVICE_UNAVAILABLE, "failing on purpose".to_string()).into_response();
+                    return (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "failing on purpose".to_string(),
+                    )
+                        .into_response();
                 }
-                let target = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-                let text = format!("{} {} {target} {}", state.name, parts.method, String::from_utf8_lossy(&body));
+                let target = parts
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/");
+                let text = format!(
+                    "{} {} {target} {}",
+                    state.name,
+                    parts.method,
+                    String::from_utf8_lossy(&body)
+                );
                 (StatusCode::OK, text).into_response()
             }
         });
@@ -199,7 +214,10 @@ impl tower::Service<http::Request<tonic::body::Body>> for EchoService {
             if request.uri().path() != ECHO_PATH {
                 return Ok(tonic::Status::unimplemented("only Echo is served").into_http());
             }
-            let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::<EchoReply, EchoRequest>::default());
+            let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::<
+                EchoReply,
+                EchoRequest,
+            >::default());
             Ok(grpc.unary(EchoHandler { state }, request).await)
         })
     }
@@ -236,7 +254,10 @@ impl tonic::server::UnaryService<EchoRequest> for EchoHandler {
 
 /// Calls `cella.test.Echo/Echo` over `channel` (a tonic channel, or the SDK's stack), with
 /// `request`'s metadata and extensions.
-pub async fn echo<T>(channel: T, request: tonic::Request<EchoRequest>) -> Result<EchoReply, tonic::Status>
+pub async fn echo<T>(
+    channel: T,
+    request: tonic::Request<EchoRequest>,
+) -> Result<EchoReply, tonic::Status>
 where
     T: tonic::client::GrpcService<tonic::body::Body>,
     T::Error: Into<tonic::codegen::StdError>,

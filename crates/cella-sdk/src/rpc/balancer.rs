@@ -119,7 +119,11 @@ where
 
     /// The ids of the endpoints currently in the set.
     pub fn endpoint_ids(&self) -> Vec<String> {
-        let endpoints = self.table.endpoints.lock().expect("table lock is never poisoned");
+        let endpoints = self
+            .table
+            .endpoints
+            .lock()
+            .expect("table lock is never poisoned");
         endpoints.iter().map(|e| e.id.clone()).collect()
     }
 }

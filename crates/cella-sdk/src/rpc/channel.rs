@@ -57,7 +57,11 @@ impl Service<http::Request<tonic::body::Body>> for GrpcChannel {
         let mut ready = std::mem::replace(&mut self.stack, fresh);
         Box::pin(async move {
             let (parts, body) = request.into_parts();
-            let body = body.collect().await.map_err(|e| to_status(e.into()))?.to_bytes();
+            let body = body
+                .collect()
+                .await
+                .map_err(|e| to_status(e.into()))?
+                .to_bytes();
             ready
                 .call(http::Request::from_parts(parts, body))
                 .await

@@ -42,10 +42,11 @@ fn authority(instance: &pb::Instance) -> Result<http::uri::Authority> {
     } else {
         format!("{}:{port}", instance.ip)
     };
-    text.parse().map_err(|error: http::uri::InvalidUri| Error::InvalidEndpoint {
-        endpoint: text.clone(),
-        reason: error.to_string(),
-    })
+    text.parse()
+        .map_err(|error: http::uri::InvalidUri| Error::InvalidEndpoint {
+            endpoint: text.clone(),
+            reason: error.to_string(),
+        })
 }
 
 /// Puts `authority` (and `http`) into the request's URI, keeping path and query.
@@ -75,10 +76,11 @@ impl Connect for GrpcConnect {
     type Connection = GrpcConnection;
     fn connect(&self, instance: &pb::Instance) -> Result<GrpcConnection> {
         let uri = format!("http://{}", authority(instance)?);
-        let endpoint = Endpoint::from_shared(uri.clone()).map_err(|error| Error::InvalidEndpoint {
-            endpoint: uri,
-            reason: error.to_string(),
-        })?;
+        let endpoint =
+            Endpoint::from_shared(uri.clone()).map_err(|error| Error::InvalidEndpoint {
+                endpoint: uri,
+                reason: error.to_string(),
+            })?;
         let channel = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)

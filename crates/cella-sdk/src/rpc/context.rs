@@ -284,7 +284,10 @@ mod tests {
         assert_eq!(got.request_id, sent.request_id);
         assert_eq!(got.traceparent, sent.traceparent);
         assert_eq!(got.route, sent.route);
-        assert_eq!((got.xid, got.lane, got.fault), (sent.xid, sent.lane, sent.fault));
+        assert_eq!(
+            (got.xid, got.lane, got.fault),
+            (sent.xid, sent.lane, sent.fault)
+        );
         assert_eq!(got.deadline, None);
     }
 

@@ -110,7 +110,13 @@ mod tests {
         assert_eq!(effective_deadline(None, None, now), None);
         assert_eq!(effective_deadline(Some(now + s), None, now), Some(now + s));
         assert_eq!(effective_deadline(None, Some(s), now), Some(now + s));
-        assert_eq!(effective_deadline(Some(now + 5 * s), Some(s), now), Some(now + s));
-        assert_eq!(effective_deadline(Some(now + s), Some(5 * s), now), Some(now + s));
+        assert_eq!(
+            effective_deadline(Some(now + 5 * s), Some(s), now),
+            Some(now + s)
+        );
+        assert_eq!(
+            effective_deadline(Some(now + s), Some(5 * s), now),
+            Some(now + s)
+        );
     }
 }

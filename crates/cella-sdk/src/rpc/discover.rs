@@ -25,7 +25,10 @@ fn is_serving(instance: &pb::Instance) -> bool {
     instance.healthy && instance.enabled.unwrap_or(true)
 }
 
-fn discovered<C: Connect>(connect: &C, instance: &pb::Instance) -> Result<Discovered<C::Connection>> {
+fn discovered<C: Connect>(
+    connect: &C,
+    instance: &pb::Instance,
+) -> Result<Discovered<C::Connection>> {
     let labels: BTreeMap<String, String> = instance
         .labels
         .iter()
@@ -63,7 +66,9 @@ fn diff<C: Connect>(
                 current.insert(id.clone(), instance.clone());
                 changes.push(Change::Insert(id.clone(), found));
             }
-            Err(error) => tracing::warn!(%id, %error, "skipping an instance that cannot be reached"),
+            Err(error) => {
+                tracing::warn!(%id, %error, "skipping an instance that cannot be reached")
+            }
         }
     }
     changes
@@ -184,15 +189,27 @@ mod tests {
         let mut disabled = instance("c", 3, true);
         disabled.1.enabled = Some(false);
         next.insert(disabled.0, disabled.1);
-        assert_eq!(summary(&diff(&Named, &mut current, &next)), vec!["+a@127.0.0.1:1"]);
+        assert_eq!(
+            summary(&diff(&Named, &mut current, &next)),
+            vec!["+a@127.0.0.1:1"]
+        );
         // b recovers, a goes unhealthy.
         let next: BTreeMap<_, _> = [instance("a", 1, false), instance("b", 2, true)].into();
-        assert_eq!(summary(&diff(&Named, &mut current, &next)), vec!["-a", "+b@127.0.0.1:2"]);
+        assert_eq!(
+            summary(&diff(&Named, &mut current, &next)),
+            vec!["-a", "+b@127.0.0.1:2"]
+        );
         // Nothing changed: nothing to do. b moves: reconnect.
         assert!(diff(&Named, &mut current, &next).is_empty());
         let next: BTreeMap<_, _> = [instance("b", 9, true)].into();
-        assert_eq!(summary(&diff(&Named, &mut current, &next)), vec!["+b@127.0.0.1:9"]);
+        assert_eq!(
+            summary(&diff(&Named, &mut current, &next)),
+            vec!["+b@127.0.0.1:9"]
+        );
         // Deregistered.
-        assert_eq!(summary(&diff(&Named, &mut current, &BTreeMap::new())), vec!["-b"]);
+        assert_eq!(
+            summary(&diff(&Named, &mut current, &BTreeMap::new())),
+            vec!["-b"]
+        );
     }
 }

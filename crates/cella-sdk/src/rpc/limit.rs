@@ -58,7 +58,8 @@ pub struct RateLimitLayer {
 impl RateLimitLayer {
     /// `per_second` calls a second with bursts of `burst`; `None` means no limit.
     pub fn new(per_second: Option<f64>, burst: u32, clock: Arc<dyn Clock>) -> Self {
-        let bucket = per_second.map(|rate| Arc::new(Mutex::new(Bucket::new(rate, burst, clock.now()))));
+        let bucket =
+            per_second.map(|rate| Arc::new(Mutex::new(Bucket::new(rate, burst, clock.now()))));
         RateLimitLayer { bucket, clock }
     }
 }
@@ -98,7 +99,10 @@ where
     fn call(&mut self, request: RpcRequest) -> Self::Future {
         if let Some(bucket) = &self.bucket {
             let now = self.clock.now();
-            let allowed = bucket.lock().expect("bucket lock is never poisoned").try_take(now);
+            let allowed = bucket
+                .lock()
+                .expect("bucket lock is never poisoned")
+                .try_take(now);
             if !allowed {
                 return Box::pin(async { Err::<R, BoxError>(Box::new(Error::RateLimited)) });
             }

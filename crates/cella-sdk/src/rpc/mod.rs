@@ -59,9 +59,8 @@ use crate::{Error, Result};
 pub type RpcRequest = http::Request<Bytes>;
 
 /// The client stack over connections of type `S`, outermost layer first.
-pub type RpcStack<S> = ContextService<
-    DeadlineService<ConcurrencyLimit<RateLimited<Retry<RetryPolicy, Balancer<S>>>>>,
->;
+pub type RpcStack<S> =
+    ContextService<DeadlineService<ConcurrencyLimit<RateLimited<Retry<RetryPolicy, Balancer<S>>>>>>;
 
 /// The retry budget: retries may add `percent` of the successful calls of the last `ttl`,
 /// plus `min_per_second` regardless.
@@ -136,7 +135,8 @@ impl Default for RpcSettings {
 impl RpcSettings {
     /// Checks the settings; the error names the field and the rule.
     pub fn validate(&self) -> Result<()> {
-        let bad = |field: &'static str, rule: &'static str| Err(Error::InvalidSetting { field, rule });
+        let bad =
+            |field: &'static str, rule: &'static str| Err(Error::InvalidSetting { field, rule });
         let budget = &self.retry_budget;
         if budget.ttl < Duration::from_secs(1) || budget.ttl > Duration::from_secs(60) {
             return bad("retry_budget.ttl", "must be 1 to 60 seconds");
@@ -155,7 +155,10 @@ impl RpcSettings {
         }
         if let Some((rate, _)) = self.rate_limit {
             if !(rate > 0.0 && rate.is_finite()) {
-                return bad("rate_limit", "must be a positive number of calls per second");
+                return bad(
+                    "rate_limit",
+                    "must be a positive number of calls per second",
+                );
             }
         }
         if self.latency_decay.is_zero() {
@@ -179,7 +182,11 @@ where
 {
     settings.validate()?;
     let budget = &settings.retry_budget;
-    let budget = Arc::new(TpsBudget::new(budget.ttl, budget.min_per_second, budget.ratio));
+    let budget = Arc::new(TpsBudget::new(
+        budget.ttl,
+        budget.min_per_second,
+        budget.ratio,
+    ));
     let retry = RetryPolicy::new(
         budget,
         Arc::new(settings.idempotent_paths.clone()),
@@ -207,7 +214,9 @@ where
         .layer(DeadlineLayer::new(settings.timeout))
         // Calls in flight, then calls per second.
         .layer(ConcurrencyLimitLayer::new(
-            settings.max_concurrency.unwrap_or(tokio::sync::Semaphore::MAX_PERMITS),
+            settings
+                .max_concurrency
+                .unwrap_or(tokio::sync::Semaphore::MAX_PERMITS),
         ))
         .layer(RateLimitLayer::new(rate, burst, clock.clone()))
         // Idempotent calls only, under the shared budget.

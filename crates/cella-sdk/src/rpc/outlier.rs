@@ -218,7 +218,10 @@ where
                 .latency
                 .observe(now.saturating_sub(start), now, settings.decay);
             if let Some(until) = state.outlier.record(ok, now, &settings.ejection) {
-                tracing::warn!(for_ms = (until - now).as_millis() as u64, "endpoint ejected after consecutive failures");
+                tracing::warn!(
+                    for_ms = (until - now).as_millis() as u64,
+                    "endpoint ejected after consecutive failures"
+                );
             }
             drop(state);
             result
@@ -246,7 +249,10 @@ mod tests {
         let mut o = Outlier::default();
         assert_eq!(o.record(false, MS, &p), None);
         assert_eq!(o.record(false, 2 * MS, &p), None);
-        assert_eq!(o.record(false, 3 * MS, &p), Some(3 * MS + Duration::from_secs(1)));
+        assert_eq!(
+            o.record(false, 3 * MS, &p),
+            Some(3 * MS + Duration::from_secs(1))
+        );
         assert!(o.is_ejected(500 * MS));
         assert!(!o.is_ejected(3 * MS + Duration::from_secs(1)));
     }
@@ -270,14 +276,18 @@ mod tests {
         let mut now = Duration::ZERO;
         let mut lengths = Vec::new();
         for _ in 0..5 {
-            let until = (0..3).find_map(|_| o.record(false, now, &p)).expect("ejected");
+            let until = (0..3)
+                .find_map(|_| o.record(false, now, &p))
+                .expect("ejected");
             lengths.push((until - now).as_secs());
             now = until;
         }
         assert_eq!(lengths, vec![1, 2, 4, 5, 5]);
         // Re-admitted and healthy: the next ejection starts short again.
         o.record(true, now, &p);
-        let until = (0..3).find_map(|_| o.record(false, now, &p)).expect("ejected");
+        let until = (0..3)
+            .find_map(|_| o.record(false, now, &p))
+            .expect("ejected");
         assert_eq!(until - now, Duration::from_secs(1));
     }
 
@@ -319,6 +329,8 @@ mod tests {
         assert!(!is_failure(&response(200, Some("5"))));
         assert!(!is_failure(&response(404, None)));
         assert!(!is_failure(&response(500, None)));
-        assert!(is_failure(&Err::<http::Response<()>, BoxError>("reset".into())));
+        assert!(is_failure(&Err::<http::Response<()>, BoxError>(
+            "reset".into()
+        )));
     }
 }

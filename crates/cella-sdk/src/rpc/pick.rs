@@ -270,7 +270,14 @@ mod tests {
         // Whatever the dice, the slow endpoint loses to the other pick.
         for a in 0..30u64 {
             for b in 0..30u64 {
-                let chosen = pick(&c, BalancePolicy::PeakEwma, Locality::Anywhere, None, 0, dice(a, b));
+                let chosen = pick(
+                    &c,
+                    BalancePolicy::PeakEwma,
+                    Locality::Anywhere,
+                    None,
+                    0,
+                    dice(a, b),
+                );
                 assert_ne!(chosen, Some(1), "dice {a},{b}");
             }
         }
@@ -278,7 +285,14 @@ mod tests {
         c[1].latency_ns = 1_000_000.0;
         c[0].in_flight = 4;
         assert_eq!(
-            pick(&c, BalancePolicy::PeakEwma, Locality::Anywhere, None, 0, dice(0, 0)),
+            pick(
+                &c,
+                BalancePolicy::PeakEwma,
+                Locality::Anywhere,
+                None,
+                0,
+                dice(0, 0)
+            ),
             Some(1)
         );
     }
@@ -287,7 +301,16 @@ mod tests {
     fn round_robin_visits_each_in_turn() {
         let c = vec![candidate(1), candidate(2), candidate(3)];
         let picks: Vec<_> = (0..6)
-            .map(|turn| pick(&c, BalancePolicy::RoundRobin, Locality::Anywhere, None, turn, dice(0, 0)))
+            .map(|turn| {
+                pick(
+                    &c,
+                    BalancePolicy::RoundRobin,
+                    Locality::Anywhere,
+                    None,
+                    turn,
+                    dice(0, 0),
+                )
+            })
             .map(Option::unwrap)
             .collect();
         assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
@@ -301,22 +324,41 @@ mod tests {
         let steps = 1000u64;
         let first = (0..steps)
             .map(|i| dice(i * (u64::MAX / steps), 0))
-            .filter(|&d| pick(&c, BalancePolicy::Weighted, Locality::Anywhere, None, 0, d) == Some(0))
+            .filter(|&d| {
+                pick(&c, BalancePolicy::Weighted, Locality::Anywhere, None, 0, d) == Some(0)
+            })
             .count();
         assert_eq!(first, 750);
         c[0].weight = 0.0;
         assert_eq!(
-            pick(&c, BalancePolicy::Weighted, Locality::Anywhere, None, 0, dice(1, 0)),
+            pick(
+                &c,
+                BalancePolicy::Weighted,
+                Locality::Anywhere,
+                None,
+                0,
+                dice(1, 0)
+            ),
             Some(1)
         );
     }
 
     #[test]
     fn consistent_hash_moves_only_the_keys_of_a_removed_endpoint() {
-        let all: Vec<Candidate> = (0..5).map(|i| candidate(fnv1a(format!("10.0.0.{i}").as_bytes()))).collect();
+        let all: Vec<Candidate> = (0..5)
+            .map(|i| candidate(fnv1a(format!("10.0.0.{i}").as_bytes())))
+            .collect();
         let keys: Vec<String> = (0..500).map(|i| format!("user-{i}")).collect();
         let owner = |c: &[Candidate], key: &str| {
-            let i = pick(c, BalancePolicy::ConsistentHash, Locality::Anywhere, Some(key), 0, dice(0, 0)).unwrap();
+            let i = pick(
+                c,
+                BalancePolicy::ConsistentHash,
+                Locality::Anywhere,
+                Some(key),
+                0,
+                dice(0, 0),
+            )
+            .unwrap();
             c[i].key
         };
         let before: Vec<u64> = keys.iter().map(|k| owner(&all, k)).collect();
@@ -352,7 +394,14 @@ mod tests {
         assert_eq!(caller.distance(&at("us", "us-1", "c4")), 3);
         assert_eq!(caller.distance(&Topology::default()), 3);
 
-        let mut c: Vec<Candidate> = [3, 1, 2, 1].iter().enumerate().map(|(i, &d)| Candidate { distance: d, ..candidate(i as u64) }).collect();
+        let mut c: Vec<Candidate> = [3, 1, 2, 1]
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| Candidate {
+                distance: d,
+                ..candidate(i as u64)
+            })
+            .collect();
         assert_eq!(eligible(&c, Locality::Nearest), vec![1, 3]);
         assert_eq!(eligible(&c, Locality::Anywhere), vec![0, 1, 2, 3]);
         // The zone's endpoints are ejected: the region takes over.

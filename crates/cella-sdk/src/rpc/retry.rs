@@ -48,7 +48,11 @@ pub struct RetryPolicy {
 
 impl RetryPolicy {
     /// Up to `max_attempts` tries per call, under `budget`.
-    pub(crate) fn new(budget: Arc<TpsBudget>, grpc_paths: Arc<HashSet<String>>, max_attempts: u32) -> Self {
+    pub(crate) fn new(
+        budget: Arc<TpsBudget>,
+        grpc_paths: Arc<HashSet<String>>,
+        max_attempts: u32,
+    ) -> Self {
         RetryPolicy {
             budget,
             grpc_paths,
@@ -112,8 +116,14 @@ mod tests {
         assert!(is_idempotent(&request("GET", false, "/x"), &paths));
         assert!(is_idempotent(&request("PUT", false, "/x"), &paths));
         assert!(!is_idempotent(&request("POST", false, "/x"), &paths));
-        assert!(is_idempotent(&request("POST", true, "/shop.Shop/Get"), &paths));
-        assert!(!is_idempotent(&request("POST", true, "/shop.Shop/Buy"), &paths));
+        assert!(is_idempotent(
+            &request("POST", true, "/shop.Shop/Get"),
+            &paths
+        ));
+        assert!(!is_idempotent(
+            &request("POST", true, "/shop.Shop/Buy"),
+            &paths
+        ));
         let mut marked = request("POST", true, "/shop.Shop/Buy");
         marked.extensions_mut().insert(Idempotent);
         assert!(is_idempotent(&marked, &paths));
