@@ -364,7 +364,7 @@ mod tests {
         let before: Vec<u64> = keys.iter().map(|k| owner(&all, k)).collect();
         // Every endpoint owns some keys.
         for c in &all {
-            assert!(before.iter().any(|&k| k == c.key));
+            assert!(before.contains(&c.key));
         }
         let removed = all[2].key;
         let fewer: Vec<Candidate> = all.iter().filter(|c| c.key != removed).cloned().collect();
