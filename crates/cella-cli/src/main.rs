@@ -16,6 +16,7 @@ mod mq;
 mod output;
 mod registry;
 mod serve;
+mod sidecar;
 mod status;
 
 use std::fmt;
@@ -91,6 +92,8 @@ enum Command {
     /// Message broker: topics, send, consume, group lag.
     #[command(subcommand)]
     Mq(mq::MqCommand),
+    /// Run the sidecar for an app: registers it and serves Dapr's v1.0 service invocation.
+    Sidecar(sidecar::SidecarArgs),
     /// Show every member: leader, term, raft index, applied index, lag.
     Status,
     /// Measure Cella (and peers such as etcd) with benchmark workloads.
@@ -195,6 +198,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Id(command) => id::run(command, &remote, format).await,
         Command::Config(command) => config::run(command, &remote, format).await,
         Command::Mq(command) => mq::run(command, &remote, format).await,
+        Command::Sidecar(args) => sidecar::run(args, &remote).await,
         Command::Status => status::run(&remote, format).await,
         Command::Bench(args) => cella_bench::run(args).await,
     }

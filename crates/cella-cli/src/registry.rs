@@ -101,7 +101,7 @@ pub struct ConfigureArgs {
     protect_threshold: f64,
 }
 
-fn parse_label(input: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_label(input: &str) -> Result<(String, String), String> {
     input
         .split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -113,6 +113,23 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
+    /// The RPC stack has no endpoint of the service to send a call to.
+    #[error("no endpoint of {service} is available")]
+    NoEndpoints {
+        /// The service called.
+        service: String,
+    },
+    /// The RPC stack's rate limit turned the call away.
+    #[error("rate limited: the client's calls-per-second limit is reached")]
+    RateLimited,
+    /// An RPC stack setting breaks its rule.
+    #[error("invalid setting {field}: {rule}")]
+    InvalidSetting {
+        /// The setting.
+        field: &'static str,
+        /// The rule it breaks.
+        rule: &'static str,
+    },
     /// Any other gRPC failure, with its code and the server's message.
     #[error("server error ({code:?}): {message}")]
     Server {

@@ -1,5 +1,6 @@
-//! Rust client for Cella: the consistent core, and the blocks built on it (service registry,
-//! locks and elections, unique ids, config center, message broker).
+//! Rust client for Cella: the consistent core, the blocks built on it (service registry,
+//! locks and elections, unique ids, config center, message broker), and the client RPC
+//! stack ([`rpc`]) that calls a service's instances.
 //!
 //! The core speaks etcd v3's gRPC API, so this client also works against etcd. One
 //! [`Client`] holds one HTTP/2 connection; each service handle it hands out shares it.
@@ -29,6 +30,7 @@ pub mod lock;
 pub mod maintenance;
 pub mod mq;
 pub mod registry;
+pub mod rpc;
 pub mod watch;
 
 pub use client::{Client, ClientBuilder};

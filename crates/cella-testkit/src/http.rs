@@ -122,17 +122,23 @@ pub async fn request(
     content_type: &str,
     body: &str,
 ) -> std::io::Result<(u16, String)> {
-    let headers = [("Content-Type", content_type)];
-    let response = http_request(
-        addr,
-        method,
-        path,
-        &headers,
-        body.as_bytes(),
-        DEFAULT_TIMEOUT,
-    )
-    .await
-    .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+    request_with_headers(addr, method, path, &[], content_type, body).await
+}
+
+/// [`request`] with extra `headers` (name, value).
+pub async fn request_with_headers(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
+    let mut all = vec![("Content-Type", content_type)];
+    all.extend_from_slice(headers);
+    let response = http_request(addr, method, path, &all, body.as_bytes(), DEFAULT_TIMEOUT)
+        .await
+        .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
     Ok((response.status, response.body))
 }
 

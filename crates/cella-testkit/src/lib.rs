@@ -8,6 +8,7 @@
 //! - [`etcdctl`]: etcd's own CLI, installed when missing.
 //! - [`client`]: etcd v3 KV calls with per-call timeouts and outcome classification.
 //! - [`workload`]: the write load and register workload the fault tests share.
+//! - [`upstream`]: steerable HTTP and gRPC servers for RPC stack tests.
 //! - [`nemesis`]: kill/restart schedules for clusters.
 //! - [`PartitionProxy`]: cut cluster members off from each other over loopback.
 //! - [`linearizability`]: the checker for recorded register histories.
@@ -24,6 +25,7 @@ mod node;
 mod partition;
 mod port;
 mod probe;
+pub mod upstream;
 pub mod workload;
 
 pub use binary::{cella_binary, workspace_root};

@@ -1,0 +1,86 @@
+//! `cella sidecar`: runs the sidecar for one app until SIGINT/SIGTERM (then deregisters the
+//! app, drains, and exits 0).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::Context;
+use cella_sidecar::{Sidecar, SidecarConfig};
+use clap::Args;
+
+use crate::registry::parse_label;
+use crate::{Remote, UsageError};
+
+/// `cella sidecar`.
+#[derive(Debug, Args)]
+pub struct SidecarArgs {
+    /// The app's id: the service name it registers as and is invoked by.
+    #[arg(long)]
+    app_id: String,
+    /// The port the app listens on.
+    #[arg(long)]
+    app_port: u16,
+    /// The host the app is reached at by other sidecars.
+    #[arg(long, default_value = "127.0.0.1")]
+    app_host: String,
+    /// The port of the sidecar's Dapr-compatible HTTP API (Dapr's DAPR_HTTP_PORT).
+    #[arg(long, default_value_t = 3500)]
+    port: u16,
+    /// The address the API listens on.
+    #[arg(long, default_value = "127.0.0.1")]
+    listen_host: IpAddr,
+    /// A label of the app's instance, `key=value` (repeatable): region, zone, cell, lane, version.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Per-call timeout of invocations, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    timeout_ms: u64,
+}
+
+/// Waits for SIGINT or SIGTERM.
+async fn terminated() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGTERM; Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Runs the sidecar.
+pub async fn run(args: SidecarArgs, remote: &Remote) -> anyhow::Result<()> {
+    if args.app_port == 0 {
+        return Err(UsageError("--app-port must be 1..65535".into()).into());
+    }
+    let registry = remote.connect().await?.registry();
+    let mut config = SidecarConfig::new(
+        &args.app_id,
+        args.app_port,
+        SocketAddr::new(args.listen_host, args.port),
+    );
+    config.app_host = args.app_host;
+    config.labels = args.labels;
+    config.rpc.timeout = Some(Duration::from_millis(args.timeout_ms));
+    let sidecar = match Sidecar::bind(config, registry).await {
+        Err(error @ cella_sidecar::SidecarError::InvalidAppId { .. }) => {
+            return Err(UsageError(error.to_string()).into())
+        }
+        other => other?,
+    };
+    let addr = sidecar.local_addr()?;
+    eprintln!(
+        "cella sidecar for {} (app on port {}) serving Dapr's HTTP API on http://{addr}",
+        args.app_id, args.app_port
+    );
+    sidecar
+        .run(terminated())
+        .await
+        .context("running the sidecar")?;
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! Deadlines: each call ends by the sooner of its context's deadline and the per-call
+//! timeout. The deadline is written into the call's context (so it travels on as
+//! `grpc-timeout`) and enforced here: past it the call fails with `DeadlineExceeded`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
+
+use tower::{BoxError, Layer, Service};
+
+use super::context::Context;
+use super::RpcRequest;
+use crate::Error;
+
+/// Sets and enforces each call's deadline.
+#[derive(Debug, Clone)]
+pub struct DeadlineLayer {
+    timeout: Option<Duration>,
+}
+
+impl DeadlineLayer {
+    /// Calls without a sooner deadline end after `timeout` (never, if `None`).
+    pub fn new(timeout: Option<Duration>) -> Self {
+        DeadlineLayer { timeout }
+    }
+}
+
+impl<S> Layer<S> for DeadlineLayer {
+    type Service = DeadlineService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        DeadlineService {
+            inner,
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// The service of [`DeadlineLayer`].
+#[derive(Debug, Clone)]
+pub struct DeadlineService<S> {
+    inner: S,
+    timeout: Option<Duration>,
+}
+
+/// The sooner of a context deadline and `now + timeout`.
+pub(crate) fn effective_deadline(
+    context: Option<Instant>,
+    timeout: Option<Duration>,
+    now: Instant,
+) -> Option<Instant> {
+    match (context, timeout.map(|t| now + t)) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+impl<S, R> Service<RpcRequest> for DeadlineService<S>
+where
+    S: Service<RpcRequest, Response = R, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = R;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<R, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: RpcRequest) -> Self::Future {
+        let mut context = request
+            .extensions()
+            .get::<Context>()
+            .cloned()
+            .unwrap_or_default();
+        let deadline = effective_deadline(context.deadline, self.timeout, Instant::now());
+        context.deadline = deadline;
+        context.write_headers(request.headers_mut());
+        request.extensions_mut().insert(context);
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            let Some(deadline) = deadline else {
+                return call.await;
+            };
+            let exceeded = || {
+                Box::new(Error::DeadlineExceeded {
+                    message: "the call's deadline passed before an answer".into(),
+                }) as BoxError
+            };
+            match tokio::time::timeout_at(deadline.into(), call).await {
+                // A connection that enforces `grpc-timeout` itself fails first with its own
+                // error: past the deadline, it is the deadline all the same.
+                Ok(Err(_)) if Instant::now() >= deadline => Err(exceeded()),
+                Ok(result) => result,
+                Err(_) => Err(exceeded()),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sooner_deadline_wins() {
+        let now = Instant::now();
+        let s = Duration::from_secs(1);
+        assert_eq!(effective_deadline(None, None, now), None);
+        assert_eq!(effective_deadline(Some(now + s), None, now), Some(now + s));
+        assert_eq!(effective_deadline(None, Some(s), now), Some(now + s));
+        assert_eq!(
+            effective_deadline(Some(now + 5 * s), Some(s), now),
+            Some(now + s)
+        );
+        assert_eq!(
+            effective_deadline(Some(now + s), Some(5 * s), now),
+            Some(now + s)
+        );
+    }
+}
