@@ -13,6 +13,10 @@
 # State lives in ${CELLA_BENCH_STATE:-/tmp/cella-bench}/rnacos-PORT.{pid,dir,log}.
 set -euo pipefail
 
+name=rnacos
+# shellcheck source=bench/peers/common.sh
+source "$(dirname "$0")/common.sh"
+
 action=${1:-}
 port=${2:-8848}
 state=${CELLA_BENCH_STATE:-/tmp/cella-bench}
@@ -79,24 +83,7 @@ start() {
     ) &
     local pid=$!
     echo "$pid" >"$pidfile"
-    local waited=0
-    until healthy; do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            echo "rnacos exited during start; log: $logfile" >&2
-            tail -n 20 "$logfile" >&2
-            rm -f "$pidfile"
-            rm -rf "$dir"
-            exit 1
-        fi
-        if ((waited >= start_timeout * 10)); then
-            echo "rnacos did not answer within ${start_timeout}s; log: $logfile" >&2
-            kill "$pid" 2>/dev/null || true
-            rm -f "$pidfile"
-            exit 1
-        fi
-        sleep 0.1
-        waited=$((waited + 1))
-    done
+    wait_healthy "$pid" "$dir"
     echo "rnacos on 127.0.0.1:$port (pid $pid, data $dir)" >&2
 }
 
@@ -107,20 +94,7 @@ stop() {
         rm -f "$pidfile"
         return 0
     fi
-    kill -TERM "$pid"
-    for _ in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        echo "rnacos (pid $pid) ignored TERM for 10s; killing it" >&2
-        kill -KILL "$pid"
-    fi
-    local dir
-    dir=$(<"$dirfile")
-    [[ $dir == */cella-bench-rnacos-"$port".* ]] && rm -rf "$dir"
-    rm -f "$pidfile" "$dirfile"
-    echo "rnacos on port $port stopped (pid $pid)" >&2
+    stop_peer "$pid" "*/cella-bench-rnacos-$port.*"
 }
 
 case $action in

@@ -37,6 +37,19 @@ impl Clock for SystemClock {
     }
 }
 
+/// Wall-clock time since the Unix epoch, for timestamps people and other machines read
+/// (release times, snowflake ids). Unlike [`SystemClock`] it can step back (NTP).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UnixClock;
+
+impl Clock for UnixClock {
+    fn now(&self) -> Duration {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+    }
+}
+
 /// A clock that moves only when told to; clones share the same time.
 #[derive(Debug, Clone, Default)]
 pub struct ManualClock {

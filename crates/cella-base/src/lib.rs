@@ -4,7 +4,9 @@
 //! TTLs, leases and timeouts with a [`ManualClock`] deterministically.
 
 mod clock;
+mod keys;
 mod utc;
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, ManualClock, SystemClock, UnixClock};
+pub use keys::prefix_end;
 pub use utc::UtcTime;

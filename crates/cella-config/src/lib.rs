@@ -32,6 +32,7 @@ mod store;
 
 pub use acl::{Caller, Permission};
 pub use api::{ConfigApi, WatchStream, MAX_WATCHED_CONFIGS};
+pub use cella_base::UnixClock;
 pub use diff::{diff_lines, DiffLine};
 pub use error::{ConfigError, ConfigResult};
 pub use format::Format;
@@ -40,7 +41,7 @@ pub use model::{
     Acl, AclEntry, AuditRecord, ConfigKey, Gray, GrayTarget, Head, Namespace, Release,
     PUBLIC_NAMESPACE,
 };
-pub use service::{ConfigService, ConfigSettings, PublishInput, UnixClock};
+pub use service::{ConfigService, ConfigSettings, PublishInput};
 pub use session::{Change, Session};
 
 /// The MD5 of `content` as lowercase hex: the hash releases carry and watchers compare.

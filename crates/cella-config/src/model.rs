@@ -129,12 +129,7 @@ pub(crate) fn audit_prefix(ns: &str) -> String {
 
 /// The exclusive end of the range of keys starting with `prefix`.
 pub(crate) fn prefix_end(prefix: &str) -> Vec<u8> {
-    let mut end = prefix.as_bytes().to_vec();
-    // Every prefix used here ends in '/', which is below 0xff, so incrementing is enough.
-    if let Some(last) = end.last_mut() {
-        *last += 1;
-    }
-    end
+    cella_base::prefix_end(prefix.as_bytes())
 }
 
 /// A namespace: an environment or tenant; configs live only in namespaces that exist.

@@ -4,7 +4,6 @@
 //! change), and writes the release, the head and an audit record together.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cella_base::Clock;
 use cella_core::Core;
@@ -40,18 +39,6 @@ impl Default for ConfigSettings {
         Self {
             max_content_bytes: 512 * 1024,
         }
-    }
-}
-
-/// A [`Clock`] whose origin is the Unix epoch: release and audit times.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct UnixClock;
-
-impl Clock for UnixClock {
-    fn now(&self) -> Duration {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
     }
 }
 

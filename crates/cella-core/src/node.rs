@@ -30,7 +30,7 @@ use crate::log_store::LogStore;
 use crate::metrics;
 use crate::network::{PeerChannels, PeerNetworkFactory};
 use crate::state_machine::{Shared, StateMachine};
-use crate::types::{Batch, NodeId, Raft};
+use crate::types::{Batch, LogId, NodeId, Raft};
 use crate::validate::{self, Limits};
 
 /// Tunables of the consistent core; the `[core]` table of the server's TOML file.
@@ -40,7 +40,7 @@ pub struct CoreConfig {
     /// Name shared by the members of one cluster; the cluster id is derived from it.
     pub cluster_name: String,
     /// Election timeout in milliseconds: the longest a follower waits for the leader before
-    /// campaigning (randomized over its last quarter); heartbeats every twentieth of it.
+    /// campaigning (randomized over its second half); heartbeats every tenth of it.
     pub election_timeout_ms: u64,
     /// Take a snapshot (and compact the Raft log) after this many entries.
     pub snapshot_every: u64,
@@ -83,6 +83,9 @@ pub struct Membership {
 pub struct Core {
     pub(crate) inner: Arc<Inner>,
 }
+
+/// Rounds of heartbeats a linearizable read may take to confirm leadership.
+const READ_CONFIRM_ATTEMPTS: u32 = 3;
 
 /// Most commands proposed as one Raft entry.
 const MAX_BATCH_COMMANDS: usize = 512;
@@ -133,13 +136,14 @@ impl Core {
         let timeout = config.election_timeout_ms.max(10);
         let raft_config = openraft::Config {
             cluster_name: config.cluster_name.clone(),
-            // A follower campaigns once it has heard no leader for openraft's leader lease
-            // (the max) plus its own randomized timeout (min..max): between 3/4 and all of
-            // the configured timeout. Voters refuse candidates while that lease runs.
+            // openraft's own election timer is off (see `election`); what remains of these is
+            // its leader lease, the max: voters refuse candidates for half the timeout after
+            // they last heard a leader.
             election_timeout_min: timeout / 4,
             election_timeout_max: timeout / 2,
-            // openraft ticks every 1.5 heartbeats, which bounds how late a campaign starts.
-            heartbeat_interval: (timeout / 20).max(1),
+            // Five heartbeats per lease; openraft also gives a read's leadership check one
+            // heartbeat interval per round.
+            heartbeat_interval: (timeout / 10).max(1),
             // Elections are started by `election`, after a pre-vote round.
             enable_elect: false,
             install_snapshot_timeout: 10_000,
@@ -499,7 +503,7 @@ impl Core {
 
     /// Waits until this member has applied everything committed before the call began.
     pub async fn read_barrier(&self) -> CoreResult<()> {
-        let index = match self.inner.raft.get_read_log_id().await {
+        let index = match self.confirmed_read_log_id().await {
             Ok((read, _)) => read.map_or(0, |l| l.index),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(to))) => {
                 match self
@@ -527,8 +531,30 @@ impl Core {
             .map_err(|_| CoreError::Timeout)
     }
 
+    /// The read index, confirmed by a quorum's heartbeat answers. openraft gives each answer
+    /// only a heartbeat interval, so one slow round on a loaded machine is retried before the
+    /// read fails for want of a quorum.
+    async fn confirmed_read_log_id(
+        &self,
+    ) -> Result<
+        (Option<LogId>, Option<LogId>),
+        RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>,
+    > {
+        let mut attempt = 1;
+        loop {
+            match self.inner.raft.get_read_log_id().await {
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))
+                    if attempt < READ_CONFIRM_ATTEMPTS =>
+                {
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
     async fn local_read_index(&self) -> CoreResult<u64> {
-        match self.inner.raft.get_read_log_id().await {
+        match self.confirmed_read_log_id().await {
             Ok((read, _)) => Ok(read.map_or(0, |l| l.index)),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
                 Err(CoreError::NoLeader)

@@ -36,6 +36,7 @@ mod store;
 pub mod wire;
 mod worker;
 
+pub use cella_base::UnixClock;
 pub use error::{IdgenError, IdgenResult};
 pub use layout::{Decoded, Id, Layout, LayoutSpec, Tags};
 pub use segment::SegmentConfig;
@@ -43,6 +44,6 @@ pub use segments::{check_tag, SegmentAllocator};
 pub use sequencer::GeneratorConfig;
 #[cfg(feature = "server")]
 pub use service::{IdService, IdgenConfig};
-pub use snowflake::{Snowflake, UnixClock};
+pub use snowflake::Snowflake;
 pub use store::{CoreStore, KEY_PREFIX};
 pub use worker::WorkerLease;

@@ -16,7 +16,9 @@ use crate::layout::{builtin_specs, Layout, LayoutSpec};
 use crate::segment::SegmentConfig;
 use crate::segments::SegmentAllocator;
 use crate::sequencer::GeneratorConfig;
-use crate::snowflake::{Snowflake, UnixClock};
+use cella_base::UnixClock;
+
+use crate::snowflake::Snowflake;
 use crate::wire::to_wire;
 
 /// Settings of the id service; the `[idgen]` table of the server's TOML file.

@@ -8,7 +8,7 @@
 //! [`Clock`] whose origin is the Unix epoch ([`UnixClock`] in production).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use cella_base::Clock;
 use tokio::sync::Mutex;
@@ -22,19 +22,6 @@ use crate::worker::WorkerLease;
 
 /// Longest a wait for the clock is a yield loop rather than a sleep.
 const SPIN_WAIT: Duration = Duration::from_millis(1);
-
-/// Wall-clock time since the Unix epoch, as a [`Clock`]. Unlike `SystemClock` it can step
-/// back (NTP), which the generator handles.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct UnixClock;
-
-impl Clock for UnixClock {
-    fn now(&self) -> Duration {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-    }
-}
 
 /// Generates ids of one layout from one leased worker id; see the module docs.
 pub struct Snowflake<S: CoreStore> {

@@ -63,12 +63,7 @@ pub(crate) fn segment_key(tag: &str) -> String {
 
 /// The end of the range of keys starting with `prefix`.
 pub(crate) fn prefix_end(prefix: &str) -> Bytes {
-    let mut end = prefix.as_bytes().to_vec();
-    // Prefixes here end in '/', never 0xff, so incrementing the last byte is enough.
-    if let Some(last) = end.last_mut() {
-        *last += 1;
-    }
-    Bytes::from(end)
+    Bytes::from(cella_base::prefix_end(prefix.as_bytes()))
 }
 
 /// Reads one key: its value and mod revision, if it exists.

@@ -106,14 +106,7 @@ pub fn queue_key(prefix: &[u8], lease: i64) -> Bytes {
 
 /// The end of a prefix range: the prefix with its last byte incremented.
 pub fn prefix_end(prefix: &[u8]) -> Bytes {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Bytes::from(end);
-        }
-    }
-    Bytes::from_static(b"\0")
+    Bytes::from(cella_base::prefix_end(prefix))
 }
 
 /// Checks a lock, election or semaphore name.

@@ -721,9 +721,5 @@ fn parse_service_path(path: &str) -> Option<ServiceKey> {
 
 /// The end of the key range holding every key that starts with `prefix`.
 fn prefix_end(prefix: &str) -> Vec<u8> {
-    let mut end = prefix.as_bytes().to_vec();
-    if let Some(last) = end.last_mut() {
-        *last += 1;
-    }
-    end
+    cella_base::prefix_end(prefix.as_bytes())
 }

@@ -96,14 +96,7 @@ impl KeyRange {
 /// The smallest key greater than every key starting with `prefix`: its last byte incremented
 /// after dropping trailing `0xff` bytes; `"\0"` (no upper bound) when nothing is left.
 pub(crate) fn prefix_end(prefix: &[u8]) -> Bytes {
-    match prefix.iter().rposition(|&byte| byte != 0xff) {
-        Some(last) => {
-            let mut end = prefix[..=last].to_vec();
-            end[last] += 1;
-            Bytes::from(end)
-        }
-        None => Bytes::from_static(b"\0"),
-    }
+    Bytes::from(cella_base::prefix_end(prefix))
 }
 
 /// How to read a range; the defaults read every matching key and value at the newest revision.

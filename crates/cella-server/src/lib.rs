@@ -14,7 +14,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use cella_base::SystemClock;
+use cella_base::{Clock, SystemClock, UnixClock};
 use cella_core::{Core, Membership};
 use cella_mq::Broker;
 use cella_registry::Registry;
@@ -73,7 +73,7 @@ pub async fn run(
         ),
         config: cella_config::ConfigApi::new(cella_config::ConfigService::new(
             core.clone(),
-            Arc::new(cella_config::UnixClock),
+            Arc::new(UnixClock),
             config.config.clone(),
         )),
         broker: Broker::open(
@@ -81,7 +81,7 @@ pub async fn run(
             config.mq.clone(),
             core.clone(),
             Arc::new(SystemClock::new()),
-            unix_epoch_ms(),
+            UnixClock.now().as_millis() as u64,
         )
         .context("opening the message broker")?,
     };
@@ -180,14 +180,6 @@ struct Blocks {
     ids: Arc<cella_idgen::IdService>,
     config: cella_config::ConfigApi,
     broker: Broker,
-}
-
-/// Milliseconds since the Unix epoch now (the broker stamps messages with wall time).
-fn unix_epoch_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
 }
 
 /// The node's HTTP and gRPC routes on one router.

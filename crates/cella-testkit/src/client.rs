@@ -11,6 +11,7 @@ use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
+use cella_base::prefix_end;
 use cella_proto::cella::mq::v1::message_queue_client::MessageQueueClient;
 use cella_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use cella_proto::etcdserverpb::kv_client::KvClient;
@@ -248,19 +249,6 @@ pub async fn get_prefix(
     }
 }
 
-/// The smallest key greater than every key starting with `prefix` (etcd's range end for a
-/// prefix).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < u8::MAX {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
 /// Asks the member at `endpoint` for its Maintenance status (its id, the leader it knows,
 /// term and indexes).
 pub async fn status(endpoint: &str, timeout: Duration) -> Result<StatusResponse, CallError> {
@@ -274,13 +262,6 @@ pub async fn status(endpoint: &str, timeout: Duration) -> Result<StatusResponse,
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn prefix_end_increments_the_last_byte() {
-        assert_eq!(prefix_end(b"abc"), b"abd");
-        assert_eq!(prefix_end(b"a\xff"), b"b");
-        assert_eq!(prefix_end(b"\xff"), vec![0]);
-    }
 
     #[tokio::test]
     async fn a_refused_connection_is_classified_as_not_sent() {

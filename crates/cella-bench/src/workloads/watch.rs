@@ -43,14 +43,7 @@ fn prefix() -> Bytes {
 
 /// The end of the range that holds every key starting with `prefix`.
 fn prefix_end(prefix: &[u8]) -> Bytes {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Bytes::from(end);
-        }
-    }
-    Bytes::from_static(b"\0")
+    Bytes::from(cella_base::prefix_end(prefix))
 }
 
 struct Writer {
