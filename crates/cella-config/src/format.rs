@@ -3,7 +3,7 @@
 //! `text` accepts any UTF-8; `json`, `yaml` and `toml` must parse with their parsers;
 //! `properties` is checked by [`check_properties`] (Java `.properties` syntax: logical lines
 //! joined by a trailing backslash, `#`/`!` comments, `key=value`, `key:value` or
-//! `key value`, `\uXXXX` escapes), rejecting empty keys and malformed escapes.
+//! `key value`, `\u` escapes of four hex digits), rejecting empty keys and malformed escapes.
 
 use serde::{Deserialize, Serialize};
 
@@ -129,7 +129,9 @@ fn check_logical_line(line: &str) -> Result<(), String> {
                 Some('u') => {
                     let hex: String = chars.by_ref().take(4).collect();
                     if hex.len() != 4 || !hex.chars().all(|h| h.is_ascii_hexdigit()) {
-                        return Err(format!("malformed \\uXXXX escape \"\\u{hex}\""));
+                        return Err(format!(
+                            "malformed escape \"\\u{hex}\": \\u takes four hex digits"
+                        ));
                     }
                 }
                 Some(_) => {}
