@@ -46,7 +46,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "OPS")]
     pub rate: Option<u32>,
 
-    /// Value size in bytes for puts (kv-put, kv-get's preloaded keys, txn-cas, watch-fanout).
+    /// Value size in bytes for puts (kv-put, kv-get's preloaded keys, txn-cas, watch-fanout) and
+    /// config contents (config-*).
     #[arg(long, value_name = "BYTES", default_value_t = 256, value_parser = clap::value_parser!(u32).range(16..=1_572_864))]
     pub value_size: u32,
 
@@ -115,6 +116,11 @@ pub enum Workload {
     ConfigPush,
     /// Config center: gets of preloaded configs (min(--key-space, 1000) of them).
     ConfigRead,
+    /// Config publishes through Nacos's v1 HTTP API, one data id per client (Cella or rnacos).
+    ConfigPublishNacos,
+    /// Config gets through Nacos's v1 HTTP API of min(--key-space, 10000) preloaded configs
+    /// (Cella or rnacos).
+    ConfigReadNacos,
 }
 
 impl Workload {
@@ -122,7 +128,10 @@ impl Workload {
     pub fn uses_http(self) -> bool {
         matches!(
             self,
-            Workload::RegistryRegister | Workload::RegistryHeartbeat
+            Workload::RegistryRegister
+                | Workload::RegistryHeartbeat
+                | Workload::ConfigPublishNacos
+                | Workload::ConfigReadNacos
         )
     }
 
@@ -142,6 +151,8 @@ impl Workload {
             Workload::IdSingle => "id-single",
             Workload::ConfigPush => "config-push",
             Workload::ConfigRead => "config-read",
+            Workload::ConfigPublishNacos => "config-publish-nacos",
+            Workload::ConfigReadNacos => "config-read-nacos",
         }
     }
 }

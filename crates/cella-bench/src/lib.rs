@@ -167,7 +167,14 @@ fn settings_shown(args: &BenchArgs) -> Vec<(String, String)> {
     }
     if matches!(
         args.workload,
-        Workload::KvPut | Workload::KvGet | Workload::TxnCas | Workload::WatchFanout
+        Workload::KvPut
+            | Workload::KvGet
+            | Workload::TxnCas
+            | Workload::WatchFanout
+            | Workload::ConfigPush
+            | Workload::ConfigRead
+            | Workload::ConfigPublishNacos
+            | Workload::ConfigReadNacos
     ) {
         shown.push(("value size".to_string(), format!("{} B", args.value_size)));
     }
@@ -176,6 +183,10 @@ fn settings_shown(args: &BenchArgs) -> Vec<(String, String)> {
         Workload::ConfigRead => shown.push((
             "configs".to_string(),
             u64::from(args.key_space).clamp(1, 1000).to_string(),
+        )),
+        Workload::ConfigReadNacos => shown.push((
+            "configs".to_string(),
+            u64::from(args.key_space).clamp(1, 10_000).to_string(),
         )),
         Workload::KvGet => {
             shown.push(("key space".to_string(), args.key_space.to_string()));

@@ -1,8 +1,6 @@
-//! `cella`: the one binary. Runs a node (`up`, `server`), talks to the core (`kv`, `lease`,
-//! `lock`, `elect`, `status`) and measures it (`bench`).
-//! `status`) and its blocks (`id`), and measures it (`bench`).
-//! `status`), the config center (`config`), and measures them (`bench`).
-//! `status`) and the broker (`mq`), and measures it (`bench`).
+//! `cella`: the one binary. Runs a node (`up`, `server`) or an app's sidecar (`sidecar`),
+//! talks to the core (`kv`, `lease`, `status`) and the blocks (`registry`, `config`, `lock`,
+//! `elect`, `id`, `mq`), and measures them (`bench`).
 //!
 //! Exit codes: 0 ok, 1 failed, 2 bad usage. Results go to stdout in `--output`'s format;
 //! logs and errors go to stderr.

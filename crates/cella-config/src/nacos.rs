@@ -12,15 +12,23 @@
 //! Mapping: tenant = namespace (empty = `public`), group defaults to `DEFAULT_GROUP`, a
 //! Nacos `type` outside Cella's formats (xml, html) is stored as text. Content hashes are
 //! MD5, as Nacos computes them. The token is the `accessToken` parameter or a bearer
-//! `Authorization` header. Nacos clients carry no Cella identity, so they receive the
-//! current release, never a gray candidate.
+//! `Authorization` header.
+//!
+//! Gray (Nacos's beta): a publish with a `betaIps` header (comma-separated IPs) starts a gray
+//! release targeted at those client ids; `GET …?beta=true` shows it and `DELETE …?beta=true`
+//! aborts it. A Nacos client's id is its IP as Nacos takes it (first `X-Forwarded-For`
+//! entry, else `X-Real-IP`, else the connection's address), so get and the listener give it
+//! what its gray status selects, with `isBeta: true` on a gray answer. As everywhere in
+//! Cella, a plain publish is refused while a gray release is open (promote or abort first).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::{Extensions, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -31,7 +39,7 @@ use crate::acl::{Caller, Permission};
 use crate::api::ConfigApi;
 use crate::error::{ConfigError, ConfigResult};
 use crate::gray::ClientIdentity;
-use crate::model::{ConfigKey, PUBLIC_NAMESPACE};
+use crate::model::{ConfigKey, GrayTarget, PUBLIC_NAMESPACE};
 use crate::service::PublishInput;
 use crate::session::Session;
 
@@ -165,36 +173,93 @@ fn text(body: impl Into<String>) -> Response {
 async fn get_config(
     State(api): State<ConfigApi>,
     headers: HeaderMap,
+    extensions: Extensions,
     RawQuery(q): RawQuery,
 ) -> Response {
-    let result = async {
-        let p = params(q.as_deref(), b"")?;
-        let key = key_from(&p)?;
-        api.service
-            .get(
-                &caller(&headers, &p),
-                &key,
-                &ClientIdentity::default(),
-                None,
-            )
-            .await
+    let (p, key) = match params(q.as_deref(), b"").and_then(|p| Ok((key_from(&p)?, p))) {
+        Ok((key, p)) => (p, key),
+        Err(e) => return text_error(&e),
+    };
+    let who = caller(&headers, &p);
+    if is_beta(&p) {
+        return match api.service.state(&who, &key).await {
+            Ok(head) => beta_info(&head),
+            Err(e) => read_error(&e),
+        };
     }
-    .await;
-    match result {
+    let client = client_of(&headers, &extensions);
+    match api.service.get(&who, &key, &client, None).await {
         Ok(release) => (
             StatusCode::OK,
             [
                 ("content-type", "text/plain;charset=UTF-8".to_string()),
                 ("config-type", release.format.as_str().to_string()),
                 ("content-md5", release.hash.clone()),
+                ("isBeta", release.gray.to_string()),
             ],
             release.content,
         )
             .into_response(),
-        Err(ConfigError::ConfigNotFound { .. }) => {
+        Err(e) => read_error(&e),
+    }
+}
+
+/// A failed read as Nacos answers it: 404 with its message for a missing config.
+fn read_error(err: &ConfigError) -> Response {
+    match err {
+        ConfigError::ConfigNotFound { .. } => {
             (StatusCode::NOT_FOUND, "config data not exist").into_response()
         }
-        Err(e) => text_error(&e),
+        e => text_error(e),
+    }
+}
+
+/// Whether the request is about the beta (gray) release: `beta=true`.
+fn is_beta(p: &HashMap<String, String>) -> bool {
+    p.get("beta")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
+/// Nacos's answer to a beta query: the gray candidate and its IPs, `data: null` if none.
+fn beta_info(head: &crate::model::Head) -> Response {
+    let data = head.gray.as_ref().map(|gray| {
+        let r = &gray.release;
+        json!({
+            "dataId": r.key.data_id, "group": r.key.group, "tenant": r.key.namespace,
+            "content": r.content, "md5": r.hash, "type": r.format.as_str(),
+            "betaIps": gray.target.client_ids.join(","),
+        })
+    });
+    rest_result("query ok", data.unwrap_or(Value::Null))
+}
+
+/// Nacos's JSON envelope for console-style answers.
+fn rest_result(message: &str, data: Value) -> Response {
+    axum::Json(json!({ "code": 200, "message": message, "data": data })).into_response()
+}
+
+/// The client as Nacos identifies it: by IP, the first forwarded one if a proxy says so.
+fn client_of(headers: &HeaderMap, extensions: &Extensions) -> ClientIdentity {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
+    let ip = header("x-forwarded-for")
+        .or_else(|| header("x-real-ip"))
+        .or_else(|| {
+            extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(addr)| addr.ip().to_string())
+        })
+        .unwrap_or_default();
+    ClientIdentity {
+        client_id: ip,
+        labels: Default::default(),
     }
 }
 
@@ -236,10 +301,32 @@ async fn publish(
             comment: p.get("desc").cloned().unwrap_or_default(),
             base: None,
         };
-        api.service.publish(&caller(&headers, &p), input).await
+        let who = caller(&headers, &p);
+        match beta_ips(&headers) {
+            Some(client_ids) => {
+                let target = GrayTarget {
+                    client_ids,
+                    ..Default::default()
+                };
+                api.service.start_gray(&who, input, target).await
+            }
+            None => api.service.publish(&who, input).await,
+        }
     }
     .await;
     answer_true(result)
+}
+
+/// The `betaIps` header's IPs, if the publish is a beta (gray) one.
+fn beta_ips(headers: &HeaderMap) -> Option<Vec<String>> {
+    let value = headers.get("betaIps")?.to_str().ok()?;
+    let ips: Vec<String> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|ip| !ip.is_empty())
+        .map(str::to_string)
+        .collect();
+    (!ips.is_empty()).then_some(ips)
 }
 
 async fn delete(
@@ -248,15 +335,30 @@ async fn delete(
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Response {
+    let mut beta = false;
     let result = async {
         let p = params(q.as_deref(), &body)?;
         let key = key_from(&p)?;
-        api.service
-            .delete(&caller(&headers, &p), &key, "nacos-client")
-            .await
+        let who = caller(&headers, &p);
+        beta = is_beta(&p);
+        match beta {
+            true => api
+                .service
+                .abort_gray(&who, &key, "nacos-client")
+                .await
+                .map(drop),
+            false => api
+                .service
+                .delete(&who, &key, "nacos-client")
+                .await
+                .map(drop),
+        }
     }
     .await;
-    answer_true(result)
+    match (result, beta) {
+        (Ok(()), true) => rest_result("stop beta ok", Value::Bool(true)),
+        (result, _) => answer_true(result),
+    }
 }
 
 /// Parses `Listening-Configs`: `dataId^2group^2md5[^2tenant]^1` entries.
@@ -324,10 +426,12 @@ fn hold_for(headers: &HeaderMap) -> Duration {
 async fn listen(
     State(api): State<ConfigApi>,
     headers: HeaderMap,
+    extensions: Extensions,
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Response {
-    match listen_inner(&api, &headers, q.as_deref(), &body).await {
+    let client = client_of(&headers, &extensions);
+    match listen_inner(&api, &headers, client, q.as_deref(), &body).await {
         Ok(keys) => text(encode_changed(&keys)),
         Err(e) => text_error(&e),
     }
@@ -336,6 +440,7 @@ async fn listen(
 async fn listen_inner(
     api: &ConfigApi,
     headers: &HeaderMap,
+    client: ClientIdentity,
     q: Option<&str>,
     body: &[u8],
 ) -> ConfigResult<Vec<ConfigKey>> {
@@ -351,7 +456,7 @@ async fn listen_inner(
     }
     let mut changes = api.hub.subscribe();
     api.hub.wait_ready(Duration::from_secs(10)).await?;
-    let mut session = Session::new(ClientIdentity::default(), entries);
+    let mut session = Session::new(client, entries);
     let changed: Vec<ConfigKey> = session
         .check_all(&api.hub)
         .into_iter()

@@ -138,9 +138,9 @@ async fn serve(listener: TcpListener, app: Router, mut drain: watch::Receiver<bo
         .http2()
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
     loop {
-        let tcp = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accepting a connection failed");
@@ -151,10 +151,15 @@ async fn serve(listener: TcpListener, app: Router, mut drain: watch::Receiver<bo
             _ = drain.changed() => break,
         };
         let _ = tcp.set_nodelay(true);
-        let service = TowerToHyperService::new(
-            app.clone()
-                .map_request(|req: axum::http::Request<Incoming>| req.map(axum::body::Body::new)),
-        );
+        // Handlers that identify callers by address (Nacos's gray by IP) read ConnectInfo.
+        let service = TowerToHyperService::new(app.clone().map_request(
+            move |req: axum::http::Request<Incoming>| {
+                let mut req = req.map(axum::body::Body::new);
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                req
+            },
+        ));
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(tcp), service)
             .into_owned();

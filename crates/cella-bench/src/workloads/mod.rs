@@ -9,6 +9,7 @@ mod kv;
 mod lease;
 mod lock;
 mod nacos;
+mod nacos_config;
 mod registry;
 mod txn;
 mod watch;
@@ -78,6 +79,12 @@ pub(crate) async fn run_level(
         Workload::IdSingle => id::run(conns, clients, settings, None, progress).await,
         Workload::ConfigPush => config::run_push(conns, clients, settings, progress).await,
         Workload::ConfigRead => config::run_read(conns, clients, settings, progress).await,
+        Workload::ConfigPublishNacos => {
+            nacos_config::run_publish(conns, clients, settings, progress).await
+        }
+        Workload::ConfigReadNacos => {
+            nacos_config::run_read(conns, clients, settings, progress).await
+        }
     }
 }
 

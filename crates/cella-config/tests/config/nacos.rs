@@ -233,3 +233,94 @@ async fn the_long_polling_listener_answers_changes_or_times_out_empty() {
     assert_eq!(resp.status, 400);
     assert!(resp.body.contains("Listening-Configs"), "{}", resp.body);
 }
+
+#[tokio::test]
+async fn beta_ips_get_the_gray_release_until_it_is_stopped() {
+    let server = Server::start().await;
+    let path = "/nacos/v1/cs/configs?dataId=beta.txt&group=DEFAULT_GROUP";
+    let publish = |content: &str| form(&[("dataId", "beta.txt"), ("content", content)]);
+    let resp = server
+        .http("POST", "/nacos/v1/cs/configs", &[FORM], &publish("stable"))
+        .await;
+    assert_eq!((resp.status, resp.body.as_str()), (200, "true"));
+    // A beta for 10.0.0.7 and for this test's own address, 127.0.0.1.
+    let resp = server
+        .http(
+            "POST",
+            "/nacos/v1/cs/configs",
+            &[FORM, ("betaIps", "10.0.0.7, 127.0.0.1")],
+            &publish("candidate"),
+        )
+        .await;
+    assert_eq!((resp.status, resp.body.as_str()), (200, "true"), "{resp:?}");
+
+    let as_client = |ip: &'static str| [("X-Forwarded-For", ip)];
+    let beta = server
+        .http("GET", path, &as_client("10.0.0.7, 192.0.2.1"), "")
+        .await;
+    assert_eq!(beta.body, "candidate");
+    assert_eq!(beta.header("isBeta"), Some("true"));
+    let other = server.http("GET", path, &as_client("10.0.0.8"), "").await;
+    assert_eq!(other.body, "stable");
+    assert_eq!(other.header("isBeta"), Some("false"));
+    // No forwarding header: the connection's address decides.
+    let own = server.http("GET", path, &[], "").await;
+    assert_eq!(own.body, "candidate");
+
+    // The listener compares with what the client's gray status selects.
+    let stable_md5 = cella_config::content_hash("stable");
+    let body = listening(&[("beta.txt", "DEFAULT_GROUP", &stable_md5, "")]);
+    let resp = server
+        .http(
+            "POST",
+            "/nacos/v1/cs/configs/listener",
+            &[
+                FORM,
+                ("Long-Pulling-No-Hangup", "true"),
+                ("X-Real-IP", "10.0.0.7"),
+            ],
+            &body,
+        )
+        .await;
+    assert_eq!(resp.body, "beta.txt%02DEFAULT_GROUP%01");
+    let resp = server
+        .http(
+            "POST",
+            "/nacos/v1/cs/configs/listener",
+            &[
+                FORM,
+                ("Long-Pulling-No-Hangup", "true"),
+                ("X-Real-IP", "10.0.0.8"),
+            ],
+            &body,
+        )
+        .await;
+    assert_eq!(resp.body, "");
+
+    // A plain publish during the beta is refused and changes nothing.
+    let resp = server
+        .http("POST", "/nacos/v1/cs/configs", &[FORM], &publish("other"))
+        .await;
+    assert_eq!(resp.status, 409, "{resp:?}");
+    let info = server
+        .http("GET", &format!("{path}&beta=true"), &[], "")
+        .await;
+    let info: serde_json::Value = serde_json::from_str(&info.body).expect("beta info is JSON");
+    assert_eq!(info["data"]["content"], "candidate");
+    assert_eq!(info["data"]["betaIps"], "10.0.0.7,127.0.0.1");
+
+    // Stopping the beta puts every client back on the stable release.
+    let resp = server
+        .http("DELETE", &format!("{path}&beta=true"), &[], "")
+        .await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let stopped: serde_json::Value = serde_json::from_str(&resp.body).expect("JSON");
+    assert_eq!(stopped["data"], true);
+    let beta = server.http("GET", path, &as_client("10.0.0.7"), "").await;
+    assert_eq!(beta.body, "stable");
+    let info = server
+        .http("GET", &format!("{path}&beta=true"), &[], "")
+        .await;
+    let info: serde_json::Value = serde_json::from_str(&info.body).expect("JSON");
+    assert_eq!(info["data"], serde_json::Value::Null);
+}
