@@ -15,6 +15,7 @@ const PROTOS: &[&str] = &[
     "cella/v1/idgen.proto",
     "cella/v1/config.proto",
     "cella/v1/mq.proto",
+    "cella/v1/resource.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -1,6 +1,7 @@
 //! `cella`: the one binary. Runs a node (`up`, `server`) or an app's sidecar (`sidecar`),
 //! talks to the core (`kv`, `lease`, `status`) and the blocks (`registry`, `config`, `lock`,
-//! `elect`, `id`, `mq`), and measures them (`bench`).
+//! `elect`, `id`, `mq`), applies declarative resources (`apply`, `get`, `delete`), and
+//! measures them (`bench`).
 //!
 //! Exit codes: 0 ok, 1 failed, 2 bad usage. Results go to stdout in `--output`'s format;
 //! logs and errors go to stderr.
@@ -13,6 +14,7 @@ mod lock;
 mod mq;
 mod output;
 mod registry;
+mod resource;
 mod serve;
 mod sidecar;
 mod status;
@@ -90,6 +92,12 @@ enum Command {
     /// Message broker: topics, send, consume, group lag.
     #[command(subcommand)]
     Mq(mq::MqCommand),
+    /// Create or update the resources of a YAML file (topics, consumer groups, …).
+    Apply(resource::ApplyArgs),
+    /// Show resources of a kind, or one by name.
+    Get(resource::GetArgs),
+    /// Delete a resource.
+    Delete(resource::DeleteArgs),
     /// Run the sidecar for an app: registers it and serves Dapr's v1.0 service invocation.
     Sidecar(sidecar::SidecarArgs),
     /// Show every member: leader, term, raft index, applied index, lag.
@@ -196,6 +204,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Id(command) => id::run(command, &remote, format).await,
         Command::Config(command) => config::run(command, &remote, format).await,
         Command::Mq(command) => mq::run(command, &remote, format).await,
+        Command::Apply(args) => resource::apply(args, &remote, format).await,
+        Command::Get(args) => resource::get(args, &remote, format).await,
+        Command::Delete(args) => resource::delete(args, &remote, format).await,
         Command::Sidecar(args) => sidecar::run(args, &remote).await,
         Command::Status => status::run(&remote, format).await,
         Command::Bench(args) => cella_bench::run(args).await,

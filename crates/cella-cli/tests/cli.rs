@@ -443,3 +443,65 @@ fn id_next_batch_decode_as_documented() {
     }
     server.stop();
 }
+
+#[test]
+fn apply_get_and_delete_resources_from_a_yaml_file() {
+    let server = Server::start();
+    let endpoint = server.endpoint();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("topology.yaml");
+    let topology = "apiVersion: cella.dev/v1\nkind: Topic\nmetadata: {name: orders}\nspec: {queues: 8, ordered: true}\n---\napiVersion: cella.dev/v1\nkind: ConsumerGroup\nmetadata: {name: billing}\nspec:\n  subscriptions: [{topic: orders, maxBacklog: 1000, overflow: dead_letter}]\n";
+    std::fs::write(&file, topology).expect("write the file");
+    let path = file.to_str().expect("a UTF-8 path");
+
+    let out = succeed(&endpoint, &["apply", "-f", path]);
+    assert_eq!(out, "topic/orders created\nconsumergroup/billing created\n");
+    let out = succeed(&endpoint, &["apply", "-f", path]);
+    assert_eq!(
+        out,
+        "topic/orders unchanged\nconsumergroup/billing unchanged\n"
+    );
+
+    // The broker has the topic as declared, and get shows it in the form apply reads.
+    let topics = succeed(&endpoint, &["mq", "topic", "list"]);
+    assert!(topics.contains("orders  8       true"), "{topics}");
+    let yaml = succeed(&endpoint, &["--output", "yaml", "get", "topic", "orders"]);
+    std::fs::write(&file, &yaml).expect("write the got resource");
+    let out = succeed(&endpoint, &["apply", "-f", path]);
+    assert_eq!(out, "topic/orders unchanged\n", "get -o yaml: {yaml}");
+    let group = json(&endpoint, &["get", "consumergroups", "billing"]);
+    assert_eq!(group["status"]["subscriptions"][0]["maxBacklog"], 1000);
+
+    // Refusals name the field and change nothing.
+    std::fs::write(&file, topology.replace("queues: 8", "queues: 4")).expect("write");
+    fails_with(
+        &endpoint,
+        &["apply", "-f", path],
+        1,
+        "field `spec.queues` cannot change",
+    );
+    std::fs::write(&file, topology.replace("queues: 8", "queus: 8")).expect("write");
+    fails_with(
+        &endpoint,
+        &["apply", "-f", path],
+        1,
+        "unknown field `queus`",
+    );
+    std::fs::write(&file, topology.replace("cella.dev/v1", "v1")).expect("write");
+    fails_with(&endpoint, &["apply", "-f", path], 1, "field `apiVersion`");
+    fails_with(
+        &endpoint,
+        &["get", "widgets"],
+        1,
+        "unknown kind \"widgets\"",
+    );
+    fails_with(
+        &endpoint,
+        &["delete", "topic", "orders"],
+        1,
+        "cannot be deleted",
+    );
+    let topic = json(&endpoint, &["get", "topic", "orders"]);
+    assert_eq!(topic["spec"]["queues"], 8);
+    server.stop();
+}

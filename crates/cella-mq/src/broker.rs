@@ -782,7 +782,12 @@ impl Broker {
         Ok(taken.out)
     }
 
-    async fn subscription(&self, group: &str, topic: &str) -> MqResult<Option<SubscriptionMeta>> {
+    /// The declared backlog limit of `group` on `topic`, if one was declared.
+    pub async fn subscription(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> MqResult<Option<SubscriptionMeta>> {
         let key = (group.to_string(), topic.to_string());
         if let Some(found) = self
             .inner
@@ -800,6 +805,39 @@ impl Broker {
             .expect("subscriptions lock")
             .insert(key, found.clone());
         Ok(found)
+    }
+
+    /// Creates a consumer group with `mode` and `start` unless it exists; a group that exists
+    /// with another mode or start is refused (both are fixed once the group exists).
+    pub async fn declare_group(
+        &self,
+        name: &str,
+        mode: GroupMode,
+        start: StartFrom,
+    ) -> MqResult<GroupMeta> {
+        validate_name("group", name)?;
+        let wanted = GroupMeta {
+            name: name.to_string(),
+            mode,
+            start,
+        };
+        let stored = self.inner.meta.ensure_group(&wanted).await?;
+        if stored.mode != mode {
+            return Err(MqError::InvalidField {
+                field: "mode",
+                rule: format!("cannot change: group `{name}` is {:?}", stored.mode),
+            });
+        }
+        if stored.start != start {
+            return Err(MqError::InvalidField {
+                field: "start",
+                rule: format!(
+                    "cannot change: group `{name}` started from {:?}",
+                    stored.start
+                ),
+            });
+        }
+        Ok(stored)
     }
 
     /// Declares a subscription's maximum backlog per queue and what happens past it.

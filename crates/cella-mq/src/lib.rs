@@ -13,6 +13,7 @@ mod config;
 mod error;
 mod group;
 mod meta;
+pub mod resources;
 pub mod storage;
 mod timer;
 mod txn;

@@ -83,4 +83,13 @@ pub mod cella {
             include!(concat!(env!("OUT_DIR"), "/cella.mq.v1.serde.rs"));
         }
     }
+
+    /// Resources: declarative objects (apply, get, list, delete) that blocks act on.
+    pub mod resource {
+        /// Version 1.
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/cella.resource.v1.rs"));
+            include!(concat!(env!("OUT_DIR"), "/cella.resource.v1.serde.rs"));
+        }
+    }
 }

@@ -107,6 +107,11 @@ impl Client {
     pub fn mq(&self) -> Mq {
         Mq::new(self.transport.clone())
     }
+
+    /// Resources: apply, get, list and delete declarative objects (topics, groups, …).
+    pub fn resources(&self) -> crate::resources::Resources {
+        crate::resources::Resources::new(self.transport.clone())
+    }
 }
 
 /// Options for [`Client::connect`]; finish with [`ClientBuilder::connect`].

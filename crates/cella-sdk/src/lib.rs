@@ -30,6 +30,7 @@ pub mod lock;
 pub mod maintenance;
 pub mod mq;
 pub mod registry;
+pub mod resources;
 pub mod rpc;
 pub mod watch;
 

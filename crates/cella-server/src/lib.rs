@@ -54,6 +54,21 @@ pub async fn run(
     .await
     .context("starting the consistent core")?;
 
+    let broker = Broker::open(
+        config.data_dir.join("mq"),
+        config.mq.clone(),
+        core.clone(),
+        Arc::new(SystemClock::new()),
+        UnixClock.now().as_millis() as u64,
+    )
+    .context("opening the message broker")?;
+    let resources = cella_resource::Resources::new(
+        core.clone(),
+        vec![
+            Arc::new(cella_mq::resources::TopicKind::new(broker.clone())),
+            Arc::new(cella_mq::resources::ConsumerGroupKind::new(broker.clone())),
+        ],
+    );
     let blocks = Blocks {
         registry: Registry::start(
             core.clone(),
@@ -76,14 +91,8 @@ pub async fn run(
             Arc::new(UnixClock),
             config.config.clone(),
         )),
-        broker: Broker::open(
-            config.data_dir.join("mq"),
-            config.mq.clone(),
-            core.clone(),
-            Arc::new(SystemClock::new()),
-            UnixClock.now().as_millis() as u64,
-        )
-        .context("opening the message broker")?,
+        broker,
+        resources,
     };
     let (maintenance_stop, maintenance_stopped) = tokio::sync::oneshot::channel::<()>();
     let maintenance = tokio::spawn({
@@ -185,6 +194,7 @@ struct Blocks {
     ids: Arc<cella_idgen::IdService>,
     config: cella_config::ConfigApi,
     broker: Broker,
+    resources: cella_resource::Resources,
 }
 
 /// The node's HTTP and gRPC routes on one router.
@@ -212,7 +222,8 @@ fn router(core: Core, blocks: &Blocks) -> Router {
         .add_service(cella_registry::grpc::peer_service(blocks.registry.clone()))
         .add_service(cella_idgen::grpc::server(blocks.ids.clone()))
         .add_service(config_grpc)
-        .add_service(cella_mq::api::grpc_service(blocks.broker.clone()));
+        .add_service(cella_mq::api::grpc_service(blocks.broker.clone()))
+        .add_service(cella_resource::grpc::service(blocks.resources.clone()));
     grpc.into_axum_router()
         .merge(cella_core::rest::router(core))
         .merge(cella_lock::rest::router(blocks.locks.clone()))
@@ -221,6 +232,7 @@ fn router(core: Core, blocks: &Blocks) -> Router {
         .merge(cella_idgen::rest::router(blocks.ids.clone()))
         .merge(config_rest)
         .merge(cella_mq::api::router(blocks.broker.clone()))
+        .merge(cella_resource::rest::router(blocks.resources.clone()))
         .merge(ops)
         .fallback(no_route)
 }

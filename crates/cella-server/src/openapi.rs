@@ -25,6 +25,7 @@ pub fn document() -> Value {
     merge(&mut doc, cella_idgen::rest::openapi());
     merge(&mut doc, cella_config::rest::openapi());
     merge(&mut doc, cella_mq::api::openapi());
+    merge(&mut doc, cella_resource::rest::openapi());
     doc
 }
 

@@ -5,8 +5,9 @@
 //!
 //! - config-publish-nacos: each client publishes new content (`--value-size` bytes) to its
 //!   own data id; an operation is one publish the server answered `true`.
-//! - config-read-nacos: `min(--key-space, 10000)` configs are published first; each client
-//!   then gets them round-robin; an operation is one get answered 200 with the full content.
+//! - config-read-nacos: `min(--key-space, 10000)` configs are published first (and the last
+//!   one read back, as a Nacos server may apply publishes asynchronously); each client then
+//!   gets them round-robin; an operation is one get answered 200 with the full content.
 
 use anyhow::{bail, ensure, Context};
 
@@ -134,6 +135,7 @@ pub(super) async fn run_read(
         }
     }))
     .await?;
+    wait_readable(conns, &read_data_id(configs - 1)).await?;
     let readers = (0..clients)
         .map(|i| Reader {
             conn: HttpConn::new(conns.authority()),
@@ -143,6 +145,25 @@ pub(super) async fn run_read(
         })
         .collect();
     Ok(measure(readers, settings, progress).await?.1)
+}
+
+/// Longest wait for a preloaded config to become readable.
+const PRELOAD_VISIBLE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Waits until `data_id` reads back: a Nacos server may apply publishes asynchronously.
+async fn wait_readable(conns: &Connections, data_id: &str) -> anyhow::Result<()> {
+    let mut conn = HttpConn::new(conns.authority());
+    let path = format!("{CONFIGS_PATH}?dataId={data_id}&group={GROUP}");
+    let deadline = tokio::time::Instant::now() + PRELOAD_VISIBLE;
+    loop {
+        if conn.send("GET", &path, "").await?.status == 200 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("preloaded config {data_id} is not readable after {PRELOAD_VISIBLE:?}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 #[cfg(test)]

@@ -77,6 +77,11 @@ impl Harness {
         }
     }
 
+    /// The test's core.
+    pub fn core(&self) -> Core {
+        self.core.clone()
+    }
+
     /// Opens (or reopens) the test's broker with `config`.
     pub fn broker(&self, config: MqConfig) -> Broker {
         open_broker(&self.dir.path().join("mq"), config, &self.core, &self.clock)

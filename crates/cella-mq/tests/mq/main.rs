@@ -3,3 +3,4 @@
 mod broker;
 mod common;
 mod model;
+mod resources;
