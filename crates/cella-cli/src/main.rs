@@ -92,7 +92,8 @@ enum Command {
     /// Message broker: topics, send, consume, group lag.
     #[command(subcommand)]
     Mq(mq::MqCommand),
-    /// Run the sidecar for an app: registers it and serves Dapr's v1.0 service invocation.
+    /// Run the sidecar for an app: registers it and serves Dapr's v1.0 HTTP API (invoke,
+    /// publish/subscribe, configuration).
     Sidecar(sidecar::SidecarArgs),
     /// Show every member: leader, term, raft index, applied index, lag.
     Status,
