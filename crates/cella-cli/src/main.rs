@@ -98,7 +98,8 @@ enum Command {
     Get(resource::GetArgs),
     /// Delete a resource.
     Delete(resource::DeleteArgs),
-    /// Run the sidecar for an app: registers it and serves Dapr's v1.0 service invocation.
+    /// Run the sidecar for an app: registers it and serves Dapr's v1.0 HTTP API (invoke,
+    /// publish/subscribe, configuration).
     Sidecar(sidecar::SidecarArgs),
     /// Show every member: leader, term, raft index, applied index, lag.
     Status,

@@ -1,11 +1,12 @@
 //! `cella sidecar`: runs the sidecar for one app until SIGINT/SIGTERM (then deregisters the
-//! app, drains, and exits 0).
+//! app, drains, and exits 0). It serves Dapr's invoke, publish/subscribe and configuration
+//! routes through the `--endpoint` node.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context;
-use cella_sidecar::{Sidecar, SidecarConfig};
+use cella_sidecar::{CellaConnection, Sidecar, SidecarConfig};
 use clap::Args;
 
 use crate::registry::parse_label;
@@ -32,9 +33,17 @@ pub struct SidecarArgs {
     /// A label of the app's instance, `key=value` (repeatable): region, zone, cell, lane, version.
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
-    /// Per-call timeout of invocations, in milliseconds.
+    /// Per-call timeout of invocations (and of event and config deliveries to the app), in
+    /// milliseconds.
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
+    /// A Dapr pub/sub component name served by Cella's broker (repeatable).
+    #[arg(long = "pubsub-name", default_value = "pubsub")]
+    pubsub_names: Vec<String>,
+    /// The config group Dapr configuration keys are data ids in; the Dapr store name is the
+    /// config namespace.
+    #[arg(long, default_value = "DEFAULT_GROUP")]
+    config_group: String,
 }
 
 /// Waits for SIGINT or SIGTERM.
@@ -58,7 +67,8 @@ pub async fn run(args: SidecarArgs, remote: &Remote) -> anyhow::Result<()> {
     if args.app_port == 0 {
         return Err(UsageError("--app-port must be 1..65535".into()).into());
     }
-    let registry = remote.connect().await?.registry();
+    let client = remote.connect().await?;
+    let registry = client.registry();
     let mut config = SidecarConfig::new(
         &args.app_id,
         args.app_port,
@@ -67,12 +77,20 @@ pub async fn run(args: SidecarArgs, remote: &Remote) -> anyhow::Result<()> {
     config.app_host = args.app_host;
     config.labels = args.labels;
     config.rpc.timeout = Some(Duration::from_millis(args.timeout_ms));
+    config.pubsub_names = args.pubsub_names;
+    config.config_group = args.config_group;
     let sidecar = match Sidecar::bind(config, registry).await {
-        Err(error @ cella_sidecar::SidecarError::InvalidAppId { .. }) => {
-            return Err(UsageError(error.to_string()).into())
-        }
+        Err(
+            error @ (cella_sidecar::SidecarError::InvalidAppId { .. }
+            | cella_sidecar::SidecarError::InvalidConfig { .. }),
+        ) => return Err(UsageError(error.to_string()).into()),
         other => other?,
     };
+    let sidecar = sidecar.with_cella(CellaConnection {
+        client,
+        endpoint: remote.endpoint.clone(),
+        token: remote.token.clone(),
+    });
     let addr = sidecar.local_addr()?;
     eprintln!(
         "cella sidecar for {} (app on port {}) serving Dapr's HTTP API on http://{addr}",

@@ -243,6 +243,16 @@ impl Configs {
         Ok(self.rpc.clone().get_state(req).await?.into_inner())
     }
 
+    /// Every config of `namespace` (of one `group`; empty = every group), with its current
+    /// release and gray candidate. Fails with not found for an unknown namespace.
+    pub async fn list(&self, namespace: &str, group: &str) -> Result<Vec<pb::ConfigState>> {
+        let req = pb::ListConfigsRequest {
+            namespace: namespace.into(),
+            group: group.into(),
+        };
+        Ok(self.rpc.clone().list(req).await?.into_inner().configs)
+    }
+
     /// Releases, newest first, without content (`limit` 0 = 100).
     pub async fn history(&self, key: &ConfigKey, limit: u32) -> Result<Vec<pb::Release>> {
         let req = pb::HistoryRequest {

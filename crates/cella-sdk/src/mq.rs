@@ -21,7 +21,8 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use cella_proto::cella::mq::v1 as pb;
+/// The broker's wire messages (`cella.mq.v1`).
+pub use cella_proto::cella::mq::v1 as pb;
 use pb::message_queue_client::MessageQueueClient;
 
 use crate::client::Transport;

@@ -83,6 +83,75 @@ pub enum SidecarError {
         /// What failed.
         message: String,
     },
+    /// The pub/sub component name is not one this sidecar serves.
+    #[error("pubsub {name:?} not found: this sidecar serves {served}")]
+    PubsubNotFound {
+        /// The name asked for.
+        name: String,
+        /// The names it serves (or why none).
+        served: String,
+    },
+    /// A `metadata.*` query parameter of a publish breaks its rule.
+    #[error("invalid metadata.{name}: {rule}")]
+    InvalidMetadata {
+        /// The parameter, without the `metadata.` prefix.
+        name: String,
+        /// The rule it breaks.
+        rule: &'static str,
+    },
+    /// The body sent as a CloudEvent is not one.
+    #[error("invalid CloudEvent: {message}")]
+    InvalidCloudEvent {
+        /// What is wrong.
+        message: String,
+    },
+    /// The broker refused the message (bad topic name, body too large, ...).
+    #[error("publishing to topic {topic} refused: {message}")]
+    PublishRejected {
+        /// The topic.
+        topic: String,
+        /// The broker's reason.
+        message: String,
+    },
+    /// The broker could not be reached or failed to store the message.
+    #[error("publishing to topic {topic} failed: {message}")]
+    PublishFailed {
+        /// The topic.
+        topic: String,
+        /// What failed.
+        message: String,
+    },
+    /// This sidecar has no connection to Cella's config center.
+    #[error("no configuration store is configured: the sidecar runs without a Cella connection")]
+    ConfigNotConfigured,
+    /// The store (a config namespace) does not exist.
+    #[error("configuration store {store:?} not found: store names are config namespaces")]
+    ConfigStoreNotFound {
+        /// The store asked for.
+        store: String,
+    },
+    /// A key or store name breaks the config center's rules.
+    #[error("invalid configuration request: {message}")]
+    InvalidConfigRequest {
+        /// The config center's reason.
+        message: String,
+    },
+    /// Reading configuration failed.
+    #[error("getting configuration from store {store}: {message}")]
+    ConfigGet {
+        /// The store.
+        store: String,
+        /// What failed.
+        message: String,
+    },
+    /// No subscription with this id exists in this store.
+    #[error("no configuration subscription {id:?} in store {store:?}")]
+    ConfigSubscriptionNotFound {
+        /// The store.
+        store: String,
+        /// The subscription id.
+        id: String,
+    },
 }
 
 impl SidecarError {
@@ -109,6 +178,38 @@ impl SidecarError {
                 ("ERR_DIRECT_INVOKE", StatusCode::TOO_MANY_REQUESTS)
             }
             SidecarError::Upstream { .. } => ("ERR_DIRECT_INVOKE", StatusCode::BAD_GATEWAY),
+            SidecarError::PubsubNotFound { .. } => {
+                ("ERR_PUBSUB_NOT_FOUND", StatusCode::BAD_REQUEST)
+            }
+            SidecarError::InvalidMetadata { .. } => {
+                ("ERR_MALFORMED_REQUEST", StatusCode::BAD_REQUEST)
+            }
+            SidecarError::InvalidCloudEvent { .. } => {
+                ("ERR_PUBSUB_CLOUD_EVENTS_SER", StatusCode::BAD_REQUEST)
+            }
+            SidecarError::PublishRejected { .. } => {
+                ("ERR_PUBSUB_PUBLISH_MESSAGE", StatusCode::BAD_REQUEST)
+            }
+            SidecarError::PublishFailed { .. } => (
+                "ERR_PUBSUB_PUBLISH_MESSAGE",
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+            SidecarError::ConfigNotConfigured => (
+                "ERR_CONFIGURATION_STORE_NOT_CONFIGURED",
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+            SidecarError::ConfigStoreNotFound { .. } => {
+                ("ERR_CONFIGURATION_STORE_NOT_FOUND", StatusCode::BAD_REQUEST)
+            }
+            SidecarError::InvalidConfigRequest { .. } => {
+                ("ERR_MALFORMED_REQUEST", StatusCode::BAD_REQUEST)
+            }
+            SidecarError::ConfigGet { .. } => {
+                ("ERR_CONFIGURATION_GET", StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            SidecarError::ConfigSubscriptionNotFound { .. } => {
+                ("ERR_CONFIGURATION_UNSUBSCRIBE", StatusCode::BAD_REQUEST)
+            }
         }
     }
 }
