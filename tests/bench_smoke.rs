@@ -47,7 +47,10 @@ fn assert_rows(markdown: &str, names: &[&str], levels: &[u64]) {
     let rows = rows(markdown);
     assert_eq!(rows.len(), names.len() * levels.len(), "{markdown}");
     for (name, clients, ops, errors) in rows {
-        assert!(names.contains(&name.as_str()), "unexpected row {name}\n{markdown}");
+        assert!(
+            names.contains(&name.as_str()),
+            "unexpected row {name}\n{markdown}"
+        );
         assert!(levels.contains(&clients), "{markdown}");
         assert!(ops > 0, "{name} at {clients} did nothing\n{markdown}");
         assert_eq!(errors, 0, "{name} at {clients} had errors\n{markdown}");
@@ -56,7 +59,9 @@ fn assert_rows(markdown: &str, names: &[&str], levels: &[u64]) {
 
 async fn node() -> Node {
     let mut node = Node::embedded(NodeOptions::default()).expect("start cella up");
-    node.wait_ready(Duration::from_secs(30)).await.expect("ready");
+    node.wait_ready(Duration::from_secs(30))
+        .await
+        .expect("ready");
     node
 }
 
@@ -83,12 +88,25 @@ async fn registry_heartbeats_report_the_server_process() {
     for workload in ["registry-heartbeat-grpc", "registry-heartbeat"] {
         let md = bench(
             &node,
-            &[workload, "--clients", "2", "--instances", "200", "--beat-batch", "50", "--server-pid", &pid],
+            &[
+                workload,
+                "--clients",
+                "2",
+                "--instances",
+                "200",
+                "--beat-batch",
+                "50",
+                "--server-pid",
+                &pid,
+            ],
         );
         assert_rows(&md, &["cella"], &[2]);
         assert!(md.contains("instances 200 in all"), "{md}");
         // The server's CPU share and memory were read from /proc for the run.
-        let row = md.lines().find(|l| l.starts_with("| cella | 2 |")).expect("row");
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| cella | 2 |"))
+            .expect("row");
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
         assert_eq!(cells.len(), 12, "server columns present: {row}");
         assert!(cells[9].parse::<f64>().is_ok(), "{row}");

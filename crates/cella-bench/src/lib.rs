@@ -92,7 +92,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let paths = match targets.as_slice() {
         [(target, _, _)] => workloads::Paths::open(args.workload, target).await?,
         _ if matches!(args.workload, Workload::RpcOverhead | Workload::SidecarHop) => {
-            anyhow::bail!("{} takes one target (the registry node)", args.workload.name())
+            anyhow::bail!(
+                "{} takes one target (the registry node)",
+                args.workload.name()
+            )
         }
         _ => None,
     };
@@ -114,7 +117,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         (None, _) => "etcd".to_string(),
     };
 
-    let level_limit = settings.warmup + settings.bounds.duration + GRACE + SETUP_ALLOWANCE;
+    // Registering many instances (registry-heartbeat --instances) is setup too: 1 ms each.
+    let registering = Duration::from_millis(u64::from(args.instances.unwrap_or(0)));
+    let level_limit =
+        settings.warmup + settings.bounds.duration + GRACE + SETUP_ALLOWANCE + registering;
     let mut results = Vec::new();
     for (li, &clients) in args.clients.0.iter().enumerate() {
         for k in 0..measured_units.len() {
@@ -257,15 +263,17 @@ fn settings_shown(args: &BenchArgs) -> Vec<(String, String)> {
         }
         Workload::IdSingle => shown.push(("id layout".to_string(), args.id_layout.clone())),
         Workload::RegistryHeartbeat | Workload::RegistryHeartbeatGrpc => {
-            let instances = args.instances.map_or_else(
-                || "10 per client".to_string(),
-                |n| format!("{n} in all"),
-            );
+            let instances = args
+                .instances
+                .map_or_else(|| "10 per client".to_string(), |n| format!("{n} in all"));
             shown.push(("instances".to_string(), instances));
             if args.workload == Workload::RegistryHeartbeatGrpc {
                 shown.push((
                     "beats per operation".to_string(),
-                    format!("{} (beats/s = ops/s × {})", args.beat_batch, args.beat_batch),
+                    format!(
+                        "{} (beats/s = ops/s × {})",
+                        args.beat_batch, args.beat_batch
+                    ),
                 ));
             }
         }

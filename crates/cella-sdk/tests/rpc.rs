@@ -567,7 +567,10 @@ async fn discovery_recovers_after_the_registry_node_restarts() {
     let channel = rpc::grpc_channel(&registry, "inventory", RpcSettings::default())
         .await
         .unwrap();
-    assert_eq!(echo(channel.clone(), request("a")).await.unwrap().upstream, "old");
+    assert_eq!(
+        echo(channel.clone(), request("a")).await.unwrap().upstream,
+        "old"
+    );
 
     // The registry node dies: calls keep going to the last known endpoint meanwhile.
     node.kill9().unwrap();

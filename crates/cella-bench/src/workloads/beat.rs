@@ -108,7 +108,9 @@ pub(super) async fn run(
         .enumerate()
         .map(|(i, (client, n))| {
             let channel = conns.channel(i);
-            async move { Ok::<_, anyhow::Error>((client, register(channel, instance(client, n)).await?)) }
+            async move {
+                Ok::<_, anyhow::Error>((client, register(channel, instance(client, n)).await?))
+            }
         })
         .buffer_unordered(REGISTRARS)
         .collect::<Vec<_>>()
@@ -132,4 +134,3 @@ pub(super) async fn run(
         .collect();
     Ok(measure(beaters, settings, progress).await?.1)
 }
-

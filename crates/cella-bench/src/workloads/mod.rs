@@ -83,7 +83,10 @@ pub(crate) async fn run_level(
         }
         Workload::RegistryHeartbeatGrpc => beat::run(conns, clients, settings, progress).await,
         Workload::RpcOverhead | Workload::SidecarHop => {
-            anyhow::bail!("{} compares two paths: run it through Paths", workload.name())
+            anyhow::bail!(
+                "{} compares two paths: run it through Paths",
+                workload.name()
+            )
         }
         Workload::LockCycle => lock::run(conns, clients, settings, progress).await,
         Workload::IdBatch => {
@@ -110,9 +113,9 @@ impl Paths {
     pub(crate) async fn open(workload: Workload, target: &Target) -> anyhow::Result<Option<Paths>> {
         Ok(match workload {
             Workload::RpcOverhead => Some(Paths::Rpc(rpc::RpcPaths::open(target).await?)),
-            Workload::SidecarHop => Some(Paths::Sidecar(
-                sidecar::SidecarPaths::open(target).await?,
-            )),
+            Workload::SidecarHop => {
+                Some(Paths::Sidecar(sidecar::SidecarPaths::open(target).await?))
+            }
             _ => None,
         })
     }
@@ -226,7 +229,10 @@ mod tests {
     fn instances_split_evenly_over_clients() {
         assert_eq!(instance_shares(None, 3), vec![10, 10, 10]);
         assert_eq!(instance_shares(Some(10), 4), vec![3, 3, 2, 2]);
-        assert_eq!(instance_shares(Some(100_000), 64).iter().sum::<u64>(), 100_000);
+        assert_eq!(
+            instance_shares(Some(100_000), 64).iter().sum::<u64>(),
+            100_000
+        );
         assert_eq!(instance_shares(Some(2), 3), vec![1, 1, 0]);
     }
 

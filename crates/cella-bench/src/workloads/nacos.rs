@@ -108,7 +108,10 @@ pub(super) async fn run_heartbeat(
 ) -> anyhow::Result<Measurement> {
     let service = "cella-bench-beat";
     let shares = super::instance_shares(settings.instances, clients);
-    let shares = shares.into_iter().enumerate().filter(|(_, share)| *share > 0);
+    let shares = shares
+        .into_iter()
+        .enumerate()
+        .filter(|(_, share)| *share > 0);
     let beaters = futures::future::try_join_all(shares.map(
         |(client, share)| async move {
             let mut conn = HttpConn::new(conns.authority());

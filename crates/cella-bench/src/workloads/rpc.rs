@@ -61,7 +61,15 @@ impl RpcPaths {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let echo = listener.local_addr()?;
         let server = tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            // Replies are small writes: without TCP_NODELAY they wait for delayed ACKs.
+            let incoming = tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                |stream| {
+                    let stream = stream?;
+                    stream.set_nodelay(true)?;
+                    Ok::<_, std::io::Error>(stream)
+                },
+            );
             let served = tonic::transport::Server::builder()
                 .add_service(EchoServer)
                 .serve_with_incoming(incoming)
