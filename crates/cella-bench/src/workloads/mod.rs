@@ -103,19 +103,19 @@ pub(crate) async fn run_level(
 /// the sidecar).
 pub(crate) enum Paths {
     /// rpc-overhead's echo server and channels.
-    Rpc(rpc::RpcPaths),
+    Rpc(Box<rpc::RpcPaths>),
     /// sidecar-hop's echo app and sidecar.
-    Sidecar(sidecar::SidecarPaths),
+    Sidecar(Box<sidecar::SidecarPaths>),
 }
 
 impl Paths {
     /// Sets up `workload`'s paths against `target`; `None` for workloads that measure targets.
     pub(crate) async fn open(workload: Workload, target: &Target) -> anyhow::Result<Option<Paths>> {
         Ok(match workload {
-            Workload::RpcOverhead => Some(Paths::Rpc(rpc::RpcPaths::open(target).await?)),
-            Workload::SidecarHop => {
-                Some(Paths::Sidecar(sidecar::SidecarPaths::open(target).await?))
-            }
+            Workload::RpcOverhead => Some(Paths::Rpc(Box::new(rpc::RpcPaths::open(target).await?))),
+            Workload::SidecarHop => Some(Paths::Sidecar(Box::new(
+                sidecar::SidecarPaths::open(target).await?,
+            ))),
             _ => None,
         })
     }
