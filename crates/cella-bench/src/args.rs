@@ -75,9 +75,24 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub id_batch: u32,
 
-    /// Target whose figures the others are divided by in the ratio table.
-    #[arg(long, value_name = "NAME", default_value = "etcd")]
-    pub baseline: String,
+    /// registry-heartbeat and registry-heartbeat-grpc: instances registered, then beaten in
+    /// turn, spread evenly over the clients [default: 10 per client].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub instances: Option<u32>,
+
+    /// registry-heartbeat-grpc: beats per Heartbeat call (beats/s = ops/s × this).
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub beat_batch: u32,
+
+    /// A server process (on this machine) whose CPU share and resident memory are reported
+    /// for each measured run, read from /proc/PID/stat and /proc/PID/status.
+    #[arg(long, value_name = "PID")]
+    pub server_pid: Option<u32>,
+
+    /// Target whose figures the others are divided by in the ratio table [default: etcd;
+    /// for rpc-overhead and sidecar-hop the direct path, `tonic` or `direct`].
+    #[arg(long, value_name = "NAME")]
+    pub baseline: Option<String>,
 
     /// Append the result section (markdown) to this file, e.g. bench/results/core-DATE.md.
     #[arg(long, value_name = "FILE")]
@@ -104,6 +119,15 @@ pub enum Workload {
     RegistryRegister,
     /// Heartbeats of registered instances through Nacos's v1 HTTP API (Cella or rnacos).
     RegistryHeartbeat,
+    /// Batched heartbeats (--beat-batch per call) of --instances instances through Cella's
+    /// registry gRPC API, the path the SDK uses (Cella only).
+    RegistryHeartbeatGrpc,
+    /// A unary gRPC echo call to an in-process echo server, over a raw tonic channel and
+    /// through the SDK's RPC stack (discovery from the target's registry), side by side.
+    RpcOverhead,
+    /// An HTTP echo app called directly and through a `cella sidecar` (spawned by the bench
+    /// against the target) with Dapr's invoke route, side by side.
+    SidecarHop,
     /// Acquire+release through etcd's v3lock service: a lock per client, or one shared lock
     /// (--one-lock) timed as hand-overs.
     LockCycle,
@@ -146,6 +170,9 @@ impl Workload {
             Workload::RegistryPush => "registry-push",
             Workload::RegistryRegister => "registry-register",
             Workload::RegistryHeartbeat => "registry-heartbeat",
+            Workload::RegistryHeartbeatGrpc => "registry-heartbeat-grpc",
+            Workload::RpcOverhead => "rpc-overhead",
+            Workload::SidecarHop => "sidecar-hop",
             Workload::LockCycle => "lock-cycle",
             Workload::IdBatch => "id-batch",
             Workload::IdSingle => "id-single",

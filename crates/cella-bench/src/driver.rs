@@ -112,6 +112,7 @@ pub(crate) async fn drive<C: LoadClient>(
             elapsed,
             latencies,
             errors,
+            server: None,
         },
     ))
 }

@@ -10,7 +10,11 @@
 //! - [`args`]: the command-line options and their parsers.
 //! - `driver`: the one load loop every workload uses.
 //! - `workloads`: kv-put, kv-get, txn-cas, lease-keepalive, watch-fanout, lock-cycle,
-//!   registry-push, registry-register, registry-heartbeat, id-batch, id-single.
+//!   registry-push, registry-register, registry-heartbeat, registry-heartbeat-grpc,
+//!   rpc-overhead, sidecar-hop, id-batch, id-single, config-push, config-read.
+//!   rpc-overhead and sidecar-hop measure two paths to one target side by side (their
+//!   "targets" in the report are the paths).
+//! - `usage`: the server process's CPU share and memory (`--server-pid`).
 //! - `stats`, `report`, `progress`: histograms and ratios, the markdown section, the
 //!   stderr progress line.
 
@@ -23,6 +27,7 @@ mod http;
 mod progress;
 mod report;
 mod stats;
+mod usage;
 mod workloads;
 
 use std::io::Write as _;
@@ -60,6 +65,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         one_lock: args.one_lock,
         id_layout: args.id_layout.clone(),
         id_batch: args.id_batch,
+        instances: args.instances,
+        beat_batch: args.beat_batch,
+        server_pid: args.server_pid,
     };
     let date = report::utc_now();
     let machine = Machine::this();
@@ -80,16 +88,66 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         targets.push((target, conns, version));
     }
 
-    let level_limit = settings.warmup + settings.bounds.duration + GRACE + SETUP_ALLOWANCE;
+    // Workloads that compare two paths to one server measure the paths instead of targets.
+    let paths = match targets.as_slice() {
+        [(target, _, _)] => workloads::Paths::open(args.workload, target).await?,
+        _ if matches!(args.workload, Workload::RpcOverhead | Workload::SidecarHop) => {
+            anyhow::bail!(
+                "{} takes one target (the registry node)",
+                args.workload.name()
+            )
+        }
+        _ => None,
+    };
+    // (name, address or description, server version) of what is measured.
+    let measured_units: Vec<(String, String, String)> = match &paths {
+        Some(paths) => paths
+            .describe(targets[0].0)
+            .into_iter()
+            .map(|(name, what)| (name, what, targets[0].2.clone()))
+            .collect(),
+        None => targets
+            .iter()
+            .map(|(t, _, version)| (t.name.clone(), t.uri.clone(), version.clone()))
+            .collect(),
+    };
+    let baseline = match (&args.baseline, &measured_units[..]) {
+        (Some(name), _) => name.clone(),
+        (None, [(direct, _, _), ..]) if paths.is_some() => direct.clone(),
+        (None, _) => "etcd".to_string(),
+    };
+
+    // Registering many instances (registry-heartbeat --instances) is setup too: 1 ms each.
+    let registering = Duration::from_millis(u64::from(args.instances.unwrap_or(0)));
+    let level_limit =
+        settings.warmup + settings.bounds.duration + GRACE + SETUP_ALLOWANCE + registering;
     let mut results = Vec::new();
     for (li, &clients) in args.clients.0.iter().enumerate() {
-        for k in 0..targets.len() {
-            let ti = (li + k) % targets.len();
-            let (target, conns, _) = &targets[ti];
-            let label = format!("{} {} @{clients}", args.workload.name(), target.name);
+        for k in 0..measured_units.len() {
+            let ti = (li + k) % measured_units.len();
+            let name = &measured_units[ti].0;
+            let label = format!("{} {name} @{clients}", args.workload.name());
             let progress = Progress::for_terminal(label.clone());
-            let level =
-                workloads::run_level(args.workload, conns, clients, &settings, progress.as_ref());
+            let level = async {
+                match &paths {
+                    Some(paths) => {
+                        paths
+                            .run_level(ti, clients, &settings, progress.as_ref())
+                            .await
+                    }
+                    None => {
+                        let conns = &targets[ti].1;
+                        workloads::run_level(
+                            args.workload,
+                            conns,
+                            clients,
+                            &settings,
+                            progress.as_ref(),
+                        )
+                        .await
+                    }
+                }
+            };
             let measured = match tokio::time::timeout(level_limit, level).await {
                 Ok(Ok(m)) => m,
                 Ok(Err(e)) => failed(stats::describe(&e)),
@@ -98,7 +156,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     format_duration(level_limit)
                 )),
             };
-            let result = LevelResult::from_measurement(&target.name, clients, &measured);
+            let result = LevelResult::from_measurement(name, clients, &measured);
             eprintln!(
                 "{label}: {:.0} ops/s, p50 {} µs, p99 {} µs, p99.9 {} µs, {} errors",
                 result.ops_per_sec,
@@ -111,6 +169,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     results.sort_by_key(|(li, ti, _)| (*li, *ti));
+    drop(paths);
 
     let report = Report {
         workload: args.workload.name().to_string(),
@@ -118,12 +177,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         command: report::command_line(),
         commit: report::git_commit(),
         machine,
-        targets: targets
-            .iter()
-            .map(|(t, _, version)| (t.name.clone(), t.uri.clone(), version.clone()))
-            .collect(),
+        targets: measured_units,
         settings: settings_shown(&args),
-        baseline: args.baseline.clone(),
+        baseline,
         results: results.into_iter().map(|(_, _, r)| r).collect(),
     };
     let section = report.to_markdown();
@@ -143,6 +199,7 @@ fn failed(message: String) -> Measurement {
         elapsed: Duration::ZERO,
         latencies: stats::Latencies::new(),
         errors,
+        server: None,
     }
 }
 
@@ -164,6 +221,9 @@ fn settings_shown(args: &BenchArgs) -> Vec<(String, String)> {
     };
     if let Some(rate) = rate {
         shown.push(("rate".to_string(), format!("{rate} ops/s")));
+    }
+    if let Some(pid) = args.server_pid {
+        shown.push(("server process".to_string(), format!("pid {pid}")));
     }
     if matches!(
         args.workload,
@@ -213,6 +273,24 @@ fn settings_shown(args: &BenchArgs) -> Vec<(String, String)> {
             ));
         }
         Workload::IdSingle => shown.push(("id layout".to_string(), args.id_layout.clone())),
+        Workload::RegistryHeartbeat | Workload::RegistryHeartbeatGrpc => {
+            let instances = args
+                .instances
+                .map_or_else(|| "10 per client".to_string(), |n| format!("{n} in all"));
+            shown.push(("instances".to_string(), instances));
+            if args.workload == Workload::RegistryHeartbeatGrpc {
+                shown.push((
+                    "beats per operation".to_string(),
+                    format!(
+                        "{} (beats/s = ops/s × {})",
+                        args.beat_batch, args.beat_batch
+                    ),
+                ));
+            }
+        }
+        Workload::RpcOverhead | Workload::SidecarHop => {
+            shown.push(("payload".to_string(), format!("{} B", args.value_size)));
+        }
         _ => {}
     }
     shown

@@ -176,15 +176,29 @@ impl Report {
         let _ = writeln!(w, "- settings: {}", settings.join(", "));
 
         let _ = writeln!(w);
+        let with_server = self.results.iter().any(|r| r.server.is_some());
+        let (server_head, server_rule) = match with_server {
+            true => (" server CPU % | server RSS MiB |", "---:|---:|"),
+            false => ("", ""),
+        };
         let _ = writeln!(
             w,
-            "| target | clients | ops | ops/s | p50 µs | p99 µs | p99.9 µs | errors |"
+            "| target | clients | ops | ops/s | p50 µs | p99 µs | p99.9 µs | errors |{server_head}"
         );
-        let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|{server_rule}");
         for r in &self.results {
+            let server = match (with_server, r.server) {
+                (false, _) => String::new(),
+                (true, None) => " – | – |".to_string(),
+                (true, Some(u)) => format!(
+                    " {:.1} | {:.0} |",
+                    u.cpu_percent,
+                    u.rss_bytes as f64 / (1024.0 * 1024.0)
+                ),
+            };
             let _ = writeln!(
                 w,
-                "| {} | {} | {} | {:.0} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {:.0} | {} | {} | {} | {} |{server}",
                 r.target,
                 r.clients,
                 r.ops,
@@ -290,6 +304,7 @@ mod tests {
                 vec![]
             },
             clients_gave_up: 0,
+            server: None,
         }
     }
 
@@ -350,6 +365,19 @@ Errors:
 
 ";
         assert_eq!(md, expected);
+    }
+
+    #[test]
+    fn server_usage_columns_appear_when_measured() {
+        let mut measured = result("cella", 1, 3000.0, 300, 0);
+        measured.server = Some(crate::usage::ServerUsage {
+            cpu_percent: 42.25,
+            rss_bytes: 300 * 1024 * 1024,
+        });
+        let md = report(vec![measured, result("etcd", 1, 1000.0, 600, 0)]).to_markdown();
+        assert!(md.contains("| errors | server CPU % | server RSS MiB |"));
+        assert!(md.contains("| cella | 1 | 30000 | 3000 | 300 | 600 | 900 | 0 | 42.2 | 300 |"));
+        assert!(md.contains("| etcd | 1 | 10000 | 1000 | 600 | 1200 | 1800 | 0 | – | – |"));
     }
 
     #[test]

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use crate::usage::ServerUsage;
+
 /// Highest latency the histograms track, in microseconds.
 const MAX_LATENCY_US: u64 = 60_000_000;
 
@@ -143,6 +145,8 @@ pub(crate) struct Measurement {
     pub latencies: Latencies,
     /// Failed operations.
     pub errors: ErrorTally,
+    /// The server process's usage during the run, when `--server-pid` is given.
+    pub server: Option<ServerUsage>,
 }
 
 impl Measurement {
@@ -171,6 +175,8 @@ pub(crate) struct LevelResult {
     pub error_kinds: Vec<(String, u64)>,
     /// Clients that stopped early (too many consecutive failures, or a timeout).
     pub clients_gave_up: u64,
+    /// The server process's usage during the run, when measured.
+    pub server: Option<ServerUsage>,
 }
 
 impl LevelResult {
@@ -185,6 +191,7 @@ impl LevelResult {
             errors: m.errors.total(),
             error_kinds: m.errors.summary(),
             clients_gave_up: m.errors.gave_up,
+            server: m.server,
         }
     }
 }
@@ -304,6 +311,7 @@ mod tests {
             errors: 0,
             error_kinds: vec![],
             clients_gave_up: 0,
+            server: None,
         }
     }
 

@@ -553,3 +553,51 @@ async fn accept_and_close(listener: tokio::net::TcpListener) {
         }
     }
 }
+
+#[tokio::test]
+async fn discovery_recovers_after_the_registry_node_restarts() {
+    let mut node = start_node().await;
+    let client = cella_sdk::Client::connect(&node.endpoint()).await.unwrap();
+    let registry = client.registry();
+    let old = Upstream::grpc("old").await.unwrap();
+    let _old = registry
+        .register(service_name("inventory"), old.instance())
+        .await
+        .unwrap();
+    let channel = rpc::grpc_channel(&registry, "inventory", RpcSettings::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        echo(channel.clone(), request("a")).await.unwrap().upstream,
+        "old"
+    );
+
+    // The registry node dies: calls keep going to the last known endpoint meanwhile.
+    node.kill9().unwrap();
+    for _ in 0..5 {
+        let reply = echo(channel.clone(), request("b")).await;
+        assert_eq!(reply.expect("served from the last set").upstream, "old");
+    }
+
+    // It comes back (ephemeral instances are gone with it); a new instance registers. The
+    // stack subscribes again and, within a bounded wait, calls reach the new instance.
+    node.restart().unwrap();
+    node.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let new = Upstream::grpc("new").await.unwrap();
+    let _new = registry
+        .register(service_name("inventory"), new.instance())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reply = echo(channel.clone(), request("c")).await;
+        if matches!(&reply, Ok(r) if r.upstream == "new") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "calls never reached the instance registered after the restart (last: {reply:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -121,6 +121,7 @@ impl Readers {
             elapsed: written.elapsed,
             latencies,
             errors,
+            server: written.server,
         })
     }
 }

@@ -1,7 +1,8 @@
 //! The workloads. Each builds its clients (and any fixture: preloaded keys, leases,
 //! watchers), then hands them to the shared driver through [`measure`]; none has a load loop
-//! of its own.
+//! of its own. rpc-overhead and sidecar-hop compare two paths to one server ([`Paths`]).
 
+mod beat;
 mod config;
 mod fanout;
 mod id;
@@ -11,6 +12,8 @@ mod lock;
 mod nacos;
 mod nacos_config;
 mod registry;
+mod rpc;
+mod sidecar;
 mod txn;
 mod watch;
 
@@ -18,11 +21,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::args::Workload;
+use crate::args::{Target, Workload};
 use crate::conn::Connections;
 use crate::driver::{drive, Bounds, LoadClient};
 use crate::progress::Progress;
 use crate::stats::Measurement;
+use crate::usage;
 
 pub(crate) use config::DEFAULT_PUSH_RATE as DEFAULT_CONFIG_PUSH_RATE;
 pub(crate) use watch::DEFAULT_RATE as DEFAULT_WATCH_RATE;
@@ -51,6 +55,12 @@ pub(crate) struct Settings {
     pub id_layout: String,
     /// id-batch: ids per call.
     pub id_batch: u32,
+    /// registry-heartbeat(-grpc): instances in all (None: 10 per client).
+    pub instances: Option<u32>,
+    /// registry-heartbeat-grpc: beats per call.
+    pub beat_batch: u32,
+    /// A server process whose CPU share and memory each measured run reports.
+    pub server_pid: Option<u32>,
 }
 
 /// Runs `workload` once at `clients` against `conns`; `progress` labels the progress line.
@@ -72,6 +82,13 @@ pub(crate) async fn run_level(
         Workload::RegistryHeartbeat => {
             nacos::run_heartbeat(conns, clients, settings, progress).await
         }
+        Workload::RegistryHeartbeatGrpc => beat::run(conns, clients, settings, progress).await,
+        Workload::RpcOverhead | Workload::SidecarHop => {
+            anyhow::bail!(
+                "{} compares two paths: run it through Paths",
+                workload.name()
+            )
+        }
         Workload::LockCycle => lock::run(conns, clients, settings, progress).await,
         Workload::IdBatch => {
             id::run(conns, clients, settings, Some(settings.id_batch), progress).await
@@ -84,6 +101,56 @@ pub(crate) async fn run_level(
         }
         Workload::ConfigReadNacos => {
             nacos_config::run_read(conns, clients, settings, progress).await
+        }
+    }
+}
+
+/// Two paths to one server measured side by side in one run, the direct path first (the
+/// baseline): rpc-overhead (raw tonic vs the SDK stack) and sidecar-hop (direct vs through
+/// the sidecar).
+pub(crate) enum Paths {
+    /// rpc-overhead's echo server and channels.
+    Rpc(Box<rpc::RpcPaths>),
+    /// sidecar-hop's echo app and sidecar.
+    Sidecar(Box<sidecar::SidecarPaths>),
+}
+
+impl Paths {
+    /// Sets up `workload`'s paths against `target`; `None` for workloads that measure targets.
+    pub(crate) async fn open(workload: Workload, target: &Target) -> anyhow::Result<Option<Paths>> {
+        Ok(match workload {
+            Workload::RpcOverhead => Some(Paths::Rpc(Box::new(rpc::RpcPaths::open(target).await?))),
+            Workload::SidecarHop => Some(Paths::Sidecar(Box::new(
+                sidecar::SidecarPaths::open(target).await?,
+            ))),
+            _ => None,
+        })
+    }
+
+    /// (name, what it is) of each path, the baseline first.
+    pub(crate) fn describe(&self, target: &Target) -> Vec<(String, String)> {
+        let (names, descriptions) = match self {
+            Paths::Rpc(p) => (rpc::NAMES, p.describe(target)),
+            Paths::Sidecar(p) => (sidecar::NAMES, p.describe(target)),
+        };
+        names
+            .iter()
+            .map(|n| n.to_string())
+            .zip(descriptions)
+            .collect()
+    }
+
+    /// Measures path number `path` with `clients` callers.
+    pub(crate) async fn run_level(
+        &self,
+        path: usize,
+        clients: usize,
+        settings: &Settings,
+        progress: Option<&Progress>,
+    ) -> anyhow::Result<Measurement> {
+        match self {
+            Paths::Rpc(p) => p.run_level(path, clients, settings, progress).await,
+            Paths::Sidecar(p) => p.run_level(path, clients, settings, progress).await,
         }
     }
 }
@@ -105,7 +172,13 @@ async fn measure<C: LoadClient>(
     for client in &mut clients {
         client.start_measuring();
     }
-    drive(clients, settings.bounds, progress).await
+    let Some(pid) = settings.server_pid else {
+        return drive(clients, settings.bounds, progress).await;
+    };
+    let start = usage::sample(pid)?;
+    let (clients, mut measured) = drive(clients, settings.bounds, progress).await?;
+    measured.server = Some(usage::since(pid, start)?);
+    Ok((clients, measured))
 }
 
 /// Grants client `i` a lease of `ttl_secs` seconds and returns its id.
@@ -129,6 +202,19 @@ async fn grant_lease(
     Ok(grant.id)
 }
 
+/// Instances each heartbeat client keeps alive when `--instances` is not given.
+const INSTANCES_PER_CLIENT: u64 = 10;
+
+/// How many of `instances` (default: 10 per client) each of `clients` registers and beats:
+/// an even split, the first clients taking one more when it does not divide.
+fn instance_shares(instances: Option<u32>, clients: usize) -> Vec<u64> {
+    let clients = clients.max(1) as u64;
+    let total = instances.map_or(INSTANCES_PER_CLIENT * clients, u64::from);
+    (0..clients)
+        .map(|i| total / clients + u64::from(i < total % clients))
+        .collect()
+}
+
 /// A value of `size` bytes that starts with `head` (filler after it).
 fn value_with_head(head: &[u8], size: usize) -> Bytes {
     let mut v = Vec::with_capacity(size.max(head.len()));
@@ -145,6 +231,17 @@ fn numbered_key(workload: &str, n: u64) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instances_split_evenly_over_clients() {
+        assert_eq!(instance_shares(None, 3), vec![10, 10, 10]);
+        assert_eq!(instance_shares(Some(10), 4), vec![3, 3, 2, 2]);
+        assert_eq!(
+            instance_shares(Some(100_000), 64).iter().sum::<u64>(),
+            100_000
+        );
+        assert_eq!(instance_shares(Some(2), 3), vec![1, 1, 0]);
+    }
 
     #[test]
     fn values_and_keys() {

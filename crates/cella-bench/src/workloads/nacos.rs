@@ -5,9 +5,10 @@
 //! (a fresh ip per operation, the client's own port); an operation is one acknowledged
 //! registration. Instances are never beaten, so they expire on the server's defaults.
 //!
-//! registry-heartbeat: each client first registers [`INSTANCES_PER_CLIENT`] instances of
-//! `cella-bench-beat`, then beats them in turn (Nacos's `beat` JSON); an operation is one
-//! beat the server acknowledged as known (code 10200).
+//! registry-heartbeat: the clients first register `--instances` instances of
+//! `cella-bench-beat` between them (10 per client by default), then each beats its own in
+//! turn (Nacos's `beat` JSON); an operation is one beat the server acknowledged as known
+//! (code 10200). A client left without instances (more clients than instances) sits out.
 
 use anyhow::{bail, Context};
 
@@ -18,16 +19,14 @@ use crate::http::{encode, HttpConn};
 use crate::progress::Progress;
 use crate::stats::Measurement;
 
-/// Instances each heartbeat client keeps alive.
-pub(crate) const INSTANCES_PER_CLIENT: u32 = 10;
-
 /// The address of instance `n` of client `client`: a distinct IPv4 per instance.
-fn ip(client: usize, n: u64) -> String {
+pub(super) fn ip(client: usize, n: u64) -> String {
     let v = (client as u64) << 20 | (n & 0xf_ffff);
     format!("10.{}.{}.{}", (v >> 16) & 255, (v >> 8) & 255, v & 255)
 }
 
-fn port(client: usize) -> u32 {
+/// The port of client `client`'s instances.
+pub(super) fn port(client: usize) -> u32 {
     1024 + (client as u32 % 60_000)
 }
 
@@ -99,7 +98,8 @@ impl LoadClient for Beater {
     }
 }
 
-/// Runs registry-heartbeat at `clients`.
+/// Runs registry-heartbeat at `clients`: registers the instances (clients in parallel),
+/// then beats them.
 pub(super) async fn run_heartbeat(
     conns: &Connections,
     clients: usize,
@@ -107,28 +107,35 @@ pub(super) async fn run_heartbeat(
     progress: Option<&Progress>,
 ) -> anyhow::Result<Measurement> {
     let service = "cella-bench-beat";
-    let mut beaters = Vec::with_capacity(clients);
-    for client in 0..clients {
-        let mut conn = HttpConn::new(conns.authority());
-        let mut beats = Vec::new();
-        for n in 0..u64::from(INSTANCES_PER_CLIENT) {
-            let ip = ip(client, n);
-            register(&mut conn, service, &ip, port(client)).await?;
-            let beat = serde_json::json!({
-                "ip": ip, "port": port(client), "cluster": "DEFAULT",
-                "serviceName": format!("DEFAULT_GROUP@@{service}"), "weight": 1.0, "metadata": {}, "scheduled": true,
-            });
-            beats.push(format!(
-                "/nacos/v1/ns/instance/beat?serviceName={service}&groupName=DEFAULT_GROUP&beat={}",
-                encode(&beat.to_string())
-            ));
-        }
-        beaters.push(Beater {
-            conn,
-            beats,
-            next: 0,
-        });
-    }
+    let shares = super::instance_shares(settings.instances, clients);
+    let shares = shares
+        .into_iter()
+        .enumerate()
+        .filter(|(_, share)| *share > 0);
+    let beaters = futures::future::try_join_all(shares.map(
+        |(client, share)| async move {
+            let mut conn = HttpConn::new(conns.authority());
+            let mut beats = Vec::with_capacity(share as usize);
+            for n in 0..share {
+                let ip = ip(client, n);
+                register(&mut conn, service, &ip, port(client)).await?;
+                let beat = serde_json::json!({
+                    "ip": ip, "port": port(client), "cluster": "DEFAULT",
+                    "serviceName": format!("DEFAULT_GROUP@@{service}"), "weight": 1.0, "metadata": {}, "scheduled": true,
+                });
+                beats.push(format!(
+                    "/nacos/v1/ns/instance/beat?serviceName={service}&groupName=DEFAULT_GROUP&beat={}",
+                    encode(&beat.to_string())
+                ));
+            }
+            anyhow::Ok(Beater {
+                conn,
+                beats,
+                next: 0,
+            })
+        },
+    ))
+    .await?;
     Ok(measure(beaters, settings, progress).await?.1)
 }
 

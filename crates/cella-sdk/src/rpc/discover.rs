@@ -1,12 +1,14 @@
 //! Discovery: tower [`Discover`](tower::discover::Discover) streams of endpoints.
 //!
 //! [`from_registry`] turns a registry subscription (a snapshot, then deltas) into inserts and
-//! removals: an instance is in the set while it is healthy and enabled; one that turns
+//! removals, subscribing again with backoff when the subscription breaks (the last set stays
+//! in use meanwhile): an instance is in the set while it is healthy and enabled; one that turns
 //! unhealthy or disabled, or is deregistered, is removed (and its connection dropped); a
 //! changed instance is inserted again with a new connection. [`fixed`] is a set that never
 //! changes, for callers that know their endpoints.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
 
 use futures::{Stream, StreamExt as _};
 use tower::discover::Change;
@@ -14,7 +16,7 @@ use tower::discover::Change;
 use super::balancer::Discovered;
 use super::connect::Connect;
 use super::pick::Topology;
-use crate::registry::{pb, ServiceWatch};
+use crate::registry::{pb, Registry, ServiceWatch};
 use crate::{Error, Result};
 
 /// One discovery change.
@@ -74,52 +76,102 @@ fn diff<C: Connect>(
     changes
 }
 
-/// Follows a registry subscription as a stream of endpoint changes; it ends with the
-/// subscription (an error ends it too). Returns once the subscription's snapshot is in, so
-/// the stream's first items are the whole initial set.
+/// First pause before subscribing again after a subscription failed or ended.
+const RESUBSCRIBE_FIRST: Duration = Duration::from_millis(100);
+/// Longest pause between attempts to subscribe again.
+const RESUBSCRIBE_MAX: Duration = Duration::from_secs(5);
+
+/// The pause before attempt number `failures + 1` to subscribe again: doubling from 100 ms,
+/// at most 5 s.
+fn resubscribe_delay(failures: u32) -> Duration {
+    RESUBSCRIBE_FIRST
+        .saturating_mul(1 << failures.min(16))
+        .min(RESUBSCRIBE_MAX)
+}
+
+/// Subscribes to `service` and waits for the subscription's snapshot.
+async fn subscribe_with_snapshot(
+    registry: &Registry,
+    service: &pb::ServiceName,
+) -> Result<ServiceWatch> {
+    let mut watch = registry.subscribe(service.clone()).await?;
+    match watch.next().await? {
+        Some(_) => Ok(watch),
+        None => Err(Error::Protocol {
+            message: "the subscription ended before its snapshot".into(),
+        }),
+    }
+}
+
+/// Follows `service` in the registry as a stream of endpoint changes. Returns once the first
+/// subscription's snapshot is in, so the stream's first items are the whole initial set.
+///
+/// When the subscription fails or ends (the registry node restarts, the connection drops),
+/// the stream yields nothing while it subscribes again with backoff ([`resubscribe_delay`]),
+/// so the balancer keeps serving the last known endpoints; the new subscription's snapshot
+/// then replaces the set (instances that left meanwhile are removed, new ones inserted).
+/// The stream ends only when dropped.
 pub async fn from_registry<C: Connect>(
-    mut watch: ServiceWatch,
+    registry: &Registry,
+    service: pb::ServiceName,
     connect: C,
 ) -> Result<impl Stream<Item = Result<EndpointChange<C::Connection>, Error>> + Send + 'static> {
+    let watch = subscribe_with_snapshot(registry, &service).await?;
     let mut current = BTreeMap::new();
-    let mut pending = VecDeque::new();
-    if watch.next().await?.is_some() {
-        let next = watch.instances().clone();
-        pending.extend(diff(&connect, &mut current, &next));
-    }
+    let pending = diff(&connect, &mut current, watch.instances()).into();
     struct State<C: Connect> {
-        watch: ServiceWatch,
+        registry: Registry,
+        service: pb::ServiceName,
+        watch: Option<ServiceWatch>,
+        failures: u32,
         connect: C,
         current: BTreeMap<String, pb::Instance>,
         pending: VecDeque<EndpointChange<C::Connection>>,
-        ended: bool,
     }
     let state = State {
-        watch,
+        registry: registry.clone(),
+        service,
+        watch: Some(watch),
+        failures: 0,
         connect,
         current,
         pending,
-        ended: false,
     };
     Ok(futures::stream::unfold(state, |mut state| async move {
         loop {
-            if state.ended {
-                return None;
-            }
             if let Some(change) = state.pending.pop_front() {
                 return Some((Ok(change), state));
             }
-            match state.watch.next().await {
+            let Some(watch) = state.watch.as_mut() else {
+                tokio::time::sleep(resubscribe_delay(state.failures)).await;
+                match subscribe_with_snapshot(&state.registry, &state.service).await {
+                    Ok(watch) => {
+                        tracing::info!(service = %state.service.name, "subscribed again");
+                        let changes = diff(&state.connect, &mut state.current, watch.instances());
+                        state.pending.extend(changes);
+                        state.watch = Some(watch);
+                        state.failures = 0;
+                    }
+                    Err(error) => {
+                        tracing::debug!(service = %state.service.name, %error, "subscribing again failed");
+                        state.failures = state.failures.saturating_add(1);
+                    }
+                }
+                continue;
+            };
+            match watch.next().await {
                 Ok(Some(_)) => {
-                    let next = state.watch.instances().clone();
-                    let changes = diff(&state.connect, &mut state.current, &next);
+                    let changes = diff(&state.connect, &mut state.current, watch.instances());
                     state.pending.extend(changes);
                 }
-                Ok(None) => return None,
-                // Report once, then end: the balancer keeps the last set it had.
+                // Keep the last set and subscribe again.
+                Ok(None) => {
+                    tracing::warn!(service = %state.service.name, "subscription ended; subscribing again");
+                    state.watch = None;
+                }
                 Err(error) => {
-                    state.ended = true;
-                    return Some((Err(error), state));
+                    tracing::warn!(service = %state.service.name, %error, "subscription failed; subscribing again");
+                    state.watch = None;
                 }
             }
         }
@@ -180,6 +232,13 @@ mod tests {
                 Change::Remove(id) => format!("-{id}"),
             })
             .collect()
+    }
+
+    #[test]
+    fn resubscribing_backs_off_doubling_to_five_seconds() {
+        let delays: Vec<u128> = (0..8).map(|f| resubscribe_delay(f).as_millis()).collect();
+        assert_eq!(delays, vec![100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(resubscribe_delay(u32::MAX), RESUBSCRIBE_MAX);
     }
 
     #[test]

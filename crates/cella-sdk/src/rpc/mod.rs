@@ -235,8 +235,7 @@ pub async fn grpc_channel(
     service: &str,
     settings: RpcSettings,
 ) -> Result<GrpcChannel> {
-    let watch = registry.subscribe(service_name(service)).await?;
-    let discover = from_registry(watch, GrpcConnect).await?;
+    let discover = from_registry(registry, service_name(service), GrpcConnect).await?;
     let stack = stack(service, discover, &settings, Arc::new(SystemClock::new()))?;
     Ok(GrpcChannel::new(stack))
 }
@@ -247,7 +246,6 @@ pub async fn http_stack(
     service: &str,
     settings: RpcSettings,
 ) -> Result<RpcStack<HttpConnection>> {
-    let watch = registry.subscribe(service_name(service)).await?;
-    let discover = from_registry(watch, HttpConnect).await?;
+    let discover = from_registry(registry, service_name(service), HttpConnect).await?;
     stack(service, discover, &settings, Arc::new(SystemClock::new()))
 }

@@ -1,0 +1,191 @@
+//! sidecar-hop: the latency a `cella sidecar` adds to a call to an HTTP app.
+//!
+//! The bench starts an HTTP/1.1 echo app in process on 127.0.0.1 (`POST /echo` answers with
+//! the request body), then spawns its own binary as `cella --endpoint TARGET sidecar
+//! --app-id cella-bench-app-<pid> --app-port APP --port P` (killed when the run ends): the
+//! sidecar registers the app in the target's registry and serves Dapr's v1.0 HTTP API. Two
+//! paths then call the app, measured side by side at each level, each caller on its own
+//! keep-alive connection:
+//!
+//! - `direct`: `POST /echo` to the app;
+//! - `sidecar`: `POST /v1.0/invoke/<app-id>/method/echo` to the sidecar, which finds the
+//!   app through discovery and forwards the call through the SDK's HTTP stack.
+//!
+//! An operation is one call with a `--value-size` body whose echo is checked; the sidecar's
+//! hop is the difference between the two paths' latencies.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+use super::{measure, Settings};
+use crate::args::Target;
+use crate::driver::LoadClient;
+use crate::http::HttpConn;
+use crate::progress::Progress;
+use crate::stats::Measurement;
+
+/// How long the sidecar may take to start, register the app and forward a first call.
+const SIDECAR_START: Duration = Duration::from_secs(20);
+
+/// The paths' names, the direct one (the baseline) first.
+pub(crate) const NAMES: [&str; 2] = ["direct", "sidecar"];
+
+/// The echo app and its sidecar process.
+pub(crate) struct SidecarPaths {
+    app: SocketAddr,
+    sidecar: SocketAddr,
+    app_id: String,
+    _sidecar_process: Child,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SidecarPaths {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// Dapr's invoke route to the app's `echo` method.
+fn invoke_path(app_id: &str) -> String {
+    format!("/v1.0/invoke/{app_id}/method/echo")
+}
+
+/// A port free on 127.0.0.1 now (the sidecar binds it a moment later).
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl SidecarPaths {
+    /// Starts the echo app and a sidecar for it registered with `target`, and waits until a
+    /// call through the sidecar reaches the app.
+    pub(crate) async fn open(target: &Target) -> anyhow::Result<SidecarPaths> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let app = listener.local_addr()?;
+        let echo = axum::Router::new().route(
+            "/echo",
+            axum::routing::post(|body: bytes::Bytes| async move { body }),
+        );
+        let server = tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, echo).await {
+                eprintln!("sidecar-hop: the echo app stopped: {error}");
+            }
+        });
+
+        let app_id = format!("cella-bench-app-{}", std::process::id());
+        let sidecar = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let endpoint = target
+            .uri
+            .split_once("://")
+            .map_or(target.uri.as_str(), |(_, rest)| rest);
+        let binary = std::env::current_exe().context("finding the cella binary")?;
+        let mut process = Command::new(&binary)
+            .args(["--endpoint", endpoint, "sidecar", "--app-id", &app_id])
+            .args(["--app-port", &app.port().to_string()])
+            .args(["--port", &sidecar.port().to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {} sidecar", binary.display()))?;
+
+        let deadline = Instant::now() + SIDECAR_START;
+        let mut probe = Caller::new(sidecar, invoke_path(&app_id), "ready");
+        loop {
+            if let Some(status) = process.try_wait()? {
+                bail!("the sidecar exited before serving ({status})");
+            }
+            match probe.call().await {
+                Ok(()) => break,
+                Err(error) if Instant::now() >= deadline => {
+                    bail!("the sidecar did not forward a call within {SIDECAR_START:?}: {error:#}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        Ok(SidecarPaths {
+            app,
+            sidecar,
+            app_id,
+            _sidecar_process: process,
+            server,
+        })
+    }
+
+    /// What each path is, for the report.
+    pub(crate) fn describe(&self, target: &Target) -> [String; 2] {
+        [
+            format!("HTTP echo app at {}, POST /echo", self.app),
+            format!(
+                "cella sidecar at {} (registry {}), POST {}",
+                self.sidecar,
+                target.uri,
+                invoke_path(&self.app_id)
+            ),
+        ]
+    }
+
+    /// Measures path `path` (an index into [`NAMES`]) with `clients` callers.
+    pub(crate) async fn run_level(
+        &self,
+        path: usize,
+        clients: usize,
+        settings: &Settings,
+        progress: Option<&Progress>,
+    ) -> anyhow::Result<Measurement> {
+        let body = "x".repeat(settings.value_size);
+        let (addr, route) = match path {
+            0 => (self.app, "/echo".to_string()),
+            _ => (self.sidecar, invoke_path(&self.app_id)),
+        };
+        let callers = (0..clients)
+            .map(|_| Caller::new(addr, route.clone(), &body))
+            .collect();
+        Ok(measure(callers, settings, progress).await?.1)
+    }
+}
+
+/// One caller: echo calls on its own keep-alive connection.
+struct Caller {
+    conn: HttpConn,
+    path: String,
+    body: String,
+}
+
+impl Caller {
+    fn new(addr: SocketAddr, path: String, body: &str) -> Self {
+        Caller {
+            conn: HttpConn::new(&addr.to_string()),
+            path,
+            body: body.to_string(),
+        }
+    }
+}
+
+impl LoadClient for Caller {
+    async fn call(&mut self) -> anyhow::Result<()> {
+        let response = self.conn.send("POST", &self.path, &self.body).await?;
+        if response.status != 200 {
+            bail!(
+                "echo answered {}: {}",
+                response.status,
+                String::from_utf8_lossy(&response.body)
+            );
+        }
+        if response.body != self.body.as_bytes() {
+            bail!(
+                "echo answered {} bytes for {}",
+                response.body.len(),
+                self.body.len()
+            );
+        }
+        Ok(())
+    }
+}
