@@ -10,7 +10,9 @@
 //! - [`args`]: the command-line options and their parsers.
 //! - `driver`: the one load loop every workload uses.
 //! - `workloads`: kv-put, kv-get, txn-cas, lease-keepalive, watch-fanout, lock-cycle,
-//!   registry-push, registry-register, registry-heartbeat, id-batch, id-single.
+//!   registry-push, registry-register, registry-heartbeat, id-batch, id-single,
+//!   config-push, config-read, mq-produce, mq-consume, mq-e2e (the mq ones also against
+//!   NATS JetStream and RabbitMQ, by the target's scheme).
 //! - `stats`, `report`, `progress`: histograms and ratios, the markdown section, the
 //!   stderr progress line.
 
@@ -60,6 +62,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         one_lock: args.one_lock,
         id_layout: args.id_layout.clone(),
         id_batch: args.id_batch,
+        connections: args.connections as usize,
+        message_size: args.message_size as usize,
+        flush: args.flush,
+        queues: args.queues,
+        backlog: args.backlog,
+        consumers: args.consumers as usize,
     };
     let date = report::utc_now();
     let machine = Machine::this();
@@ -69,6 +77,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         if args.workload.uses_http() {
             let conns = Connections::http(target)?;
             targets.push((target, conns, "n/a (Nacos HTTP API)".to_string()));
+            continue;
+        }
+        if args.workload.is_mq() {
+            let conns = match args::Broker::of(&target.uri).map_err(anyhow::Error::msg)? {
+                args::Broker::Cella => Connections::open(target, args.connections).await?,
+                args::Broker::Nats | args::Broker::Rabbitmq => Connections::http(target)?,
+            };
+            let version = match workloads::mq::server_version(&conns).await {
+                Ok(v) => v,
+                Err(e) => format!("unknown ({})", e.root_cause()),
+            };
+            targets.push((target, conns, version));
             continue;
         }
         let conns = Connections::open(target, args.connections).await?;
@@ -122,7 +142,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .iter()
             .map(|(t, _, version)| (t.name.clone(), t.uri.clone(), version.clone()))
             .collect(),
-        settings: settings_shown(&args),
+        settings: settings_shown(&args, &settings),
         baseline: args.baseline.clone(),
         results: results.into_iter().map(|(_, _, r)| r).collect(),
     };
@@ -147,7 +167,7 @@ fn failed(message: String) -> Measurement {
 }
 
 /// The settings that shape this workload's numbers, for the report header.
-fn settings_shown(args: &BenchArgs) -> Vec<(String, String)> {
+fn settings_shown(args: &BenchArgs, settings: &Settings) -> Vec<(String, String)> {
     let mut shown = vec![
         ("duration".to_string(), format_duration(args.duration)),
         ("count cap".to_string(), args.count.to_string()),
@@ -202,6 +222,9 @@ fn settings_shown(args: &BenchArgs) -> Vec<(String, String)> {
             ));
         }
         Workload::IdSingle => shown.push(("id layout".to_string(), args.id_layout.clone())),
+        Workload::MqProduce | Workload::MqConsume | Workload::MqE2e => {
+            shown.extend(workloads::mq::settings_shown(settings))
+        }
         _ => {}
     }
     shown

@@ -6,6 +6,7 @@
 //! - [`api`]: the gRPC service and REST routes over a [`Broker`].
 //! - `timer`: the timing wheel behind delayed messages.
 //! - `group`: the consumer-group decisions (assignment, cursors, redelivery), no I/O.
+//! - [`metrics`]: the `cella_mq_*` Prometheus metrics.
 
 pub mod api;
 mod broker;
@@ -13,6 +14,7 @@ mod config;
 mod error;
 mod group;
 mod meta;
+pub mod metrics;
 pub mod storage;
 mod timer;
 mod txn;
