@@ -388,8 +388,8 @@ mod tests {
 
     #[test]
     fn brokers_by_scheme() {
-        let t = parse_targets("cella=h:1,nats=nats://h:2,rabbitmq=amqp://h:3,x=redis://h:4")
-            .unwrap();
+        let t =
+            parse_targets("cella=h:1,nats=nats://h:2,rabbitmq=amqp://h:3,x=redis://h:4").unwrap();
         let kinds: Vec<_> = t.0.iter().map(|t| Broker::of(&t.uri)).collect();
         assert_eq!(kinds[0], Ok(Broker::Cella));
         assert_eq!(kinds[1], Ok(Broker::Nats));
@@ -405,8 +405,8 @@ mod tests {
             #[command(flatten)]
             bench: BenchArgs,
         }
-        let cli = Cli::try_parse_from(["x", "mq-e2e", "--flush", "async", "--consumers", "2"])
-            .unwrap();
+        let cli =
+            Cli::try_parse_from(["x", "mq-e2e", "--flush", "async", "--consumers", "2"]).unwrap();
         assert_eq!(cli.bench.workload, Workload::MqE2e);
         assert!(cli.bench.workload.is_mq());
         assert_eq!(cli.bench.flush, Flush::Async);

@@ -63,7 +63,10 @@ async fn mq_workloads_measure_cella_without_errors() {
     args.extend_from_slice(&bounded);
     let text = bench(&node, &out, &args).await;
     assert!(text.contains("## mq-produce"), "{text}");
-    assert!(text.contains("flush async; cella: topic flush=async"), "{text}");
+    assert!(
+        text.contains("flush async; cella: topic flush=async"),
+        "{text}"
+    );
     let got = rows(&text);
     assert_eq!(got.len(), 2, "{text}");
     for (_, clients, ops, errors) in &got {
@@ -77,10 +80,22 @@ async fn mq_workloads_measure_cella_without_errors() {
     let text = bench(&node, &out, &args).await;
     let got = rows(&text);
     assert_eq!(got.len(), 1, "{text}");
-    assert_eq!((got[0].2, got[0].3), (500, 0), "the whole backlog, acked: {text}");
+    assert_eq!(
+        (got[0].2, got[0].3),
+        (500, 0),
+        "the whole backlog, acked: {text}"
+    );
 
     let out = dir.path().join("e2e.md");
-    let mut args = vec!["mq-e2e", "--clients", "2", "--rate", "200", "--consumers", "2"];
+    let mut args = vec![
+        "mq-e2e",
+        "--clients",
+        "2",
+        "--rate",
+        "200",
+        "--consumers",
+        "2",
+    ];
     args.extend_from_slice(&bounded);
     let text = bench(&node, &out, &args).await;
     let got = rows(&text);

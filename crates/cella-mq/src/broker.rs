@@ -1166,7 +1166,10 @@ impl Broker {
 
     /// The committed offset of every cursor of `group` (of every group with `None`), keyed
     /// by (group, topic, owner, queue): saved offsets overlaid by the live cursors.
-    fn committed_offsets(&self, group: Option<&str>) -> BTreeMap<(String, String, String, u32), u64> {
+    fn committed_offsets(
+        &self,
+        group: Option<&str>,
+    ) -> BTreeMap<(String, String, String, u32), u64> {
         let wanted = |g: &str| group.is_none_or(|w| w == g) && g != DELAY_TOPIC;
         let mut committed = BTreeMap::new();
         for ((g, owner, topic, queue), c) in self.inner.saved.lock().expect("saved lock").iter() {
@@ -1191,7 +1194,13 @@ impl Broker {
         let mut out = Vec::new();
         for ((group, topic, owner, queue), committed) in self.committed_offsets(None) {
             if let Ok((first, end)) = self.inner.store.queue_bounds(&topic, queue) {
-                out.push((group, topic, owner, queue, end.saturating_sub(committed.max(first))));
+                out.push((
+                    group,
+                    topic,
+                    owner,
+                    queue,
+                    end.saturating_sub(committed.max(first)),
+                ));
             }
         }
         out

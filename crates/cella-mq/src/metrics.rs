@@ -80,8 +80,14 @@ pub fn register(registry: &mut Registry, broker: Broker) {
 
 pub(crate) fn count_appended(topic: &str, messages: u64, bytes: u64) {
     let labels = vec![("topic", topic.to_string())];
-    metrics().appended_messages.get_or_create(&labels).inc_by(messages);
-    metrics().appended_bytes.get_or_create(&labels).inc_by(bytes);
+    metrics()
+        .appended_messages
+        .get_or_create(&labels)
+        .inc_by(messages);
+    metrics()
+        .appended_bytes
+        .get_or_create(&labels)
+        .inc_by(bytes);
 }
 
 pub(crate) fn observe_fsync(took: Duration, appends: usize) {

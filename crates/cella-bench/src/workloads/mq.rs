@@ -371,7 +371,11 @@ async fn consume(
         bail!(
             "filling the backlog: {} of {backlog} sends acknowledged ({})",
             filled.ops(),
-            filled.errors.summary().first().map_or("", |(m, _)| m.as_str())
+            filled
+                .errors
+                .summary()
+                .first()
+                .map_or("", |(m, _)| m.as_str())
         );
     }
     let remaining = Arc::new(AtomicU64::new(backlog));

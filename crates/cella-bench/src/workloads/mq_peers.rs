@@ -203,7 +203,10 @@ impl RabbitRun {
             Flush::Sync => "quorum",
             Flush::Async => "classic",
         };
-        arguments.insert("x-queue-type".into(), AMQPValue::LongString(queue_type.into()));
+        arguments.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString(queue_type.into()),
+        );
         let channel = connections[0].create_channel().await?;
         channel
             .queue_declare(
@@ -324,7 +327,10 @@ impl RabbitConsumer {
         if let Some(last) = deliveries.last() {
             last.ack(BasicAckOptions { multiple: true }).await?;
         }
-        Ok(deliveries.into_iter().map(|d| Bytes::from(d.data)).collect())
+        Ok(deliveries
+            .into_iter()
+            .map(|d| Bytes::from(d.data))
+            .collect())
     }
 }
 

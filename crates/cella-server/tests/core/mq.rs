@@ -361,7 +361,11 @@ async fn metrics_follow_appends_lag_retries_dead_letters_and_delays() {
     let mut c = client(&node).await;
     let before = scrape(&node).await;
     assert_eq!(
-        sample(&before, "cella_mq_appended_messages_total", &[r#"topic="metered""#]),
+        sample(
+            &before,
+            "cella_mq_appended_messages_total",
+            &[r#"topic="metered""#]
+        ),
         None
     );
     assert_eq!(sample(&before, "cella_mq_delayed_pending", &[]), Some(0.0));
