@@ -93,6 +93,27 @@ pub struct BenchArgs {
     /// for rpc-overhead and sidecar-hop the direct path, `tonic` or `direct`].
     #[arg(long, value_name = "NAME")]
     pub baseline: Option<String>,
+    /// mq-*: body size of every message in bytes (at least 16: the e2e send stamp).
+    #[arg(long, value_name = "BYTES", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(16..=4_194_304))]
+    pub message_size: u32,
+
+    /// mq-*: durability of the topic (Cella) or queue/stream (peers) each run creates:
+    /// `sync` acknowledges after fsync, `async` after the write (fsynced later).
+    #[arg(long, value_enum, default_value_t = Flush::Sync)]
+    pub flush: Flush,
+
+    /// mq-*: queues of the Cella topic each run creates.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub queues: u32,
+
+    /// mq-consume: messages sent before the consumers start (the backlog they drain).
+    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub backlog: u64,
+
+    /// mq-e2e: consumers receiving what the --clients producers send (at --rate).
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub consumers: u32,
+
 
     /// Append the result section (markdown) to this file, e.g. bench/results/core-DATE.md.
     #[arg(long, value_name = "FILE")]
@@ -145,6 +166,13 @@ pub enum Workload {
     /// Config gets through Nacos's v1 HTTP API of min(--key-space, 10000) preloaded configs
     /// (Cella or rnacos).
     ConfigReadNacos,
+    /// Message broker: acknowledged sends of --message-size bodies (Cella, NATS JetStream
+    /// at nats://, RabbitMQ at amqp://).
+    MqProduce,
+    /// Message broker: receive+ack of a pre-filled --backlog; an operation is one message.
+    MqConsume,
+    /// Message broker: sends at --rate, --consumers receivers; latency is send to receive.
+    MqE2e,
 }
 
 impl Workload {
@@ -180,6 +208,62 @@ impl Workload {
             Workload::ConfigRead => "config-read",
             Workload::ConfigPublishNacos => "config-publish-nacos",
             Workload::ConfigReadNacos => "config-read-nacos",
+            Workload::MqProduce => "mq-produce",
+            Workload::MqConsume => "mq-consume",
+            Workload::MqE2e => "mq-e2e",
+        }
+    }
+
+    /// Whether the workload measures a message broker (Cella's, NATS or RabbitMQ by the
+    /// target's scheme) rather than an etcd-style gRPC or Nacos HTTP server.
+    pub fn is_mq(self) -> bool {
+        matches!(
+            self,
+            Workload::MqProduce | Workload::MqConsume | Workload::MqE2e
+        )
+    }
+}
+
+/// Durability of the messages an mq workload sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Flush {
+    /// Acknowledged after fsync (Cella's group commit).
+    Sync,
+    /// Acknowledged after the write; fsynced later.
+    Async,
+}
+
+impl Flush {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Flush::Sync => "sync",
+            Flush::Async => "async",
+        }
+    }
+}
+
+/// Which broker a target of an mq workload is, by its address's scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broker {
+    /// Cella's `cella.mq.v1` gRPC service (`http://`, `https://` or a bare HOST:PORT).
+    Cella,
+    /// NATS JetStream (`nats://`).
+    Nats,
+    /// RabbitMQ over AMQP 0-9-1 (`amqp://`).
+    Rabbitmq,
+}
+
+impl Broker {
+    /// The broker a target URI (as [`parse_targets`] makes it) addresses.
+    pub fn of(uri: &str) -> Result<Broker, String> {
+        match uri.split_once("://").map(|(scheme, _)| scheme) {
+            Some("http" | "https") => Ok(Broker::Cella),
+            Some("nats") => Ok(Broker::Nats),
+            Some("amqp") => Ok(Broker::Rabbitmq),
+            _ => Err(format!(
+                "target `{uri}`: an mq workload needs http:// (Cella), nats:// or amqp://"
+            )),
         }
     }
 }
@@ -338,6 +422,38 @@ mod tests {
             .unwrap_err()
             .contains("HOST:PORT"));
         assert!(parse_targets("a=h:1,a=h:2").unwrap_err().contains("twice"));
+    }
+
+    #[test]
+    fn brokers_by_scheme() {
+        let t =
+            parse_targets("cella=h:1,nats=nats://h:2,rabbitmq=amqp://h:3,x=redis://h:4").unwrap();
+        let kinds: Vec<_> = t.0.iter().map(|t| Broker::of(&t.uri)).collect();
+        assert_eq!(kinds[0], Ok(Broker::Cella));
+        assert_eq!(kinds[1], Ok(Broker::Nats));
+        assert_eq!(kinds[2], Ok(Broker::Rabbitmq));
+        assert!(kinds[3].as_ref().unwrap_err().contains("nats://"));
+    }
+
+    #[test]
+    fn mq_options_parse_and_are_bounded() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            bench: BenchArgs,
+        }
+        let cli =
+            Cli::try_parse_from(["x", "mq-e2e", "--flush", "async", "--consumers", "2"]).unwrap();
+        assert_eq!(cli.bench.workload, Workload::MqE2e);
+        assert!(cli.bench.workload.is_mq());
+        assert_eq!(cli.bench.flush, Flush::Async);
+        assert_eq!(cli.bench.message_size, 1024);
+        assert_eq!(cli.bench.consumers, 2);
+        assert!(Cli::try_parse_from(["x", "mq-produce", "--flush", "never"]).is_err());
+        assert!(Cli::try_parse_from(["x", "mq-produce", "--message-size", "8"]).is_err());
+        assert!(Cli::try_parse_from(["x", "mq-consume", "--backlog", "0"]).is_err());
+        assert!(!Workload::KvPut.is_mq());
     }
 
     #[test]

@@ -16,6 +16,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The open connections to one target.
 #[derive(Debug, Clone)]
 pub(crate) struct Connections {
+    uri: String,
     endpoint: Endpoint,
     channels: Vec<Channel>,
 }
@@ -34,7 +35,11 @@ impl Connections {
             })?;
             channels.push(channel);
         }
-        Ok(Connections { endpoint, channels })
+        Ok(Connections {
+            uri: target.uri.clone(),
+            endpoint,
+            channels,
+        })
     }
 
     /// These connections plus new ones, `n` in all: for workloads holding more streams than
@@ -50,6 +55,7 @@ impl Connections {
             );
         }
         Ok(Connections {
+            uri: self.uri.clone(),
             endpoint: self.endpoint.clone(),
             channels,
         })
@@ -61,9 +67,15 @@ impl Connections {
         let endpoint = Endpoint::from_shared(target.uri.clone())
             .with_context(|| format!("target {}: bad address {}", target.name, target.uri))?;
         Ok(Connections {
+            uri: target.uri.clone(),
             endpoint,
             channels: Vec::new(),
         })
+    }
+
+    /// The target's URI as given (`http://…`, `nats://…`, `amqp://…`).
+    pub(crate) fn uri(&self) -> &str {
+        self.uri.as_str()
     }
 
     /// `HOST:PORT` of the target.

@@ -43,6 +43,18 @@ pub(crate) trait LoadClient: Send + 'static {
     fn measured_latency(&mut self) -> Option<Option<Duration>> {
         None
     }
+
+    /// For clients whose one call handles several operations (a batch of messages): how
+    /// many the last successful call did, each recorded with the call's latency. Default 1.
+    fn ops_in_call(&mut self) -> u64 {
+        1
+    }
+
+    /// Whether the client has nothing left to do (a drained backlog); checked before every
+    /// call, it ends the client's loop early.
+    fn done(&self) -> bool {
+        false
+    }
 }
 
 /// The bounds of one load run.
@@ -138,7 +150,10 @@ async fn run_client<C: LoadClient>(
             tokio::time::sleep_until(at).await;
             next = Some((at + pace).max(Instant::now()));
         }
-        if Instant::now() >= deadline || issued.fetch_add(1, Ordering::Relaxed) >= count {
+        if client.done()
+            || Instant::now() >= deadline
+            || issued.fetch_add(1, Ordering::Relaxed) >= count
+        {
             break;
         }
         let sent = Instant::now();
@@ -149,12 +164,15 @@ async fn run_client<C: LoadClient>(
         };
         match result {
             Ok(()) => {
+                let ops = client.ops_in_call();
                 match client.measured_latency() {
-                    None => latencies.record(sent.elapsed()),
-                    Some(Some(own)) => latencies.record(own),
+                    None => latencies.record_n(sent.elapsed(), ops),
+                    Some(Some(own)) => latencies.record_n(own, ops),
                     Some(None) => {}
                 }
                 consecutive_errors = 0;
+                completed.fetch_add(ops, Ordering::Relaxed);
+                continue;
             }
             Err(e) => {
                 errors.add(describe(&e), 1);
@@ -243,6 +261,46 @@ mod tests {
             .await
             .unwrap();
         assert!((49..=51).contains(&m.ops()), "{} ops", m.ops());
+    }
+
+    /// Takes batches of 3 from a shared pool of 10 until it is empty.
+    struct Batcher {
+        pool: Arc<AtomicU64>,
+        last: u64,
+    }
+
+    impl LoadClient for Batcher {
+        async fn call(&mut self) -> anyhow::Result<()> {
+            let left = self.pool.load(Ordering::Relaxed);
+            self.last = left.min(3);
+            self.pool.fetch_sub(self.last, Ordering::Relaxed);
+            Ok(())
+        }
+
+        fn ops_in_call(&mut self) -> u64 {
+            self.last
+        }
+
+        fn done(&self) -> bool {
+            self.pool.load(Ordering::Relaxed) == 0
+        }
+    }
+
+    #[tokio::test]
+    async fn batches_count_each_operation_and_done_ends_the_run() {
+        let bounds = Bounds {
+            duration: Duration::from_secs(60),
+            count: u64::MAX,
+            rate: None,
+        };
+        let pool = Arc::new(AtomicU64::new(10));
+        let client = Batcher {
+            pool: pool.clone(),
+            last: 0,
+        };
+        let (_, m) = drive(vec![client], bounds, None).await.unwrap();
+        assert_eq!(m.ops(), 10, "3+3+3+1 operations in four calls");
+        assert_eq!(pool.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]

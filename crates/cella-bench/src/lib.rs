@@ -11,9 +11,11 @@
 //! - `driver`: the one load loop every workload uses.
 //! - `workloads`: kv-put, kv-get, txn-cas, lease-keepalive, watch-fanout, lock-cycle,
 //!   registry-push, registry-register, registry-heartbeat, registry-heartbeat-grpc,
-//!   rpc-overhead, sidecar-hop, id-batch, id-single, config-push, config-read.
-//!   rpc-overhead and sidecar-hop measure two paths to one target side by side (their
-//!   "targets" in the report are the paths).
+//!   rpc-overhead, sidecar-hop, id-batch, id-single, config-push, config-read,
+//!   config-publish-nacos, config-read-nacos, mq-produce, mq-consume, mq-e2e (the mq ones
+//!   also against NATS JetStream and RabbitMQ, by the target's scheme). rpc-overhead and
+//!   sidecar-hop measure two paths to one target side by side (their "targets" in the
+//!   report are the paths).
 //! - `usage`: the server process's CPU share and memory (`--server-pid`).
 //! - `stats`, `report`, `progress`: histograms and ratios, the markdown section, the
 //!   stderr progress line.
@@ -68,6 +70,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         instances: args.instances,
         beat_batch: args.beat_batch,
         server_pid: args.server_pid,
+        connections: args.connections as usize,
+        message_size: args.message_size as usize,
+        flush: args.flush,
+        queues: args.queues,
+        backlog: args.backlog,
+        consumers: args.consumers as usize,
     };
     let date = report::utc_now();
     let machine = Machine::this();
@@ -77,6 +85,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         if args.workload.uses_http() {
             let conns = Connections::http(target)?;
             targets.push((target, conns, "n/a (Nacos HTTP API)".to_string()));
+            continue;
+        }
+        if args.workload.is_mq() {
+            let conns = match args::Broker::of(&target.uri).map_err(anyhow::Error::msg)? {
+                args::Broker::Cella => Connections::open(target, args.connections).await?,
+                args::Broker::Nats | args::Broker::Rabbitmq => Connections::http(target)?,
+            };
+            let version = match workloads::mq::server_version(&conns).await {
+                Ok(v) => v,
+                Err(e) => format!("unknown ({})", e.root_cause()),
+            };
+            targets.push((target, conns, version));
             continue;
         }
         let conns = Connections::open(target, args.connections).await?;
@@ -178,7 +198,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         commit: report::git_commit(),
         machine,
         targets: measured_units,
-        settings: settings_shown(&args),
+        settings: settings_shown(&args, &settings),
         baseline,
         results: results.into_iter().map(|(_, _, r)| r).collect(),
     };
@@ -204,7 +224,7 @@ fn failed(message: String) -> Measurement {
 }
 
 /// The settings that shape this workload's numbers, for the report header.
-fn settings_shown(args: &BenchArgs) -> Vec<(String, String)> {
+fn settings_shown(args: &BenchArgs, settings: &Settings) -> Vec<(String, String)> {
     let mut shown = vec![
         ("duration".to_string(), format_duration(args.duration)),
         ("count cap".to_string(), args.count.to_string()),
@@ -290,6 +310,9 @@ fn settings_shown(args: &BenchArgs) -> Vec<(String, String)> {
         }
         Workload::RpcOverhead | Workload::SidecarHop => {
             shown.push(("payload".to_string(), format!("{} B", args.value_size)));
+        }
+        Workload::MqProduce | Workload::MqConsume | Workload::MqE2e => {
+            shown.extend(workloads::mq::settings_shown(settings))
         }
         _ => {}
     }

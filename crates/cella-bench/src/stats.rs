@@ -36,6 +36,15 @@ impl Latencies {
         self.0.saturating_record(us.clamp(1, MAX_LATENCY_US));
     }
 
+    /// Records `n` operations that took `latency` each (a batch); nothing when `n` is 0.
+    pub(crate) fn record_n(&mut self, latency: Duration, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.0.saturating_record_n(us.clamp(1, MAX_LATENCY_US), n);
+    }
+
     /// Adds every sample of `other`.
     pub(crate) fn merge(&mut self, other: &Latencies) {
         self.0

@@ -771,6 +771,7 @@ impl Broker {
         if taken.shed > 0 {
             tracing::warn!(group = %meta.name, topic = %topic.name, shed = taken.shed, "mq: backlog over its maximum; oldest messages shed");
         }
+        crate::metrics::count_dead_lettered(&meta.name, taken.dead_letters.len() as u64);
         for mut message in taken.dead_letters {
             message
                 .properties
@@ -1108,8 +1109,10 @@ impl Broker {
             tracing::info!(group, id = %format_id(message.id), retries, "mq: retries exhausted; to the dead-letter topic");
             message.topic = format!("{DLQ_PREFIX}{group}");
             self.inner.store.append(message, FlushMode::Sync).await?;
+            crate::metrics::count_dead_lettered(group, 1);
             return Ok(());
         }
+        crate::metrics::count_retry(group);
         let level = (retries as usize - 1).min(config.retry_backoff_ms.len().saturating_sub(1));
         let backoff = config.retry_backoff_ms.get(level).copied().unwrap_or(1_000);
         self.enqueue_delayed(
@@ -1183,19 +1186,8 @@ impl Broker {
                 group: group.to_string(),
             });
         }
-        let mut committed: BTreeMap<(String, String, u32), u64> = BTreeMap::new();
-        for ((g, owner, topic, queue), c) in self.inner.saved.lock().expect("saved lock").iter() {
-            if g == group {
-                committed.insert((topic.clone(), owner.clone(), *queue), *c);
-            }
-        }
-        if let Some(runtime) = self.inner.groups.lock().expect("groups lock").get(group) {
-            for (key, cursor) in &runtime.cursors {
-                committed.insert(key.clone(), cursor.committed);
-            }
-        }
         let mut out = Vec::new();
-        for ((topic, member, queue_id), committed) in committed {
+        for ((_, topic, member, queue_id), committed) in self.committed_offsets(Some(group)) {
             let (first, end) = self.inner.store.queue_bounds(&topic, queue_id)?;
             let committed = committed.max(first);
             out.push(QueueLag {
@@ -1208,6 +1200,53 @@ impl Broker {
             });
         }
         Ok(out)
+    }
+
+    /// The committed offset of every cursor of `group` (of every group with `None`), keyed
+    /// by (group, topic, owner, queue): saved offsets overlaid by the live cursors.
+    fn committed_offsets(
+        &self,
+        group: Option<&str>,
+    ) -> BTreeMap<(String, String, String, u32), u64> {
+        let wanted = |g: &str| group.is_none_or(|w| w == g) && g != DELAY_TOPIC;
+        let mut committed = BTreeMap::new();
+        for ((g, owner, topic, queue), c) in self.inner.saved.lock().expect("saved lock").iter() {
+            if wanted(g) {
+                committed.insert((g.clone(), topic.clone(), owner.clone(), *queue), *c);
+            }
+        }
+        for (g, runtime) in self.inner.groups.lock().expect("groups lock").iter() {
+            if wanted(g) {
+                for ((topic, owner, queue), cursor) in &runtime.cursors {
+                    let key = (g.clone(), topic.clone(), owner.clone(), *queue);
+                    committed.insert(key, cursor.committed);
+                }
+            }
+        }
+        committed
+    }
+
+    /// Every group's backlog per cursor as (group, topic, owner, queue, lag), for metrics;
+    /// queues whose bounds cannot be read are left out.
+    pub(crate) fn lag_snapshot(&self) -> Vec<(String, String, String, u32, u64)> {
+        let mut out = Vec::new();
+        for ((group, topic, owner, queue), committed) in self.committed_offsets(None) {
+            if let Ok((first, end)) = self.inner.store.queue_bounds(&topic, queue) {
+                out.push((
+                    group,
+                    topic,
+                    owner,
+                    queue,
+                    end.saturating_sub(committed.max(first)),
+                ));
+            }
+        }
+        out
+    }
+
+    /// Delayed messages (and retries waiting out their backoff) not yet due.
+    pub(crate) fn delayed_pending(&self) -> usize {
+        self.inner.delays.lock().expect("delays lock").wheel.len()
     }
 
     /// Every group.

@@ -6,6 +6,7 @@
 //! - [`api`]: the gRPC service and REST routes over a [`Broker`].
 //! - `timer`: the timing wheel behind delayed messages.
 //! - `group`: the consumer-group decisions (assignment, cursors, redelivery), no I/O.
+//! - [`metrics`]: the `cella_mq_*` Prometheus metrics.
 
 pub mod api;
 mod broker;
@@ -14,6 +15,7 @@ mod error;
 mod group;
 mod meta;
 pub mod resources;
+pub mod metrics;
 pub mod storage;
 mod timer;
 mod txn;

@@ -203,6 +203,7 @@ fn router(core: Core, blocks: &Blocks) -> Router {
     cella_core::metrics::register(&mut registry);
     cella_registry::metrics::register(&mut registry);
     cella_idgen::metrics::register(&mut registry);
+    cella_mq::metrics::register(&mut registry, blocks.broker.clone());
     let state = Arc::new(AppState {
         core: core.clone(),
         registry,

@@ -9,6 +9,8 @@ mod id;
 mod kv;
 mod lease;
 mod lock;
+pub(crate) mod mq;
+mod mq_peers;
 mod nacos;
 mod nacos_config;
 mod registry;
@@ -61,6 +63,18 @@ pub(crate) struct Settings {
     pub beat_batch: u32,
     /// A server process whose CPU share and memory each measured run reports.
     pub server_pid: Option<u32>,
+    /// mq-*: connections to a NATS or RabbitMQ target (Cella's are opened by the caller).
+    pub connections: usize,
+    /// mq-*: body size of every message.
+    pub message_size: usize,
+    /// mq-*: durability of the run's topic, stream or queue.
+    pub flush: crate::args::Flush,
+    /// mq-*: queues of the Cella topic.
+    pub queues: u32,
+    /// mq-consume: messages sent before the consumers start.
+    pub backlog: u64,
+    /// mq-e2e: receivers.
+    pub consumers: usize,
 }
 
 /// Runs `workload` once at `clients` against `conns`; `progress` labels the progress line.
@@ -102,6 +116,9 @@ pub(crate) async fn run_level(
         Workload::ConfigReadNacos => {
             nacos_config::run_read(conns, clients, settings, progress).await
         }
+        Workload::MqProduce => mq::run_produce(conns, clients, settings, progress).await,
+        Workload::MqConsume => mq::run_consume(conns, clients, settings, progress).await,
+        Workload::MqE2e => mq::run_e2e(conns, clients, settings, progress).await,
     }
 }
 

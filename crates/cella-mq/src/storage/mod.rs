@@ -859,6 +859,7 @@ impl Writer {
         let mut lookup_adds: HashMap<u64, Vec<u64>> = HashMap::new();
         let mut replies_on_error = Vec::new();
         let mut error = None;
+        let mut per_topic: HashMap<String, (u64, u64)> = HashMap::new();
         for (mut message, mode, reply) in appends {
             if error.is_some() {
                 replies_on_error.push(reply);
@@ -910,6 +911,9 @@ impl Writer {
             }
             .encode(cq.entry(key.clone()).or_default());
             index_message(&message, offset, &mut index, &mut lookup_adds);
+            let counted = per_topic.entry(message.topic.clone()).or_default();
+            counted.0 += 1;
+            counted.1 += len;
             placed.push(Placed {
                 reply,
                 appended: Appended {
@@ -923,10 +927,12 @@ impl Writer {
         }
         let result = self.write_out(&mut buf, &mut touched).and_then(|()| {
             if sync {
+                let started = Instant::now();
                 for f in &touched {
                     f.sync_data()
                         .map_err(MqError::io("syncing the commitlog"))?;
                 }
+                crate::metrics::observe_fsync(started.elapsed(), placed.len());
                 self.dirty = false;
                 self.last_flush = Instant::now();
             } else if !touched.is_empty() {
@@ -961,6 +967,9 @@ impl Writer {
         self.shared
             .published
             .send_replace(self.active_base + self.position);
+        for (topic, (messages, bytes)) in per_topic {
+            crate::metrics::count_appended(&topic, messages, bytes);
+        }
         for p in placed {
             let _ = p.reply.send(Ok(p.appended));
         }

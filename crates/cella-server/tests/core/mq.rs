@@ -328,3 +328,126 @@ async fn a_half_message_is_delivered_only_after_its_commit() {
         vec![half.message_id.as_str()]
     );
 }
+
+/// The sum of the samples of `name` whose labels include every one of `labels`
+/// (`key="value"`), from an OpenMetrics text; `None` when no sample matches.
+fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+        if metric == name && labels.iter().all(|l| rest.contains(l)) {
+            *found.get_or_insert(0.0) += value.parse::<f64>().expect("a sample value");
+        }
+    }
+    found
+}
+
+async fn scrape(node: &TestNode) -> String {
+    let (status, text) = http(&node.addr, "GET", "/metrics", "").await.expect("http");
+    assert_eq!(status, 200);
+    text
+}
+
+#[tokio::test]
+async fn metrics_follow_appends_lag_retries_dead_letters_and_delays() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small(dir.path());
+    cfg.mq.retry_backoff_ms = vec![200];
+    cfg.mq.max_retries = 1;
+    let node = TestNode::start(cfg).await;
+    let mut c = client(&node).await;
+    let before = scrape(&node).await;
+    assert_eq!(
+        sample(
+            &before,
+            "cella_mq_appended_messages_total",
+            &[r#"topic="metered""#]
+        ),
+        None
+    );
+    assert_eq!(sample(&before, "cella_mq_delayed_pending", &[]), Some(0.0));
+    c.create_topic(mq::CreateTopicRequest {
+        name: "metered".into(),
+        queues: 1,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for body in ["a", "bb", "ccc"] {
+        c.send(mq::SendRequest {
+            topic: "metered".into(),
+            body: body.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let pull = mq::PullRequest {
+        group: "metered-group".into(),
+        topic: "metered".into(),
+        member: "m".into(),
+        max_messages: 10,
+        wait_ms: 1000,
+        ..Default::default()
+    };
+    let got = c.pull(pull.clone()).await.unwrap().into_inner().messages;
+    assert_eq!(got.len(), 3);
+
+    let sent = scrape(&node).await;
+    let topic = [r#"topic="metered""#];
+    assert_eq!(
+        sample(&sent, "cella_mq_appended_messages_total", &topic),
+        Some(3.0)
+    );
+    let bytes = sample(&sent, "cella_mq_appended_bytes_total", &topic).unwrap();
+    assert!(bytes > 6.0, "records carry the bodies and headers: {bytes}");
+    assert!(sample(&sent, "cella_mq_fsync_seconds_count", &[]).unwrap() >= 1.0);
+    assert!(sample(&sent, "cella_mq_appends_per_fsync_sum", &[]).unwrap() >= 3.0);
+    let group = [r#"group="metered-group""#, r#"topic="metered""#];
+    assert_eq!(
+        sample(&sent, "cella_mq_consumer_lag", &group),
+        Some(3.0),
+        "delivered, not acked"
+    );
+
+    let ack = |m: &mq::Message| mq::AckRequest {
+        group: "metered-group".into(),
+        member: "m".into(),
+        topic: m.topic.clone(),
+        queue_id: m.queue_id,
+        queue_offset: m.queue_offset,
+    };
+    c.ack(ack(&got[0])).await.unwrap();
+    c.ack(ack(&got[1])).await.unwrap();
+    c.nack(ack(&got[2])).await.unwrap();
+    let nacked = scrape(&node).await;
+    assert_eq!(sample(&nacked, "cella_mq_consumer_lag", &group), Some(0.0));
+    let by_group = [r#"group="metered-group""#];
+    assert_eq!(
+        sample(&nacked, "cella_mq_retries_total", &by_group),
+        Some(1.0)
+    );
+    assert_eq!(sample(&nacked, "cella_mq_delayed_pending", &[]), Some(1.0));
+
+    // The retry comes back after its backoff; nacked again, it is dead-lettered.
+    let mut retried = Vec::new();
+    for _ in 0..20 {
+        retried = c.pull(pull.clone()).await.unwrap().into_inner().messages;
+        if !retried.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(retried.len(), 1, "the nacked message is delivered again");
+    assert_eq!(retried[0].body, "ccc");
+    c.nack(ack(&retried[0])).await.unwrap();
+    let dead = scrape(&node).await;
+    assert_eq!(
+        sample(&dead, "cella_mq_dead_lettered_total", &by_group),
+        Some(1.0)
+    );
+    assert_eq!(sample(&dead, "cella_mq_delayed_pending", &[]), Some(0.0));
+    node.stop().await;
+}

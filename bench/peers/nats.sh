@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Starts and stops a single-node NATS server with JetStream to benchmark Cella's broker against.
+#
+#   bench/peers/nats.sh start [PORT]   # client port PORT (default 4222)
+#   bench/peers/nats.sh stop  [PORT]
+#
+# start installs Debian's nats-server if it is missing, runs it on 127.0.0.1 with JetStream
+# on and its file store in a fresh dir under a temp dir, waits until it answers with
+# JetStream enabled, and records its PID. stop kills exactly that PID (TERM, then KILL after
+# 10 s) and removes the store. Durability: JetStream 2.9 acknowledges a publish once it is
+# written to the file store (page cache) and fsyncs on its own interval (2 min); it has no
+# per-message fsync setting, so it matches Cella's async flush, not its sync flush.
+#
+# State lives in ${CELLA_BENCH_STATE:-/tmp/cella-bench}/nats-PORT.{pid,dir,log}.
+set -euo pipefail
+
+name=nats
+# shellcheck source=bench/peers/common.sh
+source "$(dirname "$0")/common.sh"
+
+action=${1:-}
+port=${2:-4222}
+state=${CELLA_BENCH_STATE:-/tmp/cella-bench}
+pidfile=$state/nats-$port.pid
+dirfile=$state/nats-$port.dir
+logfile=$state/nats-$port.log
+start_timeout=30
+
+usage() {
+    echo "usage: $0 start|stop [PORT]" >&2
+    exit 2
+}
+
+[[ $port =~ ^[0-9]+$ ]] && ((port > 0 && port < 65535)) || usage
+
+port_in_use() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# True when the server on $port greets with an INFO line that has JetStream on.
+healthy() {
+    local reply
+    reply=$(
+        exec 2>/dev/null
+        exec 3<>"/dev/tcp/127.0.0.1/$port" || exit 1
+        timeout 2 head -n 1 <&3
+    ) || return 1
+    [[ $reply == INFO* && $reply == *'"jetstream":true'* ]]
+}
+
+install_nats() {
+    command -v nats-server >/dev/null && return
+    echo "nats-server not found; installing Debian's nats-server" >&2
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y nats-server
+}
+
+# Prints the PID in the pid file if that process is still the nats-server we started.
+our_pid() {
+    [[ -f $pidfile && -f $dirfile ]] || return 1
+    local pid
+    pid=$(<"$pidfile")
+    [[ $pid =~ ^[0-9]+$ ]] || return 1
+    [[ -r /proc/$pid/cmdline ]] || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "--store_dir $(<"$dirfile")/store" || return 1
+    echo "$pid"
+}
+
+start() {
+    install_nats
+    mkdir -p "$state"
+    if pid=$(our_pid); then
+        echo "nats-server on port $port is already running (pid $pid)" >&2
+        exit 1
+    fi
+    if port_in_use "$port"; then
+        echo "port $port is in use; pick another" >&2
+        exit 1
+    fi
+    local dir
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/cella-bench-nats-$port.XXXXXX")
+    echo "$dir" >"$dirfile"
+    nats-server --addr 127.0.0.1 --port "$port" \
+        --jetstream --store_dir "$dir/store" \
+        --server_name "bench-$port" \
+        >"$logfile" 2>&1 </dev/null &
+    local pid=$!
+    echo "$pid" >"$pidfile"
+    wait_healthy "$pid" "$dir"
+    echo "$(nats-server --version) with JetStream on 127.0.0.1:$port (pid $pid, store $dir)" >&2
+}
+
+stop() {
+    local pid
+    if ! pid=$(our_pid); then
+        echo "no nats-server started by this script on port $port" >&2
+        rm -f "$pidfile"
+        return 0
+    fi
+    stop_peer "$pid" "*/cella-bench-nats-$port.*"
+}
+
+case $action in
+start) start ;;
+stop) stop ;;
+*) usage ;;
+esac
