@@ -20,7 +20,7 @@ use cella_proto::etcdserverpb::{self as pb, response_op};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{BasicNode, ChangeMembers, RaftMetrics, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::election::ElectionClock;
@@ -89,9 +89,6 @@ const READ_CONFIRM_ATTEMPTS: u32 = 3;
 
 /// Most commands proposed as one Raft entry.
 const MAX_BATCH_COMMANDS: usize = 512;
-
-/// Most batches submitted to Raft and not yet applied; later proposals gather meanwhile.
-const MAX_BATCHES_IN_FLIGHT: usize = 4;
 
 /// A write waiting to be batched into a Raft entry.
 struct Proposal {
@@ -290,18 +287,11 @@ impl Core {
         result
     }
 
-    /// Batches proposals and pipelines the batches: each batch becomes one Raft entry,
-    /// submitted in order as soon as it is formed, while up to [`MAX_BATCHES_IN_FLIGHT`]
-    /// earlier ones are still being fsynced and applied. The log writer makes every entry
-    /// queued during one fsync durable with the next (group commit), and proposals that
-    /// arrive while the pipeline is full gather into the next batch. A reply is sent only
-    /// once its entry is committed and applied, exactly as without the pipeline.
+    /// Batches proposals: while one batch is replicated and fsynced, the next accumulates,
+    /// so one fsync serves every write that arrived meanwhile (openraft 0.9 flushes the log
+    /// once per entry, so batching must happen before Raft).
     async fn run_proposals(self, mut proposals: mpsc::Receiver<Proposal>) {
-        let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
         while let Some(first) = proposals.recv().await {
-            let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                return;
-            };
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH_COMMANDS {
                 match proposals.try_recv() {
@@ -309,32 +299,26 @@ impl Core {
                     Err(_) => break,
                 }
             }
-            let commands = corepb::CommandBatch {
-                commands: batch.iter().map(|p| p.command.clone()).collect(),
-            };
-            // Submitted here, in proposal order; its outcome is awaited apart.
-            let submitted = self
-                .inner
-                .raft
-                .client_write_ff(Batch(commands.clone()))
-                .await;
-            let core = self.clone();
-            tokio::spawn(async move {
-                let applied = match submitted {
-                    Ok(receiver) => match receiver.await {
-                        Ok(written) => {
-                            let outcome =
-                                written.map(|resp| resp.data.0).map_err(RaftError::APIError);
-                            core.written(outcome, commands, true).await
-                        }
-                        // Raft dropped the write unanswered: it is shutting down.
-                        Err(_) => Err(CoreError::Stopped),
-                    },
-                    Err(fatal) => Err(internal(fatal)),
-                };
-                drop(permit);
-                reply_to(batch, applied);
-            });
+            let commands = batch.iter().map(|p| p.command.clone()).collect();
+            match self
+                .replicate(corepb::CommandBatch { commands }, true)
+                .await
+            {
+                Ok(applied) => {
+                    for (proposal, result) in batch.into_iter().zip(applied.results) {
+                        let _ = proposal.reply.send(match result.result {
+                            Some(command_result::Result::Refused(r)) => Err(refusal_error(r)),
+                            Some(result) => Ok(result),
+                            None => Err(internal("applied command returned no result")),
+                        });
+                    }
+                }
+                Err(e) => {
+                    for proposal in batch {
+                        let _ = proposal.reply.send(Err(e.clone()));
+                    }
+                }
+            }
         }
     }
 
@@ -344,29 +328,9 @@ impl Core {
         batch: corepb::CommandBatch,
         may_forward: bool,
     ) -> CoreResult<corepb::BatchResult> {
-        let outcome = self
-            .inner
-            .raft
-            .client_write(Batch(batch.clone()))
-            .await
-            .map(|resp| resp.data.0);
-        self.written(outcome, batch, may_forward).await
-    }
-
-    /// The results of a batch from openraft's answer: forwarded to the leader when this
-    /// member is not it (and `may_forward`), checked to hold one result per command.
-    async fn written(
-        &self,
-        outcome: Result<
-            corepb::BatchResult,
-            RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
-        >,
-        batch: corepb::CommandBatch,
-        may_forward: bool,
-    ) -> CoreResult<corepb::BatchResult> {
         let expected = batch.commands.len();
-        let applied = match outcome {
-            Ok(applied) => applied,
+        let applied = match self.inner.raft.client_write(Batch(batch.clone())).await {
+            Ok(resp) => resp.data.0,
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) if may_forward => {
                 match self
                     .forward(&to, forward_request::Request::Propose(batch))
@@ -993,26 +957,6 @@ impl Core {
             errors: Vec::new(),
             db_size_in_use: size,
             is_learner,
-        }
-    }
-}
-
-/// Answers every proposal of a batch with its own result, or all with the batch's error.
-fn reply_to(batch: Vec<Proposal>, applied: CoreResult<corepb::BatchResult>) {
-    match applied {
-        Ok(applied) => {
-            for (proposal, result) in batch.into_iter().zip(applied.results) {
-                let _ = proposal.reply.send(match result.result {
-                    Some(command_result::Result::Refused(r)) => Err(refusal_error(r)),
-                    Some(result) => Ok(result),
-                    None => Err(internal("applied command returned no result")),
-                });
-            }
-        }
-        Err(e) => {
-            for proposal in batch {
-                let _ = proposal.reply.send(Err(e.clone()));
-            }
         }
     }
 }

@@ -3,7 +3,7 @@
 //! mode. The gRPC service and the REST router both call this.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use cella_base::Clock;
 use cella_core::Core;
@@ -53,10 +53,7 @@ pub struct IdService {
     config: IdgenConfig,
     holder: String,
     layouts: BTreeMap<String, Arc<Layout>>,
-    /// Running generators by layout; read on every request, written when one starts.
-    generators: RwLock<HashMap<String, Arc<Snowflake<Core>>>>,
-    /// Held while a generator starts (claims its worker id), so each layout gets one.
-    starting: Mutex<()>,
+    generators: Mutex<HashMap<String, Arc<Snowflake<Core>>>>,
     segments: SegmentAllocator<Core>,
 }
 
@@ -94,8 +91,7 @@ impl IdService {
             config,
             holder,
             layouts,
-            generators: RwLock::new(HashMap::new()),
-            starting: Mutex::new(()),
+            generators: Mutex::new(HashMap::new()),
         })
     }
 
@@ -118,12 +114,9 @@ impl IdService {
     /// This node's generator for `layout`, started (worker id claimed) on first use and
     /// replaced if its worker id was lost.
     async fn generator(&self, layout: &Arc<Layout>) -> IdgenResult<Arc<Snowflake<Core>>> {
-        if let Some(running) = self.running(layout) {
-            return Ok(running);
-        }
-        let _starting = self.starting.lock().await;
-        if let Some(running) = self.running(layout) {
-            return Ok(running);
+        let mut generators = self.generators.lock().await;
+        if let Some(g) = generators.get(layout.name()).filter(|g| !g.is_lost()) {
+            return Ok(g.clone());
         }
         let generator = Arc::new(
             Snowflake::start(
@@ -135,34 +128,14 @@ impl IdService {
             )
             .await?,
         );
-        self.generators_mut()
-            .insert(layout.name().to_owned(), generator.clone());
+        generators.insert(layout.name().to_owned(), generator.clone());
         Ok(generator)
-    }
-
-    /// The running generator of `layout`, unless none started or its worker id was lost.
-    fn running(&self, layout: &Layout) -> Option<Arc<Snowflake<Core>>> {
-        self.generators
-            .read()
-            .expect("generator map poisoned only by a panic")
-            .get(layout.name())
-            .filter(|g| !g.is_lost())
-            .cloned()
-    }
-
-    fn generators_mut(
-        &self,
-    ) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Snowflake<Core>>>> {
-        self.generators
-            .write()
-            .expect("generator map poisoned only by a panic")
     }
 
     /// Gives back every worker id this node holds (a clean shutdown, before the core
     /// stops), so a restarted node can claim them again at once.
     pub async fn release_workers(&self) {
-        let _starting = self.starting.lock().await;
-        let generators: Vec<_> = self.generators_mut().drain().collect();
+        let generators: Vec<_> = self.generators.lock().await.drain().collect();
         for (layout, generator) in generators {
             if let Err(e) = generator.release().await {
                 tracing::warn!(layout, error = %e, "releasing a worker id; its lease will expire instead");

@@ -7,10 +7,11 @@
 //! starts above — and increasing within one generator. Clock readings come from a
 //! [`Clock`] whose origin is the Unix epoch ([`UnixClock`] in production).
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cella_base::Clock;
+use tokio::sync::Mutex;
 
 use crate::error::{IdgenError, IdgenResult};
 use crate::layout::{Id, Layout, Tags};
@@ -29,12 +30,7 @@ pub struct Snowflake<S: CoreStore> {
     clock: Arc<dyn Clock>,
     config: GeneratorConfig,
     worker: WorkerLease,
-    /// The sequencer, locked only for a step (never across an await), so issuing an id
-    /// costs an uncontended lock and no task switch.
     state: Mutex<Sequencer>,
-    /// Held while a high-water mark is persisted, so marks are written one at a time and
-    /// each above the last.
-    persisting: tokio::sync::Mutex<()>,
 }
 
 impl<S: CoreStore> std::fmt::Debug for Snowflake<S> {
@@ -74,7 +70,6 @@ impl<S: CoreStore> Snowflake<S> {
         );
         Ok(Snowflake {
             state: Mutex::new(Sequencer::resume(mark, layout.max_sequence(), &config)),
-            persisting: tokio::sync::Mutex::new(()),
             layout,
             store,
             clock,
@@ -111,35 +106,31 @@ impl<S: CoreStore> Snowflake<S> {
         ids.pop().ok_or_else(|| self.worker.lost_error())
     }
 
-    fn state(&self) -> MutexGuard<'_, Sequencer> {
-        self.state
-            .lock()
-            .expect("sequencer lock poisoned only by a panic")
-    }
-
     /// `count` ids, increasing. On an error no id is returned (none is lost for
     /// uniqueness: skipped ids are simply never used).
-    ///
-    /// Ids are issued under the sequencer's lock without awaiting; only a wait for the
-    /// clock and the persisting of a new high-water mark (about twice per reservation
-    /// window) leave that fast path. Persisting happens under its own lock, and the step
-    /// is decided again under it, so two callers never write marks out of order.
     pub async fn batch(&self, count: usize, tags: &Tags) -> IdgenResult<Vec<Id>> {
         let mut ids = Vec::with_capacity(count);
+        let mut state = self.state.lock().await;
         let wait_limit =
             Duration::from_millis(self.config.reserve_ms + self.config.max_backstep_ms + 5_000);
         // When the current wait for the clock began (real time, a safety bound only: a
         // clock that stopped must not hang a caller).
         let mut waiting_since: Option<tokio::time::Instant> = None;
         while ids.len() < count {
-            let issued = ids.len();
-            let step = self.issue_now(count, tags, &mut ids)?;
-            if ids.len() > issued {
-                waiting_since = None;
+            if self.worker.is_lost() {
+                return Err(self.worker.lost_error());
             }
-            match step {
-                Some(Step::WaitUntil(until)) => {
-                    let now = unix_ms(&*self.clock);
+            let now = unix_ms(&*self.clock);
+            match state.step(now) {
+                Ok(Step::Issue { unix_ms, sequence }) => {
+                    let timestamp = self.layout.timestamp_of(unix_ms)?;
+                    waiting_since = None;
+                    ids.push(
+                        self.layout
+                            .compose(timestamp, sequence, self.worker.worker(), tags),
+                    );
+                }
+                Ok(Step::WaitUntil(until)) => {
                     let since = *waiting_since.get_or_insert_with(tokio::time::Instant::now);
                     if since.elapsed() > wait_limit {
                         return Err(IdgenError::ClockMovedBackwards {
@@ -154,62 +145,19 @@ impl<S: CoreStore> Snowflake<S> {
                         tokio::time::sleep(pause.min(Duration::from_millis(50))).await;
                     }
                 }
-                Some(Step::Reserve { .. }) => {
-                    let _persisting = self.persisting.lock().await;
-                    if self.worker.is_lost() {
-                        return Err(self.worker.lost_error());
-                    }
-                    // Another caller may have moved the mark while this one waited.
-                    let step = self.decide(self.state().step(unix_ms(&*self.clock)))?;
-                    match step {
-                        Step::Reserve { until } => {
-                            self.persist_mark(until).await?;
-                            self.state().reserved(until);
-                        }
-                        Step::Issue { unix_ms, sequence } => {
-                            ids.push(self.compose(unix_ms, sequence, tags)?)
-                        }
-                        Step::WaitUntil(_) => {}
-                    }
+                Ok(Step::Reserve { until }) => {
+                    self.persist_mark(until).await?;
+                    state.reserved(until);
                 }
-                Some(Step::Issue { .. }) | None => {}
+                Err(e) => {
+                    metrics::count_clock_backwards();
+                    tracing::error!(layout = self.layout.name(), worker = self.worker.worker(), error = %e, "clock moved backwards");
+                    return Err(e);
+                }
             }
         }
         metrics::count_ids(ids.len());
         Ok(ids)
-    }
-
-    /// Issues ids into `ids` (up to `count`) while the sequencer allows it now, under one
-    /// hold of its lock; returns the step that stopped it, if any.
-    fn issue_now(&self, count: usize, tags: &Tags, ids: &mut Vec<Id>) -> IdgenResult<Option<Step>> {
-        let mut state = self.state();
-        while ids.len() < count {
-            if self.worker.is_lost() {
-                return Err(self.worker.lost_error());
-            }
-            match self.decide(state.step(unix_ms(&*self.clock)))? {
-                Step::Issue { unix_ms, sequence } => {
-                    ids.push(self.compose(unix_ms, sequence, tags)?)
-                }
-                other => return Ok(Some(other)),
-            }
-        }
-        Ok(None)
-    }
-
-    /// A sequencer step, with the clock-backwards alarm raised on a refusal.
-    fn decide(&self, step: IdgenResult<Step>) -> IdgenResult<Step> {
-        step.inspect_err(|e| {
-            metrics::count_clock_backwards();
-            tracing::error!(layout = self.layout.name(), worker = self.worker.worker(), error = %e, "clock moved backwards");
-        })
-    }
-
-    fn compose(&self, unix_ms: u64, sequence: u64, tags: &Tags) -> IdgenResult<Id> {
-        let timestamp = self.layout.timestamp_of(unix_ms)?;
-        Ok(self
-            .layout
-            .compose(timestamp, sequence, self.worker.worker(), tags))
     }
 
     /// Persists the high-water mark, only while this generator still holds its worker id.
