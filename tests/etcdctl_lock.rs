@@ -11,7 +11,7 @@ use bytes::Bytes;
 use cella_proto::cella::lock::v1 as lockpb;
 use cella_proto::cella::lock::v1::locks_client::LocksClient;
 use cella_proto::v3electionpb::election_client::ElectionClient;
-use cella_proto::v3electionpb::LeaderRequest;
+use cella_proto::v3electionpb::{LeaderKey, LeaderRequest, ResignRequest};
 use cella_testkit::etcdctl::{ensure_etcdctl, Etcdctl};
 use cella_testkit::{Node, NodeOptions};
 
@@ -236,4 +236,92 @@ async fn etcdctl_elect_hands_leadership_over_and_observers_see_it() {
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stale_resign_changes_nothing_and_etcdctl_elect_still_exits_cleanly() {
+    let (node, ctl) = start().await;
+    let mut alice = ctl
+        .command(&["elect", "rota", "alice"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("alice campaigns");
+    let alice_out = collect_lines(&mut alice);
+    until("alice leads", || {
+        alice_out
+            .lock()
+            .expect("lines")
+            .iter()
+            .any(|l| l == "alice")
+    })
+    .await;
+    let mut election = ElectionClient::connect(node.endpoint())
+        .await
+        .expect("connect");
+    let leader = |election: &ElectionClient<tonic::transport::Channel>| {
+        let mut election = election.clone();
+        async move {
+            election
+                .leader(LeaderRequest {
+                    name: Bytes::from("rota"),
+                })
+                .await
+                .expect("leader")
+                .into_inner()
+                .kv
+                .expect("kv")
+        }
+    };
+    let alice_kv = leader(&election).await;
+    let alice_key = LeaderKey {
+        name: Bytes::from("rota"),
+        key: alice_kv.key.clone(),
+        rev: alice_kv.create_revision,
+        lease: alice_kv.lease,
+    };
+    let mut bob = ctl
+        .command(&["elect", "rota", "bob"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("bob campaigns");
+    let bob_out = collect_lines(&mut bob);
+
+    // A resign whose revision no longer matches succeeds and changes nothing (etcd 3.4).
+    election
+        .resign(ResignRequest {
+            leader: Some(LeaderKey {
+                rev: alice_key.rev + 1,
+                ..alice_key.clone()
+            }),
+        })
+        .await
+        .expect("a stale resign is not an error");
+    assert_eq!(leader(&election).await.value, Bytes::from("alice"));
+    assert!(
+        bob_out.lock().expect("lines").is_empty(),
+        "bob must still wait"
+    );
+
+    // Resigning alice's campaign through the Election service hands over to bob.
+    election
+        .resign(ResignRequest {
+            leader: Some(alice_key),
+        })
+        .await
+        .expect("resign alice");
+    until("bob leads", || {
+        bob_out.lock().expect("lines").iter().any(|l| l == "bob")
+    })
+    .await;
+
+    // On Ctrl-C etcdctl resigns its own campaign, whose key is gone by now: as with etcd,
+    // that stale resign is no error and etcdctl exits 0.
+    let pid = alice.id() as i32;
+    // SAFETY: signalling a child this test started, by its pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let status = wait_exit(&mut alice);
+    assert!(status.success(), "etcdctl elect exited with {status}");
+    assert_eq!(leader(&election).await.value, Bytes::from("bob"));
+    let _ = bob.kill();
+    let _ = bob.wait();
 }

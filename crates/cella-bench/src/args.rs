@@ -114,7 +114,6 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub consumers: u32,
 
-
     /// Append the result section (markdown) to this file, e.g. bench/results/core-DATE.md.
     #[arg(long, value_name = "FILE")]
     pub out: Option<std::path::PathBuf>,

@@ -281,6 +281,8 @@ struct StatusView {
     name: String,
     holder: Option<PartyView>,
     held_since_revision: i64,
+    /// Grant time in ms since 1970, when the answering node granted the hold.
+    held_since_unix_ms: Option<u64>,
     waiters: Vec<PartyView>,
     revision: i64,
 }
@@ -291,6 +293,7 @@ impl From<LockStatus> for StatusView {
             name: s.name,
             holder: s.holder.map(PartyView::from),
             held_since_revision: s.held_since.0,
+            held_since_unix_ms: s.held_since_unix_ms,
             waiters: s.waiters.into_iter().map(PartyView::from).collect(),
             revision: s.revision.0,
         }
@@ -302,8 +305,14 @@ impl Render for StatusView {
         match &self.holder {
             Some(h) => writeln!(
                 out,
-                "lock {}: held by lease {} since revision {} (fencing token {})",
-                self.name, h.lease, self.held_since_revision, h.fencing_token
+                "lock {}: held by lease {} since revision {}{} (fencing token {})",
+                self.name,
+                h.lease,
+                self.held_since_revision,
+                self.held_since_unix_ms
+                    .map(|ms| format!(", granted at unix ms {ms}"))
+                    .unwrap_or_default(),
+                h.fencing_token
             )?,
             None => writeln!(out, "lock {}: free", self.name)?,
         }
@@ -371,6 +380,7 @@ mod tests {
                 fencing_token: 7,
             }),
             held_since: cella_sdk::Revision(9),
+            held_since_unix_ms: Some(1_700_000_000_123),
             waiters: vec![LockParty {
                 key: "orders/b".into(),
                 lease: LeaseId(0xb),
@@ -380,7 +390,7 @@ mod tests {
         });
         assert_eq!(
             table(&view),
-            "lock orders: held by lease 000000000000000a since revision 9 (fencing token 7)\n  waiter 1: lease 000000000000000b (queued at revision 8)\n"
+            "lock orders: held by lease 000000000000000a since revision 9, granted at unix ms 1700000000123 (fencing token 7)\n  waiter 1: lease 000000000000000b (queued at revision 8)\n"
         );
     }
 }

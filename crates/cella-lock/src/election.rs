@@ -2,7 +2,8 @@
 //! first by create revision leads and its key's value is the proclaimed value.
 //!
 //! Guarantees: at most one leader per election at any revision; a proclaim or resign only
-//! acts while the caller's key still has the create revision it campaigned with; observers
+//! acts while the caller's key still has the create revision it campaigned with (a stale
+//! proclaim is refused, a stale resign changes nothing and succeeds, as in etcd 3.4); observers
 //! see every change of leader or of its value, in revision order (changes that happen
 //! between two reads may be coalesced into the newer one).
 
@@ -16,6 +17,17 @@ use tokio::sync::mpsc;
 use crate::error::{LockError, LockResult};
 use crate::model::{check_lease, holds_among, prefix_end};
 use crate::queue::{create_revision_is, op_delete, op_put, Queue};
+
+/// Checks that a leader key names a key.
+fn check_leader_key(leader: &LeaderKey) -> LockResult<()> {
+    if leader.key.is_empty() {
+        return Err(LockError::InvalidField {
+            field: "leader.key",
+            rule: "must not be empty",
+        });
+    }
+    Ok(())
+}
 
 /// Elections over one core. Cheap to clone.
 #[derive(Clone)]
@@ -81,28 +93,39 @@ impl Elections {
 
     /// Sets the leader's value; refused unless `leader` still holds its key.
     pub async fn proclaim(&self, leader: &LeaderKey, value: Bytes) -> LockResult<i64> {
-        self.if_still_leader(leader, op_put(&leader.key, value, leader.lease))
-            .await
-    }
-
-    /// Gives up leadership (or a waiting campaign); refused unless `leader` still holds its key.
-    pub async fn resign(&self, leader: &LeaderKey) -> LockResult<i64> {
-        self.if_still_leader(leader, op_delete(&leader.key)).await
-    }
-
-    async fn if_still_leader(&self, leader: &LeaderKey, then: pb::RequestOp) -> LockResult<i64> {
-        if leader.key.is_empty() {
-            return Err(LockError::InvalidField {
-                field: "leader.key",
-                rule: "must not be empty",
-            });
-        }
+        check_leader_key(leader)?;
         if leader.rev <= 0 {
             return Err(LockError::InvalidField {
                 field: "leader.rev",
                 rule: "must be the campaign's create revision (> 0)",
             });
         }
+        let (held, revision) = self
+            .if_still_leader(leader, op_put(&leader.key, value, leader.lease))
+            .await?;
+        match held {
+            true => Ok(revision),
+            false => Err(LockError::NotLeader),
+        }
+    }
+
+    /// Gives up leadership (or a waiting campaign): deletes `leader.key` if it still has the
+    /// create revision `leader.rev`. As in etcd 3.4, a key that is gone or was created again
+    /// since (a stale leader key) is not an error: nothing changes and the answer carries
+    /// the current revision.
+    pub async fn resign(&self, leader: &LeaderKey) -> LockResult<i64> {
+        check_leader_key(leader)?;
+        let (_, revision) = self.if_still_leader(leader, op_delete(&leader.key)).await?;
+        Ok(revision)
+    }
+
+    /// Runs `then` if `leader.key` still has create revision `leader.rev`; returns whether
+    /// it did and the revision after.
+    async fn if_still_leader(
+        &self,
+        leader: &LeaderKey,
+        then: pb::RequestOp,
+    ) -> LockResult<(bool, i64)> {
         let resp = self
             .core
             .txn(pb::TxnRequest {
@@ -115,10 +138,7 @@ impl Elections {
                 failure: vec![],
             })
             .await?;
-        if !resp.succeeded {
-            return Err(LockError::NotLeader);
-        }
-        Ok(resp.header.map_or(0, |h| h.revision))
+        Ok((resp.succeeded, resp.header.map_or(0, |h| h.revision)))
     }
 
     /// The current leader's key-value and the revision it was read at.

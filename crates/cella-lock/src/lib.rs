@@ -11,11 +11,14 @@
 //! - [`LockService`], [`Elections`]: the transport-free domain services over [`cella_core::Core`].
 //! - [`etcd`]: etcd's v3lock and v3election gRPC services; [`grpc`] and [`rest`]: Cella's own
 //!   API (try, status, semaphores). [`LockError`] maps to both once.
+//! - [`metrics`]: `cella_lock_*` (grants, releases, waiters, hold time, hand-over time).
 
 mod election;
 mod error;
 pub mod etcd;
+mod grants;
 pub mod grpc;
+pub mod metrics;
 pub mod model;
 mod queue;
 pub mod rest;
@@ -26,14 +29,12 @@ pub use error::{LockError, LockResult};
 pub use service::{LockService, Wait};
 
 /// Adds every gRPC service of the lock block (etcd's Lock and Election, Cella's Locks) to
-/// the node's routes.
-pub fn add_services(
-    routes: tonic::service::Routes,
-    core: cella_core::Core,
-) -> tonic::service::Routes {
-    let locks = LockService::new(core.clone());
+/// the node's routes, over `locks` (the same service the REST router uses, so both see one
+/// node's grant records).
+pub fn add_services(routes: tonic::service::Routes, locks: LockService) -> tonic::service::Routes {
+    let elections = Elections::new(locks.core().clone());
     routes
         .add_service(etcd::lock_server(locks.clone()))
-        .add_service(etcd::election_server(Elections::new(core)))
+        .add_service(etcd::election_server(elections))
         .add_service(grpc::locks_server(locks))
 }

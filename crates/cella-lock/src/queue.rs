@@ -19,7 +19,8 @@ use cella_proto::mvccpb::KeyValue;
 use tokio::sync::mpsc;
 
 use crate::error::{LockError, LockResult};
-use crate::model::{holds_among, prefix_end, queue_key, standing, Party, Standing};
+use crate::metrics;
+use crate::model::{prefix_end, queue_key, standing, Party, Standing};
 
 /// Idle watchers get no progress notifications (they are only waiting for a delete).
 const NO_PROGRESS: Duration = Duration::from_secs(24 * 3600);
@@ -220,22 +221,6 @@ impl Queue {
         Ok((entry, txn_range(&resp, 1), txn_revision))
     }
 
-    /// Joins (see [`Queue::join`]) and, unless the caller holds at once, waits for its turn.
-    /// Returns the entry and the revision confirming the hold.
-    pub async fn join_and_wait(
-        &self,
-        lease: i64,
-        value: Bytes,
-        permits: usize,
-    ) -> LockResult<(Entry, i64)> {
-        let (entry, head, revision) = self.join(lease, value, permits).await?;
-        if holds_among(&head, &entry.key, permits) {
-            return Ok((entry, revision));
-        }
-        let revision = self.wait_turn(&entry, permits).await?;
-        Ok((entry, revision))
-    }
-
     /// Where `entry` stands now, with the queue and the revision it was read at.
     pub async fn standing(
         &self,
@@ -249,6 +234,7 @@ impl Queue {
 
     /// Waits until `entry` is among the first `permits`; returns the revision confirming it.
     pub async fn wait_turn(&self, entry: &Entry, permits: usize) -> LockResult<i64> {
+        let _waiting = metrics::Waiting::start();
         loop {
             let (standing, _, revision) = self.standing(entry, permits).await?;
             match standing {

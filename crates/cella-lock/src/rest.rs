@@ -126,7 +126,7 @@ pub fn openapi() -> Value {
                 "responses": { "200": ok("LockReleaseResponse", "released"), "400": error, "403": error }
             } },
             "/v1/locks/status": { "get": {
-                "summary": "Holder, since which revision, and waiters in order.",
+                "summary": "Holder, since which revision (and when, if this node granted it), and waiters in order.",
                 "parameters": name_param,
                 "responses": { "200": ok("LockStatus", "status"), "400": error }
             } },
@@ -158,7 +158,7 @@ pub fn openapi() -> Value {
             "LockReleaseResponse": { "type": "object", "properties": { "was_holder": { "type": "boolean" }, "revision": int64 } },
             "LockParty": party,
             "LockStatus": { "type": "object", "properties": {
-                "name": { "type": "string" }, "holder": { "$ref": "#/components/schemas/LockParty" }, "held_since_revision": int64,
+                "name": { "type": "string" }, "holder": { "$ref": "#/components/schemas/LockParty" }, "held_since_revision": int64, "held_since_unix_ms": int64,
                 "waiters": { "type": "array", "items": { "$ref": "#/components/schemas/LockParty" } }, "revision": int64 } },
             "SemaphoreStatus": { "type": "object", "properties": {
                 "name": { "type": "string" }, "permits": { "type": "integer" },

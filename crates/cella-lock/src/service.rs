@@ -6,14 +6,17 @@
 //! the lease (and fencing token) that asked, in one txn, and otherwise changes nothing.
 //! A hold ends when released or when its lease ends: the core deletes the key with it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use cella_base::{Clock, UnixClock};
 use cella_core::Core;
 use cella_proto::cella::lock::v1 as lockpb;
 use cella_proto::etcdserverpb::{self as pb, compare};
 
 use crate::error::{LockError, LockResult};
+use crate::grants::Grants;
 use crate::model::{
     self, check_lease, check_name, check_permits, check_ttl, declared_permits, holds_among,
     lock_prefix, queue_key, semaphore_prefix, split_holders, Party, Standing,
@@ -40,6 +43,7 @@ pub enum Wait {
 #[derive(Clone)]
 pub struct LockService {
     core: Core,
+    grants: Arc<Grants>,
 }
 
 /// What a queue is: a lock (one holder) or a semaphore with a permit count.
@@ -50,9 +54,17 @@ enum Kind {
 }
 
 impl LockService {
-    /// A service over `core`.
+    /// A service over `core`, with grant times from the system clock.
     pub fn new(core: Core) -> LockService {
-        LockService { core }
+        LockService::with_clock(core, Arc::new(UnixClock))
+    }
+
+    /// A service over `core` reading grant times from `clock` (origin: the Unix epoch).
+    pub fn with_clock(core: Core, clock: Arc<dyn Clock>) -> LockService {
+        LockService {
+            core,
+            grants: Arc::new(Grants::new(clock)),
+        }
     }
 
     /// The core underneath.
@@ -112,7 +124,7 @@ impl LockService {
             Bytes::from(prefix),
             String::from_utf8_lossy(name).into_owned(),
         );
-        let (entry, revision) = queue.join_and_wait(lease, Bytes::new(), 1).await?;
+        let (entry, revision) = self.take(&queue, Kind::Lock, lease, Wait::Forever).await?;
         let key = entry.key.clone();
         entry.keep();
         Ok((key, revision))
@@ -129,10 +141,11 @@ impl LockService {
         let resp = self
             .core
             .delete_range(pb::DeleteRangeRequest {
-                key,
+                key: key.clone(),
                 ..Default::default()
             })
             .await?;
+        self.grants.released(&key);
         Ok(resp.header.map_or(0, |h| h.revision))
     }
 
@@ -182,12 +195,31 @@ impl LockService {
     }
 
     /// Joins the queue and waits for a hold as `wait` allows; leaves the queue on failure.
+    /// A grant is recorded (metrics, grant time for the status).
     async fn take(
         &self,
         queue: &Queue,
         kind: Kind,
         lease: i64,
         wait: Wait,
+    ) -> LockResult<(Entry, i64)> {
+        let mut waited_since = None;
+        let (entry, revision) = self
+            .join_and_take(queue, kind, lease, wait, &mut waited_since)
+            .await?;
+        self.grants
+            .granted(&entry.key, entry.revision, waited_since);
+        Ok((entry, revision))
+    }
+
+    /// [`LockService::take`] without the record; notes in `waited_since` when a wait began.
+    async fn join_and_take(
+        &self,
+        queue: &Queue,
+        kind: Kind,
+        lease: i64,
+        wait: Wait,
+        waited_since: &mut Option<Duration>,
     ) -> LockResult<(Entry, i64)> {
         let (value, permits) = match kind {
             Kind::Lock => (Bytes::new(), 1),
@@ -206,6 +238,9 @@ impl LockService {
         }
         if holds_among(&head, &entry.key, permits) {
             return Ok((entry, revision));
+        }
+        if wait != Wait::Try {
+            *waited_since = Some(self.grants.now());
         }
         match wait {
             Wait::Try => {
@@ -288,6 +323,7 @@ impl LockService {
                 holder: kvs.first().map(|kv| kv.lease),
             });
         }
+        self.grants.released(&key);
         let permits = declared_permits(kvs.first()).unwrap_or(1).max(1) as usize;
         let parties: Vec<Party> = kvs.iter().map(Party::from).collect();
         let was_holder = model::standing(&parties, &key, permits) == Standing::Holds;
@@ -314,10 +350,15 @@ impl LockService {
             Some(h) => queue.held_since(h.revision, revision).await,
             None => 0,
         };
+        let held_since_unix_ms = holder
+            .as_ref()
+            .and_then(|h| self.grants.granted_at(&h.key, h.revision))
+            .unwrap_or(0) as i64;
         Ok(lockpb::LockStatus {
             name: req.name,
             holder: holder.as_ref().map(party_view),
             held_since_revision,
+            held_since_unix_ms,
             waiters: waiters.iter().map(party_view).collect(),
             revision,
         })

@@ -50,6 +50,8 @@ pub struct LockStatus {
     pub holder: Option<LockParty>,
     /// Revision since which the holder holds.
     pub held_since: Revision,
+    /// When the holder was granted, in ms since 1970, if the answering node granted it.
+    pub held_since_unix_ms: Option<u64>,
     /// Waiters, first in line first.
     pub waiters: Vec<LockParty>,
     /// The revision the status was read at.
@@ -187,6 +189,9 @@ impl Locks {
             name: status.name,
             holder: status.holder.map(LockParty::from),
             held_since: Revision(status.held_since_revision),
+            held_since_unix_ms: u64::try_from(status.held_since_unix_ms)
+                .ok()
+                .filter(|ms| *ms > 0),
             waiters: status.waiters.into_iter().map(LockParty::from).collect(),
             revision: Revision(status.revision),
         })

@@ -204,6 +204,7 @@ fn router(core: Core, blocks: &Blocks) -> Router {
     cella_registry::metrics::register(&mut registry);
     cella_idgen::metrics::register(&mut registry);
     cella_mq::metrics::register(&mut registry, blocks.broker.clone());
+    cella_lock::metrics::register(&mut registry);
     let state = Arc::new(AppState {
         core: core.clone(),
         registry,
@@ -218,13 +219,14 @@ fn router(core: Core, blocks: &Blocks) -> Router {
         )
         .with_state(state);
     let (config_grpc, config_rest) = cella_config::routes(blocks.config.clone());
-    let grpc = cella_lock::add_services(cella_core::grpc::routes(core.clone()), core.clone())
-        .add_service(cella_registry::grpc::service(blocks.registry.clone()))
-        .add_service(cella_registry::grpc::peer_service(blocks.registry.clone()))
-        .add_service(cella_idgen::grpc::server(blocks.ids.clone()))
-        .add_service(config_grpc)
-        .add_service(cella_mq::api::grpc_service(blocks.broker.clone()))
-        .add_service(cella_resource::grpc::service(blocks.resources.clone()));
+    let grpc =
+        cella_lock::add_services(cella_core::grpc::routes(core.clone()), blocks.locks.clone())
+            .add_service(cella_registry::grpc::service(blocks.registry.clone()))
+            .add_service(cella_registry::grpc::peer_service(blocks.registry.clone()))
+            .add_service(cella_idgen::grpc::server(blocks.ids.clone()))
+            .add_service(config_grpc)
+            .add_service(cella_mq::api::grpc_service(blocks.broker.clone()))
+            .add_service(cella_resource::grpc::service(blocks.resources.clone()));
     grpc.into_axum_router()
         .merge(cella_core::rest::router(core))
         .merge(cella_lock::rest::router(blocks.locks.clone()))

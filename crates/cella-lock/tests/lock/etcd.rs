@@ -143,18 +143,62 @@ async fn v3election_campaign_observe_proclaim_resign() {
         .expect("b wins")
         .expect("task")
         .expect("campaign");
-    assert_eq!(b_won.into_inner().leader.expect("key").lease, b);
+    let b_won = b_won.into_inner();
+    assert_eq!(b_won.leader.as_ref().expect("key").lease, b);
     assert_eq!(next_value(&mut observed).await, Bytes::from("node-b"));
 
     let stale = election
         .proclaim(electionpb::ProclaimRequest {
-            leader: Some(won),
+            leader: Some(won.clone()),
             value: Bytes::from("stale"),
         })
         .await
         .expect_err("a no longer leads");
     assert_eq!(stale.code(), Code::FailedPrecondition);
     assert_eq!(stale.message(), "election: not leader");
+
+    // As in etcd 3.4, resigning with a stale leader key (its key gone, or b's key with a
+    // revision it no longer has) succeeds and changes nothing.
+    let b_key = b_won.leader.expect("b's key");
+    let revision_before = election
+        .leader(electionpb::LeaderRequest { name: name.clone() })
+        .await
+        .expect("leader")
+        .into_inner()
+        .header
+        .expect("header")
+        .revision;
+    for stale_key in [
+        won,
+        electionpb::LeaderKey {
+            rev: b_key.rev + 1000,
+            ..b_key.clone()
+        },
+        electionpb::LeaderKey {
+            rev: 0,
+            ..b_key.clone()
+        },
+    ] {
+        let resigned = election
+            .resign(electionpb::ResignRequest {
+                leader: Some(stale_key),
+            })
+            .await
+            .expect("a stale resign is not an error")
+            .into_inner();
+        assert_eq!(resigned.header.expect("header").revision, revision_before);
+    }
+    let still = election
+        .leader(electionpb::LeaderRequest { name: name.clone() })
+        .await
+        .expect("leader")
+        .into_inner();
+    assert_eq!(still.kv.expect("kv").lease, b, "b still leads");
+    let missing = election
+        .resign(electionpb::ResignRequest { leader: None })
+        .await
+        .expect_err("no leader key");
+    assert_eq!(missing.code(), Code::InvalidArgument);
 }
 
 /// The value of the next leader change on an Observe stream.

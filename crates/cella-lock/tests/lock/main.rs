@@ -5,4 +5,5 @@
 mod api;
 mod etcd;
 mod harness;
+mod metrics;
 mod rest;
