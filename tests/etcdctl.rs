@@ -156,12 +156,31 @@ async fn etcdctl_adds_and_removes_a_member_online() {
     // Add member 4, then start it with the peers list that includes it.
     let new_addr =
         std::net::SocketAddr::from(([127, 0, 0, 1], cella_testkit::free_port().expect("port")));
-    let added = ctl.stdout(&[
-        "member",
-        "add",
-        "cella-4",
-        &format!("--peer-urls=http://{new_addr}"),
-    ]);
+    // A leadership change can refuse the add with "no leader" before anything changed (as
+    // etcd does); like an operator, try again once a leader is back.
+    let peer_urls = format!("--peer-urls=http://{new_addr}");
+    let add = ["member", "add", "cella-4", peer_urls.as_str()];
+    let mut out = ctl.command(&add).output().expect("etcdctl runs");
+    for _ in 0..3 {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() || !stderr.contains("no leader") {
+            break;
+        }
+        assert!(!ctl
+            .stdout(&["member", "list"])
+            .contains(&new_addr.to_string()));
+        cluster
+            .wait_leader(Duration::from_secs(30))
+            .await
+            .expect("leader");
+        out = ctl.command(&add).output().expect("etcdctl runs");
+    }
+    assert!(
+        out.status.success(),
+        "etcdctl {add:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let added = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(added.contains("Member"), "{added}");
     let mut peers: Vec<_> = cluster
         .ids()

@@ -57,7 +57,7 @@ fn run_name(kind: &str) -> String {
 
 /// The one measurement's broker fixture: its topic/stream/queue and its connections.
 pub(super) enum Run {
-    Cella(CellaRun),
+    Cella(Box<CellaRun>),
     Nats(NatsRun),
     Rabbit(RabbitRun),
 }
@@ -67,7 +67,7 @@ impl Run {
         let name = run_name(kind);
         let broker = Broker::of(conns.uri()).map_err(anyhow::Error::msg)?;
         Ok(match broker {
-            Broker::Cella => Run::Cella(CellaRun::open(conns, settings, name).await?),
+            Broker::Cella => Run::Cella(Box::new(CellaRun::open(conns, settings, name).await?)),
             Broker::Nats => Run::Nats(NatsRun::open(conns, settings, name).await?),
             Broker::Rabbitmq => Run::Rabbit(RabbitRun::open(conns, settings, name).await?),
         })
@@ -102,7 +102,7 @@ impl Run {
 pub(super) enum Producer {
     Cella(CellaProducer),
     Nats(super::mq_peers::NatsProducer),
-    Rabbit(super::mq_peers::RabbitProducer),
+    Rabbit(Box<super::mq_peers::RabbitProducer>),
 }
 
 impl Producer {
@@ -118,7 +118,7 @@ impl Producer {
 /// Takes a batch of messages and acknowledges each, returning their bodies.
 pub(super) enum Consumer {
     Cella(CellaConsumer),
-    Nats(super::mq_peers::NatsConsumer),
+    Nats(Box<super::mq_peers::NatsConsumer>),
     Rabbit(super::mq_peers::RabbitConsumer),
 }
 

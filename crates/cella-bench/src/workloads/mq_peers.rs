@@ -108,7 +108,7 @@ impl NatsRun {
             .get_consumer("bench")
             .await
             .map_err(|e| anyhow::anyhow!("getting the stream's consumer: {e}"))?;
-        Ok(Consumer::Nats(NatsConsumer { consumer }))
+        Ok(Consumer::Nats(Box::new(NatsConsumer { consumer })))
     }
 
     pub(super) async fn close(self) {
@@ -240,11 +240,11 @@ impl RabbitRun {
             .await?;
         // Delivery mode 2 is persistent, 1 transient.
         let mode = if self.persistent { 2 } else { 1 };
-        Ok(Producer::Rabbit(RabbitProducer {
+        Ok(Producer::Rabbit(Box::new(RabbitProducer {
             channel,
             queue: self.queue.clone(),
             properties: BasicProperties::default().with_delivery_mode(mode),
-        }))
+        })))
     }
 
     pub(super) async fn consumer(&self, i: usize) -> anyhow::Result<Consumer> {
