@@ -6,7 +6,7 @@
 # on fixed loopback ports with fresh data dirs, appends every result to
 # bench/results/<block>-DATE.md, and stops exactly the processes it started.
 #
-#   bench/run-blocks.sh [BLOCK...]   # blocks: config registry rpc lock id mq (default: all)
+#   bench/run-blocks.sh [BLOCK...]   # blocks: config registry rpc lock idgen mq (default: all)
 #
 # Environment: DURATION (5s per level).
 set -euo pipefail
@@ -17,7 +17,7 @@ cella=target/release/cella
 duration=${DURATION:-5s}
 day=$(date -u +%Y-%m-%d)
 blocks=("$@")
-((${#blocks[@]})) || blocks=(config registry rpc lock id mq)
+((${#blocks[@]})) || blocks=(config registry rpc lock idgen mq)
 
 data=$(mktemp -d /tmp/cella-run-blocks.XXXXXX)
 $cella up --listen 127.0.0.1:27270 --data-dir "$data/cella" >"$data/cella.log" 2>&1 &
@@ -56,7 +56,7 @@ for block in "${blocks[@]}"; do
         b lock-cycle --targets $cella_t,etcd=127.0.0.1:27390 --clients 1,16 --out "$out"
         b lock-cycle --one-lock --targets $cella_t,etcd=127.0.0.1:27390 --clients 16 --out "$out"
         ;;
-    id)
+    idgen)
         b id-single --targets $cella_t --clients 1,64 --out "$out"
         b id-batch --targets $cella_t --clients 1,4 --out "$out"
         ;;

@@ -1,5 +1,30 @@
-# Shared by the peer scripts (sourced, not run): waiting for a started peer and stopping it.
-# Each script defines `healthy` and sets $name, $pidfile, $dirfile, $logfile, $start_timeout.
+# Shared by the peer scripts (sourced, not run): their arguments and state files, waiting for
+# a started peer, and stopping it. Each script sets $name, calls `peer_args`, and defines
+# `healthy`.
+
+usage() {
+    echo "usage: $0 start|stop [PORT]" >&2
+    exit 2
+}
+
+# Reads `start|stop [PORT]` (the script's arguments after $1 $2) into $action and $port
+# (default $1; the peer also takes ports up to PORT+$2), and sets the state files.
+peer_args() {
+    local default_port=$1 highest_offset=$2
+    shift 2
+    action=${1:-}
+    port=${2:-$default_port}
+    state=${CELLA_BENCH_STATE:-/tmp/cella-bench}
+    pidfile=$state/$name-$port.pid
+    dirfile=$state/$name-$port.dir
+    logfile=$state/$name-$port.log
+    start_timeout=30
+    [[ $port =~ ^[0-9]+$ ]] && ((port > 0 && port + highest_offset < 65535)) || usage
+}
+
+port_in_use() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
 
 # Waits until `healthy` holds for the peer started as $1 with data dir $2; on death or
 # timeout reports, cleans up and exits 1.

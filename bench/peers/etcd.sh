@@ -17,24 +17,7 @@ name=etcd
 # shellcheck source=bench/peers/common.sh
 source "$(dirname "$0")/common.sh"
 
-action=${1:-}
-port=${2:-2379}
-state=${CELLA_BENCH_STATE:-/tmp/cella-bench}
-pidfile=$state/etcd-$port.pid
-dirfile=$state/etcd-$port.dir
-logfile=$state/etcd-$port.log
-start_timeout=30
-
-usage() {
-    echo "usage: $0 start|stop [PORT]" >&2
-    exit 2
-}
-
-[[ $port =~ ^[0-9]+$ ]] && ((port > 0 && port < 65535)) || usage
-
-port_in_use() {
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
+peer_args 2379 1 "$@"
 
 # True when etcd on $port answers /health with "health":"true".
 healthy() {

@@ -18,24 +18,7 @@ name=nats
 # shellcheck source=bench/peers/common.sh
 source "$(dirname "$0")/common.sh"
 
-action=${1:-}
-port=${2:-4222}
-state=${CELLA_BENCH_STATE:-/tmp/cella-bench}
-pidfile=$state/nats-$port.pid
-dirfile=$state/nats-$port.dir
-logfile=$state/nats-$port.log
-start_timeout=30
-
-usage() {
-    echo "usage: $0 start|stop [PORT]" >&2
-    exit 2
-}
-
-[[ $port =~ ^[0-9]+$ ]] && ((port > 0 && port < 65535)) || usage
-
-port_in_use() {
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
+peer_args 4222 0 "$@"
 
 # True when the server on $port greets with an INFO line that has JetStream on.
 healthy() {

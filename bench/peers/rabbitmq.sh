@@ -23,27 +23,12 @@ name=rabbitmq
 # shellcheck source=bench/peers/common.sh
 source "$(dirname "$0")/common.sh"
 
-action=${1:-}
-port=${2:-5672}
-state=${CELLA_BENCH_STATE:-/tmp/cella-bench}
-pidfile=$state/rabbitmq-$port.pid
-dirfile=$state/rabbitmq-$port.dir
-logfile=$state/rabbitmq-$port.log
+peer_args 5672 2 "$@"
 epmdfile=$state/rabbitmq-$port.epmd
 start_timeout=90
-
-usage() {
-    echo "usage: $0 start|stop [PORT]" >&2
-    exit 2
-}
-
-[[ $port =~ ^[0-9]+$ ]] && ((port > 0 && port < 65533)) || usage
 dist_port=$((port + 1))
 epmd_port=$((port + 2))
 
-port_in_use() {
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
 
 # True when the AMQP port answers the 0-9-1 header with a method frame (Connection.Start).
 healthy() {

@@ -17,21 +17,8 @@ name=rnacos
 # shellcheck source=bench/peers/common.sh
 source "$(dirname "$0")/common.sh"
 
-action=${1:-}
-port=${2:-8848}
-state=${CELLA_BENCH_STATE:-/tmp/cella-bench}
-pidfile=$state/rnacos-$port.pid
-dirfile=$state/rnacos-$port.dir
-logfile=$state/rnacos-$port.log
+peer_args 8848 1000 "$@"
 root=${RNACOS_ROOT:-$HOME/.cargo}
-start_timeout=30
-
-usage() {
-    echo "usage: $0 start|stop [PORT]" >&2
-    exit 2
-}
-
-[[ $port =~ ^[0-9]+$ ]] && ((port > 0 && port + 1000 < 65535)) || usage
 
 rnacos_bin() {
     if command -v rnacos >/dev/null; then command -v rnacos; else echo "$root/bin/rnacos"; fi
