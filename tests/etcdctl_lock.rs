@@ -44,7 +44,7 @@ fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
 }
 
 /// Collects a child's stdout lines as they come.
-fn collect_lines(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
+fn collect_lines(child: &mut Child) -> Lines {
     let lines = Arc::new(Mutex::new(Vec::new()));
     let stdout = child.stdout.take().expect("stdout piped");
     let sink = lines.clone();
@@ -54,6 +54,27 @@ fn collect_lines(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
         }
     });
     lines
+}
+
+type Lines = Arc<Mutex<Vec<String>>>;
+
+/// Spawns `etcdctl ARGS` with its stdout collected line by line.
+fn spawn_collecting(ctl: &Etcdctl, args: &[&str]) -> (Child, Lines) {
+    let mut child = ctl
+        .command(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("etcdctl starts");
+    let lines = collect_lines(&mut child);
+    (child, lines)
+}
+
+/// Waits until `lines` holds `line`.
+async fn until_printed(what: &str, lines: &Lines, line: &str) {
+    until(what, || {
+        lines.lock().expect("lines").iter().any(|l| l == line)
+    })
+    .await;
 }
 
 async fn until(what: &str, mut check: impl FnMut() -> bool) {
@@ -107,12 +128,7 @@ async fn etcdctl_lock_holders_never_overlap_and_revisions_rise() {
 #[tokio::test(flavor = "multi_thread")]
 async fn etcdctl_lock_and_cellas_api_share_one_queue_and_a_killed_holder_expires() {
     let (node, ctl) = start().await;
-    let mut holder = ctl
-        .command(&["lock", "shared", "--ttl=2"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("etcdctl lock starts");
-    let lines = collect_lines(&mut holder);
+    let (mut holder, lines) = spawn_collecting(&ctl, &["lock", "shared", "--ttl=2"]);
     until("etcdctl prints its lock key", || {
         !lines.lock().expect("lines").is_empty()
     })
@@ -163,37 +179,12 @@ async fn etcdctl_lock_and_cellas_api_share_one_queue_and_a_killed_holder_expires
 #[tokio::test(flavor = "multi_thread")]
 async fn etcdctl_elect_hands_leadership_over_and_observers_see_it() {
     let (node, ctl) = start().await;
-    let mut observer = ctl
-        .command(&["elect", "-l", "jobs"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("observer starts");
-    let observed = collect_lines(&mut observer);
-    let mut alice = ctl
-        .command(&["elect", "jobs", "alice"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("alice campaigns");
-    let alice_out = collect_lines(&mut alice);
-    until("alice leads", || {
-        alice_out
-            .lock()
-            .expect("lines")
-            .iter()
-            .any(|l| l == "alice")
-    })
-    .await;
-    until("the observer sees alice", || {
-        observed.lock().expect("lines").iter().any(|l| l == "alice")
-    })
-    .await;
+    let (mut observer, observed) = spawn_collecting(&ctl, &["elect", "-l", "jobs"]);
+    let (mut alice, alice_out) = spawn_collecting(&ctl, &["elect", "jobs", "alice"]);
+    until_printed("alice leads", &alice_out, "alice").await;
+    until_printed("the observer sees alice", &observed, "alice").await;
 
-    let mut bob = ctl
-        .command(&["elect", "jobs", "bob"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("bob campaigns");
-    let bob_out = collect_lines(&mut bob);
+    let (mut bob, bob_out) = spawn_collecting(&ctl, &["elect", "jobs", "bob"]);
     let mut election = ElectionClient::connect(node.endpoint())
         .await
         .expect("connect");
@@ -223,14 +214,8 @@ async fn etcdctl_elect_hands_leadership_over_and_observers_see_it() {
     // SAFETY: signalling a child this test started, by its pid.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
     let _ = wait_exit(&mut alice);
-    until("bob leads", || {
-        bob_out.lock().expect("lines").iter().any(|l| l == "bob")
-    })
-    .await;
-    until("the observer sees bob", || {
-        observed.lock().expect("lines").iter().any(|l| l == "bob")
-    })
-    .await;
+    until_printed("bob leads", &bob_out, "bob").await;
+    until_printed("the observer sees bob", &observed, "bob").await;
     assert_eq!(leader(&mut election).await, Bytes::from("bob"));
     for child in [&mut bob, &mut observer] {
         let _ = child.kill();
@@ -241,20 +226,8 @@ async fn etcdctl_elect_hands_leadership_over_and_observers_see_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stale_resign_changes_nothing_and_etcdctl_elect_still_exits_cleanly() {
     let (node, ctl) = start().await;
-    let mut alice = ctl
-        .command(&["elect", "rota", "alice"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("alice campaigns");
-    let alice_out = collect_lines(&mut alice);
-    until("alice leads", || {
-        alice_out
-            .lock()
-            .expect("lines")
-            .iter()
-            .any(|l| l == "alice")
-    })
-    .await;
+    let (mut alice, alice_out) = spawn_collecting(&ctl, &["elect", "rota", "alice"]);
+    until_printed("alice leads", &alice_out, "alice").await;
     let mut election = ElectionClient::connect(node.endpoint())
         .await
         .expect("connect");
@@ -279,12 +252,7 @@ async fn a_stale_resign_changes_nothing_and_etcdctl_elect_still_exits_cleanly() 
         rev: alice_kv.create_revision,
         lease: alice_kv.lease,
     };
-    let mut bob = ctl
-        .command(&["elect", "rota", "bob"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("bob campaigns");
-    let bob_out = collect_lines(&mut bob);
+    let (mut bob, bob_out) = spawn_collecting(&ctl, &["elect", "rota", "bob"]);
 
     // A resign whose revision no longer matches succeeds and changes nothing (etcd 3.4).
     election
@@ -309,10 +277,7 @@ async fn a_stale_resign_changes_nothing_and_etcdctl_elect_still_exits_cleanly() 
         })
         .await
         .expect("resign alice");
-    until("bob leads", || {
-        bob_out.lock().expect("lines").iter().any(|l| l == "bob")
-    })
-    .await;
+    until_printed("bob leads", &bob_out, "bob").await;
 
     // On Ctrl-C etcdctl resigns its own campaign, whose key is gone by now: as with etcd,
     // that stale resign is no error and etcdctl exits 0.
