@@ -424,71 +424,44 @@ async fn nacked_messages_retry_with_backoff_then_go_to_the_dead_letter_topic() {
         .await
         .unwrap();
     let sent = broker.send(send("t", "flaky")).await.unwrap();
-    let first = broker.pull(&pull("g", "t", "a", 5)).await.unwrap();
+    // Lets `ms` pass, delivers what became due, and pulls as member a of group g.
+    let after = |ms: u64| {
+        let (broker, clock) = (broker.clone(), clock.clone());
+        async move {
+            clock.advance(Duration::from_millis(ms));
+            broker.deliver_due_delays().await.unwrap();
+            broker.pull(&pull("g", "t", "a", 5)).await.unwrap()
+        }
+    };
+    let first = after(0).await;
     broker
         .nack("g", "a", "t", 0, first[0].queue_offset)
         .await
         .unwrap();
-    assert!(
-        broker
-            .pull(&pull("g", "t", "a", 5))
-            .await
-            .unwrap()
-            .is_empty(),
-        "not before the first backoff"
-    );
-    clock.advance(Duration::from_millis(1_000));
-    broker.deliver_due_delays().await.unwrap();
-    let retry = broker.pull(&pull("g", "t", "a", 5)).await.unwrap();
+    assert!(after(0).await.is_empty(), "not before the first backoff");
+    let retry = after(1_000).await;
     assert_eq!(bodies(&retry), vec!["flaky"]);
     assert_eq!(
         (retry[0].topic.as_str(), retry[0].id),
         ("%RETRY%g", sent.id),
         "same id, from the group's retry topic"
     );
-    assert_eq!(
-        retry[0].properties.get("%RETRIES").map(String::as_str),
-        Some("1")
-    );
-    assert_eq!(
-        retry[0].properties.get("%ORIGIN_TOPIC").map(String::as_str),
-        Some("t")
-    );
+    let property =
+        |m: &cella_mq::storage::StoredMessage, name: &str| m.properties.get(name).cloned();
+    assert_eq!(property(&retry[0], "%RETRIES").as_deref(), Some("1"));
+    assert_eq!(property(&retry[0], "%ORIGIN_TOPIC").as_deref(), Some("t"));
     broker
         .nack("g", "a", "%RETRY%g", 0, retry[0].queue_offset)
         .await
         .unwrap();
-    clock.advance(Duration::from_millis(9_000));
-    broker.deliver_due_delays().await.unwrap();
-    assert!(
-        broker
-            .pull(&pull("g", "t", "a", 5))
-            .await
-            .unwrap()
-            .is_empty(),
-        "the second level waits 10 s"
-    );
-    clock.advance(Duration::from_millis(1_000));
-    broker.deliver_due_delays().await.unwrap();
-    let again = broker.pull(&pull("g", "t", "a", 5)).await.unwrap();
-    assert_eq!(
-        again[0].properties.get("%RETRIES").map(String::as_str),
-        Some("2")
-    );
+    assert!(after(9_000).await.is_empty(), "the second level waits 10 s");
+    let again = after(1_000).await;
+    assert_eq!(property(&again[0], "%RETRIES").as_deref(), Some("2"));
     broker
         .nack("g", "a", "%RETRY%g", 0, again[0].queue_offset)
         .await
         .unwrap();
-    clock.advance(Duration::from_secs(60));
-    broker.deliver_due_delays().await.unwrap();
-    assert!(
-        broker
-            .pull(&pull("g", "t", "a", 5))
-            .await
-            .unwrap()
-            .is_empty(),
-        "retries are exhausted"
-    );
+    assert!(after(60_000).await.is_empty(), "retries are exhausted");
     let dead = broker
         .pull(&pull("inspect", "%DLQ%g", "x", 5))
         .await
