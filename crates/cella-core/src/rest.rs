@@ -162,9 +162,16 @@ async fn watch(State(core): State<Core>, body: Bytes) -> Response {
     // One create request, then keep the session open until the client goes away.
     let inbound = futures::stream::once(async move { req }).chain(futures::stream::pending());
     tokio::spawn(serve_watch_session(core, Box::pin(inbound), tx));
-    let lines = ReceiverStream::new(rx).map(|resp| {
+    ndjson(ReceiverStream::new(rx))
+}
+
+/// A streamed answer as etcd's gateway streams one: a `{"result": …}` JSON line per item.
+pub fn ndjson<T: serde::Serialize>(
+    items: impl futures::Stream<Item = T> + Send + 'static,
+) -> Response {
+    let lines = items.map(|item| {
         let mut line =
-            serde_json::to_vec(&serde_json::json!({ "result": resp })).unwrap_or_default();
+            serde_json::to_vec(&serde_json::json!({ "result": item })).unwrap_or_default();
         line.push(b'\n');
         Ok::<_, std::convert::Infallible>(line)
     });

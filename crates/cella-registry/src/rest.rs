@@ -5,14 +5,12 @@
 
 use std::future::Future;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use cella_proto::cella::registry::v1 as rpb;
-use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -102,16 +100,7 @@ async fn subscribe(State(registry): State<Registry>, body: Bytes) -> Response {
         Ok(s) => s,
         Err(e) => return error_response(&e),
     };
-    let lines = api::events(registry, subscription).map(|event| {
-        let mut line =
-            serde_json::to_vec(&serde_json::json!({ "result": event })).unwrap_or_default();
-        line.push(b'\n');
-        Ok::<_, std::convert::Infallible>(line)
-    });
-    Response::builder()
-        .header("content-type", "application/x-ndjson")
-        .body(Body::from_stream(lines))
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    cella_core::rest::ndjson(api::events(registry, subscription))
 }
 
 /// The OpenAPI description of these routes and the Nacos ones (`paths` and `components`).
