@@ -244,10 +244,14 @@ impl Core {
         self.inner.shared.store().revision()
     }
 
-    /// True once this member knows a leader and can serve requests.
+    /// True once this member knows a leader and has applied an entry of the leader's term
+    /// (every new leader commits one first), so its reads are no older than that election.
     pub fn is_ready(&self) -> bool {
         let m = self.inner.metrics.borrow();
-        m.current_leader.is_some() && m.running_state.is_ok()
+        m.current_leader.is_some()
+            && m.running_state.is_ok()
+            && m.last_applied
+                .is_some_and(|applied| applied.leader_id.term == m.current_term)
     }
 
     /// Stops Raft and background tasks.

@@ -13,7 +13,7 @@ pub fn document() -> Value {
         },
         "paths": {
             "/healthz": { "get": { "summary": "Liveness: 200 while the process runs", "responses": { "200": { "description": "alive" } } } },
-            "/readyz": { "get": { "summary": "Readiness: 200 once the node knows a leader", "responses": { "200": { "description": "ready" }, "503": { "description": "no leader known yet" } } } },
+            "/readyz": { "get": { "summary": "Readiness: 200 once the node knows a leader and has applied an entry of its term", "responses": { "200": { "description": "ready" }, "503": { "description": "no leader known yet" } } } },
             "/metrics": { "get": { "summary": "Prometheus metrics (OpenMetrics text)", "responses": { "200": { "description": "metrics" } } } },
             "/openapi.json": { "get": { "summary": "This document", "responses": { "200": { "description": "OpenAPI document" } } } }
         },

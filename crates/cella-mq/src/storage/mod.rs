@@ -229,7 +229,7 @@ impl Store {
             let Some(file) = segments.get(&base).cloned() else {
                 break;
             };
-            let mut window = Window::new(&file, seg);
+            let mut window = Window::new(&file, seg, SCAN_READ_AHEAD);
             let mut at = end - base;
             loop {
                 match window.frame(at) {
@@ -241,7 +241,7 @@ impl Store {
                     (Frame::Empty, _) => {
                         let next = base + seg;
                         let next_valid = segments.get(&next).is_some_and(|f| {
-                            matches!(Window::new(f, seg).frame(0).0, Frame::Valid { .. })
+                            matches!(Window::new(f, seg, RECORD_READ_AHEAD).frame(0).0, Frame::Valid { .. })
                         });
                         if next_valid {
                             end = next;
@@ -334,7 +334,7 @@ impl Store {
         for offset in records.into_iter().filter(|o| *o >= replay_from) {
             let base = offset - offset % seg;
             if window.as_ref().is_none_or(|(b, _)| *b != base) {
-                window = Some((base, Window::new(&segments[&base], seg)));
+                window = Some((base, Window::new(&segments[&base], seg, SCAN_READ_AHEAD)));
             }
             let (_, payload) = window.as_mut().expect("set above").1.frame(offset - base);
             let payload = payload.ok_or_else(|| {
@@ -516,7 +516,7 @@ impl Store {
                 if !hashes.is_empty() && !hashes.contains(&entry.tag_hash) {
                     continue;
                 }
-                let message = self.read_message(entry.offset)?;
+                let message = self.read_record(entry.offset, u64::from(entry.size))?;
                 if tags.is_empty() || tags.contains(&message.tag) {
                     messages.push(message);
                     if messages.len() == max {
@@ -533,6 +533,12 @@ impl Store {
 
     /// Reads the message whose record starts at commitlog offset `offset`.
     pub fn read_message(&self, offset: u64) -> MqResult<StoredMessage> {
+        self.read_record(offset, RECORD_READ_AHEAD)
+    }
+
+    /// Reads the record at `offset`, reading `read_ahead` bytes at once (its framed size, when
+    /// a consume-queue entry gives it, makes the read exact).
+    fn read_record(&self, offset: u64, read_ahead: u64) -> MqResult<StoredMessage> {
         let seg = self.shared.config.segment_bytes;
         let file = {
             let segments = self.shared.segments.read().expect("segments lock poisoned");
@@ -543,7 +549,7 @@ impl Store {
                     MqError::Corrupt(format!("offset {offset} is not in a retained segment"))
                 })?
         };
-        match Window::new(&file, seg).frame(offset % seg) {
+        match Window::new(&file, seg, read_ahead).frame(offset % seg) {
             (Frame::Valid { .. }, Some(payload)) => decode(&payload),
             _ => Err(MqError::Corrupt(format!(
                 "no valid record at commitlog offset {offset}"
@@ -660,21 +666,28 @@ fn write_checkpoint(dir: &Path, offset: u64) -> MqResult<()> {
     sync_dir(dir)
 }
 
-/// Reads frames from a segment through a buffered window (few syscalls per record).
+/// Reads frames from a segment through a buffered window: each refill reads at least
+/// `read_ahead` bytes, so a scan makes few syscalls per record while a single record's read
+/// costs no more than the record.
 struct Window<'a> {
     file: &'a File,
     segment_bytes: u64,
+    read_ahead: u64,
     start: u64,
     buf: Vec<u8>,
 }
 
-const WINDOW: u64 = 1 << 20;
+/// Read-ahead of sequential scans (recovery).
+const SCAN_READ_AHEAD: u64 = 1 << 20;
+/// Read-ahead of a single record whose size is not known (a record header and a small body).
+const RECORD_READ_AHEAD: u64 = 4 << 10;
 
 impl<'a> Window<'a> {
-    fn new(file: &'a File, segment_bytes: u64) -> Self {
+    fn new(file: &'a File, segment_bytes: u64, read_ahead: u64) -> Self {
         Self {
             file,
             segment_bytes,
+            read_ahead,
             start: 0,
             buf: Vec::new(),
         }
@@ -687,7 +700,7 @@ impl<'a> Window<'a> {
             return None;
         }
         if at < self.start || end > self.start + self.buf.len() as u64 {
-            let want = (len as u64).max(WINDOW).min(self.segment_bytes - at) as usize;
+            let want = (len as u64).max(self.read_ahead).min(self.segment_bytes - at) as usize;
             self.buf.resize(want, 0);
             // A file cut short (a torn tail) reads as zeroes past its end.
             let mut filled = 0;
@@ -1074,7 +1087,7 @@ impl Writer {
                     // Every record of `oldest` is no newer than the first record of the next.
                     let next_file =
                         self.shared.segments.read().expect("segments lock poisoned")[&next].clone();
-                    let first = Window::new(&next_file, seg)
+                    let first = Window::new(&next_file, seg, RECORD_READ_AHEAD)
                         .frame(0)
                         .1
                         .map(|p| decode(&p))
