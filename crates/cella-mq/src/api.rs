@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Status};
 
-use crate::broker::{format_id, Broker, PullRequest, QueueLag, SendRequest};
+use crate::broker::{format_id, Broker, Delivery, PullRequest, QueueLag, SendRequest, SendResult};
 use crate::error::{MqError, MqResult};
 use crate::group::GroupMode;
 use crate::meta::{FlushPolicy, Overflow, StartFrom, TopicMeta};
@@ -63,6 +63,31 @@ fn lag_to_pb(l: QueueLag) -> pb::QueueLag {
         committed: l.committed,
         end: l.end,
         lag: l.lag,
+    }
+}
+
+fn send_from_pb(req: pb::SendRequest) -> SendRequest {
+    SendRequest {
+        topic: req.topic,
+        sharding_key: (!req.sharding_key.is_empty()).then_some(req.sharding_key),
+        queue_id: req.queue_id,
+        tag: req.tag,
+        keys: req.keys,
+        properties: req.properties.into_iter().collect(),
+        body: req.body.to_vec(),
+        born_ms: req.born_ms,
+        delay_ms: req.delay_ms,
+        transaction_group: (!req.transaction_group.is_empty()).then_some(req.transaction_group),
+    }
+}
+
+fn sent_to_pb(result: SendResult) -> pb::SendResponse {
+    pb::SendResponse {
+        message_id: format_id(result.id),
+        queue_id: result.queue_id,
+        queue_offset: result.queue_offset,
+        delayed: result.delayed,
+        half: result.half,
     }
 }
 
@@ -124,28 +149,14 @@ impl Api {
     }
 
     async fn send(&self, req: pb::SendRequest) -> MqResult<pb::SendResponse> {
-        let result = self
-            .0
-            .send(SendRequest {
-                topic: req.topic,
-                sharding_key: (!req.sharding_key.is_empty()).then_some(req.sharding_key),
-                queue_id: req.queue_id,
-                tag: req.tag,
-                keys: req.keys,
-                properties: req.properties.into_iter().collect(),
-                body: req.body.to_vec(),
-                born_ms: req.born_ms,
-                delay_ms: req.delay_ms,
-                transaction_group: (!req.transaction_group.is_empty())
-                    .then_some(req.transaction_group),
-            })
-            .await?;
-        Ok(pb::SendResponse {
-            message_id: format_id(result.id),
-            queue_id: result.queue_id,
-            queue_offset: result.queue_offset,
-            delayed: result.delayed,
-            half: result.half,
+        Ok(sent_to_pb(self.0.send(send_from_pb(req)).await?))
+    }
+
+    async fn send_batch(&self, req: pb::SendBatchRequest) -> MqResult<pb::SendBatchResponse> {
+        let messages = req.messages.into_iter().map(send_from_pb).collect();
+        let results = self.0.send_batch(&req.topic, messages).await?;
+        Ok(pb::SendBatchResponse {
+            results: results.into_iter().map(sent_to_pb).collect(),
         })
     }
 
@@ -210,6 +221,22 @@ impl Api {
                 )
                 .await?;
         }
+        Ok(pb::AckResponse {})
+    }
+
+    async fn ack_batch(&self, req: pb::AckBatchRequest) -> MqResult<pb::AckResponse> {
+        let deliveries: Vec<Delivery> = req
+            .deliveries
+            .into_iter()
+            .map(|d| Delivery {
+                topic: d.topic,
+                queue_id: d.queue_id,
+                queue_offset: d.queue_offset,
+            })
+            .collect();
+        self.0
+            .ack_batch(&req.group, &req.member, &deliveries)
+            .await?;
         Ok(pb::AckResponse {})
     }
 
@@ -301,6 +328,14 @@ impl MessageQueue for Api {
     ) -> Result<tonic::Response<pb::SendResponse>, Status> {
         Ok(tonic::Response::new(Api::send(self, r.into_inner()).await?))
     }
+    async fn send_batch(
+        &self,
+        r: Request<pb::SendBatchRequest>,
+    ) -> Result<tonic::Response<pb::SendBatchResponse>, Status> {
+        Ok(tonic::Response::new(
+            Api::send_batch(self, r.into_inner()).await?,
+        ))
+    }
     async fn pull(
         &self,
         r: Request<pb::PullRequest>,
@@ -313,6 +348,14 @@ impl MessageQueue for Api {
     ) -> Result<tonic::Response<pb::AckResponse>, Status> {
         Ok(tonic::Response::new(
             Api::ack(self, r.into_inner(), true).await?,
+        ))
+    }
+    async fn ack_batch(
+        &self,
+        r: Request<pb::AckBatchRequest>,
+    ) -> Result<tonic::Response<pb::AckResponse>, Status> {
+        Ok(tonic::Response::new(
+            Api::ack_batch(self, r.into_inner()).await?,
         ))
     }
     async fn nack(
@@ -363,7 +406,7 @@ impl MessageQueue for Api {
 
 /// The broker's gRPC service, ready to add to the node's routes.
 pub fn grpc_service(broker: Broker) -> MessageQueueServer<impl MessageQueue> {
-    let max = broker.config().max_body_bytes + 64 * 1024;
+    let max = broker.config().max_request_bytes();
     MessageQueueServer::new(Api(broker)).max_decoding_message_size(max)
 }
 
@@ -407,7 +450,8 @@ where
 
 /// The broker's REST routes under `/v1/mq`.
 pub fn router(broker: Broker) -> Router {
-    let body_limit = broker.config().max_body_bytes * 2 + 64 * 1024;
+    // JSON carries bodies in base64: 4/3 of their size.
+    let body_limit = broker.config().max_request_bytes() * 2;
     Router::new()
         .route(
             "/v1/mq/topics",
@@ -431,6 +475,16 @@ pub fn router(broker: Broker) -> Router {
             ),
         )
         .route(
+            "/v1/mq/topics/{topic}/messages/batch",
+            post(
+                |State(api): State<Api>, Path(topic): Path<String>, body: Bytes| {
+                    call(api, body, |api, req: pb::SendBatchRequest| async move {
+                        api.send_batch(pb::SendBatchRequest { topic, ..req }).await
+                    })
+                },
+            ),
+        )
+        .route(
             "/v1/mq/pull",
             post(|State(api): State<Api>, body: Bytes| {
                 call(api, body, |api, req| async move { api.pull(req).await })
@@ -443,6 +497,16 @@ pub fn router(broker: Broker) -> Router {
                     api,
                     body,
                     |api, req| async move { api.ack(req, true).await },
+                )
+            }),
+        )
+        .route(
+            "/v1/mq/ack-batch",
+            post(|State(api): State<Api>, body: Bytes| {
+                call(
+                    api,
+                    body,
+                    |api, req| async move { api.ack_batch(req).await },
                 )
             }),
         )
@@ -541,6 +605,12 @@ pub fn openapi() -> serde_json::Value {
         "SendResponse",
     );
     send_path["parameters"] = path_param("topic");
+    let mut batch_path = op(
+        "Send a batch of messages of the topic with one group commit; one bad message refuses the batch and stores nothing",
+        Some("SendBatchRequest"),
+        "SendBatchResponse",
+    );
+    batch_path["parameters"] = path_param("topic");
     let mut lag_path = op(
         "A group's committed offset and backlog per queue",
         None,
@@ -559,6 +629,16 @@ pub fn openapi() -> serde_json::Value {
     let topic = object(
         serde_json::json!({ "name": s("string"), "queues": s("integer"), "ordered": s("boolean"), "flush": { "type": "string", "enum": ["FLUSH_POLICY_SYNC", "FLUSH_POLICY_ASYNC"] } }),
     );
+    let send_request = object(serde_json::json!({
+        "sharding_key": s("string"), "queue_id": s("integer"), "tag": s("string"),
+        "keys": { "type": "array", "items": s("string") },
+        "properties": { "type": "object", "additionalProperties": s("string") },
+        "body": { "type": "string", "format": "byte" }, "born_ms": u64s, "delay_ms": u64s,
+        "transaction_group": s("string")
+    }));
+    let send_response = object(
+        serde_json::json!({ "message_id": s("string"), "queue_id": s("integer"), "queue_offset": u64s }),
+    );
     let ack = object(
         serde_json::json!({ "group": s("string"), "member": s("string"), "topic": s("string"), "queue_id": s("integer"), "queue_offset": u64s }),
     );
@@ -569,8 +649,10 @@ pub fn openapi() -> serde_json::Value {
                 "get": op("List topics", None, "ListTopicsResponse")
             },
             "/v1/mq/topics/{topic}/messages": { "post": send_path },
+            "/v1/mq/topics/{topic}/messages/batch": { "post": batch_path },
             "/v1/mq/pull": { "post": op("Take messages for a group member, long-polling up to wait_ms", Some("PullRequest"), "PullResponse") },
             "/v1/mq/ack": { "post": op("Acknowledge a delivery", Some("AckRequest"), "Empty") },
+            "/v1/mq/ack-batch": { "post": op("Acknowledge many deliveries of a member; one that is not an unacked delivery refuses the batch and acks nothing", Some("AckBatchRequest"), "Empty") },
             "/v1/mq/nack": { "post": op("Negatively acknowledge a delivery: it is delivered again", Some("AckRequest"), "Empty") },
             "/v1/mq/leave": { "post": op("Remove a member from its group at once", Some("LeaveRequest"), "Empty") },
             "/v1/mq/groups/{group}/lag": { "get": lag_path },
@@ -581,14 +663,10 @@ pub fn openapi() -> serde_json::Value {
         "components": { "schemas": {
             "mq.Topic": topic.clone(),
             "mq.ListTopicsResponse": object(serde_json::json!({ "topics": { "type": "array", "items": topic } })),
-            "mq.SendRequest": object(serde_json::json!({
-                "sharding_key": s("string"), "queue_id": s("integer"), "tag": s("string"),
-                "keys": { "type": "array", "items": s("string") },
-                "properties": { "type": "object", "additionalProperties": s("string") },
-                "body": { "type": "string", "format": "byte" }, "born_ms": u64s, "delay_ms": u64s,
-                "transaction_group": s("string")
-            })),
-            "mq.SendResponse": object(serde_json::json!({ "message_id": s("string"), "queue_id": s("integer"), "queue_offset": u64s })),
+            "mq.SendRequest": send_request.clone(),
+            "mq.SendResponse": send_response.clone(),
+            "mq.SendBatchRequest": object(serde_json::json!({ "messages": { "type": "array", "items": send_request } })),
+            "mq.SendBatchResponse": object(serde_json::json!({ "results": { "type": "array", "items": send_response } })),
             "mq.PullRequest": object(serde_json::json!({
                 "group": s("string"), "topic": s("string"), "member": s("string"),
                 "tags": { "type": "array", "items": s("string") }, "max_messages": s("integer"), "wait_ms": u64s,
@@ -597,6 +675,10 @@ pub fn openapi() -> serde_json::Value {
             })),
             "mq.PullResponse": object(serde_json::json!({ "messages": { "type": "array", "items": object(message_props) } })),
             "mq.AckRequest": ack,
+            "mq.AckBatchRequest": object(serde_json::json!({
+                "group": s("string"), "member": s("string"),
+                "deliveries": { "type": "array", "items": object(serde_json::json!({ "topic": s("string"), "queue_id": s("integer"), "queue_offset": u64s })) }
+            })),
             "mq.LeaveRequest": object(serde_json::json!({ "group": s("string"), "member": s("string") })),
             "mq.Empty": object(serde_json::json!({})),
             "mq.EndTransactionRequest": object(serde_json::json!({ "message_id": s("string"), "commit": s("boolean") })),

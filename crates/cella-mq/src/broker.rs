@@ -134,6 +134,17 @@ pub struct SendResult {
     pub half: bool,
 }
 
+/// One delivery to acknowledge: where its message sits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Delivery {
+    /// The message's topic.
+    pub topic: String,
+    /// Its queue.
+    pub queue_id: u32,
+    /// Its offset in the queue.
+    pub queue_offset: u64,
+}
+
 /// What a consumer asks for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PullRequest {
@@ -372,8 +383,8 @@ impl Broker {
         Ok(stored)
     }
 
+    /// Checks a message's fields other than its topic.
     fn validate_send(&self, req: &SendRequest) -> MqResult<()> {
-        validate_name("topic", &req.topic)?;
         let config = &self.inner.config;
         if req.body.len() > config.max_body_bytes {
             return Err(MqError::BodyTooLarge {
@@ -414,14 +425,13 @@ impl Broker {
         Ok(())
     }
 
-    /// Stores a message and returns once it is acknowledged under its topic's flush policy.
-    pub async fn send(&self, req: SendRequest) -> MqResult<SendResult> {
-        self.validate_send(&req)?;
-        let topic = self.topic_for_send(&req.topic).await?;
-        let queue_id = match (req.queue_id, &req.sharding_key) {
+    /// The queue a message goes to: the explicit one, its sharding key's, or the next in
+    /// round robin.
+    fn choose_queue(&self, topic: &TopicMeta, req: &SendRequest) -> MqResult<u32> {
+        Ok(match (req.queue_id, &req.sharding_key) {
             (Some(q), _) if q >= topic.queues => {
                 return Err(MqError::QueueNotFound {
-                    topic: topic.name,
+                    topic: topic.name.clone(),
                     queue_id: q,
                     queues: topic.queues,
                 })
@@ -432,24 +442,37 @@ impl Broker {
                 (self.inner.round_robin.fetch_add(1, Ordering::Relaxed) % u64::from(topic.queues))
                     as u32
             }
-        };
-        let now = self.now_ms();
-        let id: u128 = rand::random();
-        let mut message = StoredMessage {
+        })
+    }
+
+    /// The stored form of a message for `topic`: its queue chosen, a new id, stamped `now`.
+    fn to_stored(&self, topic: &TopicMeta, req: SendRequest, now: u64) -> MqResult<StoredMessage> {
+        Ok(StoredMessage {
             topic: topic.name.clone(),
-            queue_id,
+            queue_id: self.choose_queue(topic, &req)?,
             queue_offset: 0,
-            id,
+            id: rand::random(),
             tag: req.tag,
             keys: req.keys,
             properties: req.properties,
             body: req.body,
             born_ms: if req.born_ms == 0 { now } else { req.born_ms },
             stored_ms: now,
-        };
-        if let Some(group) = &req.transaction_group {
+        })
+    }
+
+    /// Stores a message and returns once it is acknowledged under its topic's flush policy.
+    pub async fn send(&self, mut req: SendRequest) -> MqResult<SendResult> {
+        validate_name("topic", &req.topic)?;
+        self.validate_send(&req)?;
+        let topic = self.topic_for_send(&req.topic).await?;
+        let (delay_ms, transaction_group) = (req.delay_ms, req.transaction_group.take());
+        let now = self.now_ms();
+        let mut message = self.to_stored(&topic, req, now)?;
+        let (id, queue_id) = (message.id, message.queue_id);
+        if let Some(group) = &transaction_group {
             validate_name("transaction_group", group)?;
-            if req.delay_ms > 0 {
+            if delay_ms > 0 {
                 return Err(MqError::InvalidField {
                     field: "delay_ms",
                     rule: "must be 0 for a transactional message".into(),
@@ -473,7 +496,7 @@ impl Broker {
                 half: true,
             });
         }
-        if req.delay_ms == 0 {
+        if delay_ms == 0 {
             let appended = self.inner.store.append(message, topic.flush.mode()).await?;
             return Ok(SendResult {
                 id,
@@ -484,7 +507,7 @@ impl Broker {
             });
         }
         let mode = topic.flush.mode();
-        self.enqueue_delayed(message, topic.name, queue_id, now + req.delay_ms, mode)
+        self.enqueue_delayed(message, topic.name, queue_id, now + delay_ms, mode)
             .await?;
         Ok(SendResult {
             id,
@@ -493,6 +516,101 @@ impl Broker {
             delayed: true,
             half: false,
         })
+    }
+
+    /// Stores a batch of messages of one topic with one group commit and returns once all are
+    /// acknowledged under the topic's flush policy; results are in request order. Every
+    /// message is checked first: one that breaks a rule refuses the batch, naming it, and
+    /// nothing is stored. A message's own `topic` must be empty or `topic`; delays and
+    /// transactions are not allowed in a batch.
+    pub async fn send_batch(
+        &self,
+        topic: &str,
+        messages: Vec<SendRequest>,
+    ) -> MqResult<Vec<SendResult>> {
+        validate_name("topic", topic)?;
+        let config = &self.inner.config;
+        if messages.is_empty() || messages.len() > config.max_batch as usize {
+            return Err(MqError::InvalidField {
+                field: "messages",
+                rule: format!(
+                    "must hold 1-{} messages (got {})",
+                    config.max_batch,
+                    messages.len()
+                ),
+            });
+        }
+        let total: usize = messages.iter().map(|m| m.body.len()).sum();
+        if total > config.max_body_bytes {
+            return Err(MqError::InvalidField {
+                field: "messages",
+                rule: format!(
+                    "bodies must total at most {} bytes (got {total})",
+                    config.max_body_bytes
+                ),
+            });
+        }
+        let in_batch = |index| {
+            move |e| MqError::InBatch {
+                list: "messages",
+                index,
+                source: Box::new(e),
+            }
+        };
+        for (index, m) in messages.iter().enumerate() {
+            self.validate_batch_message(topic, m)
+                .map_err(in_batch(index))?;
+        }
+        let topic = self.topic_for_send(topic).await?;
+        let now = self.now_ms();
+        let stored = messages
+            .into_iter()
+            .enumerate()
+            .map(|(index, m)| self.to_stored(&topic, m, now).map_err(in_batch(index)))
+            .collect::<MqResult<Vec<_>>>()?;
+        let placed: Vec<(u128, u32)> = stored.iter().map(|m| (m.id, m.queue_id)).collect();
+        let appended = self
+            .inner
+            .store
+            .append_batch(stored, topic.flush.mode())
+            .await?;
+        Ok(placed
+            .into_iter()
+            .zip(appended)
+            .map(|((id, queue_id), appended)| SendResult {
+                id,
+                queue_id,
+                queue_offset: appended.queue_offset,
+                delayed: false,
+                half: false,
+            })
+            .collect())
+    }
+
+    /// Checks one message of a batch for `topic`.
+    fn validate_batch_message(&self, topic: &str, req: &SendRequest) -> MqResult<()> {
+        if !req.topic.is_empty() && req.topic != topic {
+            return Err(MqError::InvalidField {
+                field: "topic",
+                rule: format!(
+                    "must be empty or the batch's topic `{topic}` (got {:?})",
+                    req.topic
+                ),
+            });
+        }
+        if req.delay_ms > 0 {
+            return Err(MqError::InvalidField {
+                field: "delay_ms",
+                rule: "must be 0 in a batch (send delayed messages one by one)".into(),
+            });
+        }
+        if req.transaction_group.is_some() {
+            return Err(MqError::InvalidField {
+                field: "transaction_group",
+                rule: "must be empty in a batch (send half messages one by one)".into(),
+            });
+        }
+        self.validate_send(req)
     }
 
     /// Commits (delivers) or rolls back (discards) the half message `id`.
@@ -987,14 +1105,13 @@ impl Broker {
         }
     }
 
-    fn with_cursor<T>(
+    /// Runs `op` on `group`'s runtime (after expiring silent members) with the cursor owner
+    /// `member` uses and the current time, under the groups lock.
+    fn with_group<T>(
         &self,
         group: &str,
         member: &str,
-        topic: &TopicMeta,
-        queue_id: u32,
-        offset: u64,
-        op: impl FnOnce(&mut Cursor, std::time::Duration) -> Result<T, crate::group::NotInflight>,
+        op: impl FnOnce(&mut GroupRuntime, String, Duration) -> MqResult<T>,
     ) -> MqResult<T> {
         let mut groups = self.inner.groups.lock().expect("groups lock");
         let meta =
@@ -1009,18 +1126,28 @@ impl Broker {
             GroupMode::Clustering => String::new(),
             GroupMode::Broadcasting => member.to_string(),
         };
-        let unknown = || MqError::UnknownOffset {
-            topic: topic.name.clone(),
-            queue_id,
-            offset,
-        };
-        let cursor = runtime
-            .cursors
-            .get_mut(&(topic.name.clone(), owner, queue_id))
-            .ok_or_else(unknown)?;
-        let result = op(cursor, self.inner.clock.now()).map_err(|_| unknown())?;
+        let result = op(runtime, owner, self.inner.clock.now())?;
         self.inner.offsets_dirty.store(true, Ordering::Release);
         Ok(result)
+    }
+
+    fn with_cursor<T>(
+        &self,
+        group: &str,
+        member: &str,
+        topic: &TopicMeta,
+        queue_id: u32,
+        offset: u64,
+        op: impl FnOnce(&mut Cursor, Duration) -> Result<T, crate::group::NotInflight>,
+    ) -> MqResult<T> {
+        self.with_group(group, member, |runtime, owner, now| {
+            let unknown = || unknown_offset(&topic.name, queue_id, offset);
+            let cursor = runtime
+                .cursors
+                .get_mut(&(topic.name.clone(), owner, queue_id))
+                .ok_or_else(unknown)?;
+            op(cursor, now).map_err(|_| unknown())
+        })
     }
 
     async fn known_topic(&self, name: &str, queue_id: u32) -> MqResult<TopicMeta> {
@@ -1052,6 +1179,59 @@ impl Broker {
         let topic = self.known_topic(topic, queue_id).await?;
         self.with_cursor(group, member, &topic, queue_id, offset, |c, now| {
             c.ack(offset, member, now)
+        })
+    }
+
+    /// Acknowledges many deliveries to `member` at once. Every one must be an unacked
+    /// delivery to the member: if one is not, the batch is refused, naming it, and none is
+    /// acknowledged.
+    pub async fn ack_batch(
+        &self,
+        group: &str,
+        member: &str,
+        deliveries: &[Delivery],
+    ) -> MqResult<()> {
+        let max = self.inner.config.max_batch as usize;
+        if deliveries.len() > max {
+            return Err(MqError::InvalidField {
+                field: "deliveries",
+                rule: format!("must hold at most {max} (got {})", deliveries.len()),
+            });
+        }
+        let in_batch = |index, e| MqError::InBatch {
+            list: "deliveries",
+            index,
+            source: Box::new(e),
+        };
+        for (index, d) in deliveries.iter().enumerate() {
+            self.known_topic(&d.topic, d.queue_id)
+                .await
+                .map_err(|e| in_batch(index, e))?;
+        }
+        self.with_group(group, member, |runtime, owner, now| {
+            let mut seen = std::collections::HashSet::new();
+            for (index, d) in deliveries.iter().enumerate() {
+                let unknown =
+                    || in_batch(index, unknown_offset(&d.topic, d.queue_id, d.queue_offset));
+                if !seen.insert(d) {
+                    return Err(unknown());
+                }
+                runtime
+                    .cursors
+                    .get(&(d.topic.clone(), owner.clone(), d.queue_id))
+                    .ok_or_else(unknown)?
+                    .check(d.queue_offset, member, now)
+                    .map_err(|_| unknown())?;
+            }
+            for d in deliveries {
+                runtime
+                    .cursors
+                    .get_mut(&(d.topic.clone(), owner.clone(), d.queue_id))
+                    .expect("the cursor was checked under this lock")
+                    .ack(d.queue_offset, member, now)
+                    .expect("the delivery was checked under this lock");
+            }
+            Ok(())
         })
     }
 
@@ -1429,6 +1609,15 @@ fn load_delays(store: &Store, committed: Option<u64>, now_ms: u64) -> MqResult<D
         at = read.next_offset;
     }
     Ok(delays)
+}
+
+/// The refusal of an ack or nack of an offset that is not an unacked delivery.
+fn unknown_offset(topic: &str, queue_id: u32, offset: u64) -> MqError {
+    MqError::UnknownOffset {
+        topic: topic.to_string(),
+        queue_id,
+        offset,
+    }
 }
 
 /// A message id as text: 32 lowercase hex digits.

@@ -30,6 +30,9 @@ pub struct MqConfig {
     pub ack_timeout_ms: u64,
     /// Most messages one pull returns.
     pub max_pull: u32,
+    /// Most messages one batched send carries (their bodies together are bounded by
+    /// `max_body_bytes`) and most deliveries one batched ack carries.
+    pub max_batch: u32,
     /// Backoff before the n-th retry of a nacked message, in milliseconds (the last level
     /// repeats).
     pub retry_backoff_ms: Vec<u64>,
@@ -56,6 +59,7 @@ impl Default for MqConfig {
             session_timeout_ms: 10_000,
             ack_timeout_ms: 30_000,
             max_pull: 256,
+            max_batch: 1024,
             retry_backoff_ms: vec![
                 1_000, 5_000, 10_000, 30_000, 60_000, 120_000, 300_000, 600_000,
             ],
@@ -73,5 +77,11 @@ impl MqConfig {
 
     pub(crate) fn ack_timeout(&self) -> Duration {
         Duration::from_millis(self.ack_timeout_ms)
+    }
+
+    /// The largest request the APIs accept: a batch of bodies up to `max_body_bytes` in all,
+    /// plus room for each message's headers.
+    pub(crate) fn max_request_bytes(&self) -> usize {
+        self.max_body_bytes + 64 * 1024 + self.max_batch as usize * 1024
     }
 }

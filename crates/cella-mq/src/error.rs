@@ -87,6 +87,17 @@ pub enum MqError {
         /// The message id.
         id: String,
     },
+    /// One entry of a batch (a message of a batched send, a delivery of a batched ack)
+    /// broke a rule; the whole batch was refused and nothing of it applied.
+    #[error("{}; the whole batch was refused", in_batch(list, *index, source))]
+    InBatch {
+        /// The batch's list field (`messages`, `deliveries`).
+        list: &'static str,
+        /// The entry's index in it.
+        index: usize,
+        /// What was wrong with the entry.
+        source: Box<MqError>,
+    },
     /// The on-disk data is not what the format says; details in the message.
     #[error("storage corrupt: {0}")]
     Corrupt(String),
@@ -135,6 +146,7 @@ impl MqError {
                 Code::Unavailable | Code::DeadlineExceeded => Code::Unavailable,
                 _ => Code::Internal,
             },
+            InBatch { source, .. } => source.grpc_code(),
             Stopped => Code::Unavailable,
             Corrupt(_) | Io { .. } => Code::Internal,
         }
@@ -149,6 +161,17 @@ impl MqError {
             Code::Unavailable => 503,
             _ => 500,
         }
+    }
+}
+
+/// An entry's error with its field named by its place in the batch: field `body` of message 3
+/// becomes field `messages[3].body`; an error naming no field is prefixed with the entry.
+fn in_batch(list: &str, index: usize, source: &MqError) -> String {
+    let text = source.to_string();
+    if text.contains("field `") {
+        text.replacen("field `", &format!("field `{list}[{index}]."), 1)
+    } else {
+        format!("{list}[{index}]: {text}")
     }
 }
 

@@ -20,7 +20,7 @@ pub mod storage;
 mod timer;
 mod txn;
 
-pub use broker::{format_id, Broker, PullRequest, QueueLag, SendRequest, SendResult};
+pub use broker::{format_id, Broker, Delivery, PullRequest, QueueLag, SendRequest, SendResult};
 pub use config::MqConfig;
 pub use error::{MqError, MqResult};
 pub use group::GroupMode;

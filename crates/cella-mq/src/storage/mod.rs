@@ -19,9 +19,11 @@
 //! One writer thread owns the tail. It takes every append waiting for it as one batch,
 //! `pwrite`s the batch's records, and — if any append in the batch asked for a sync flush —
 //! calls `fdatasync` once before acknowledging the whole batch (group commit). Async appends
-//! are acknowledged after the `pwrite` and fsynced within `flush_interval`. Consume-queue
-//! and index entries are written after the records; readers see a message only once its
-//! entry is written, which is after its fsync for sync appends.
+//! are acknowledged after the `pwrite` and fsynced within `flush_interval`. The messages of
+//! one [`Store::append_batch`] reach the writer as one command, so they are written in order,
+//! contiguously, and covered by one group commit. Consume-queue and index entries are written
+//! after the records; readers see a message only once its entry is written, which is after
+//! its fsync for sync appends.
 //!
 //! Segments are written with `pwrite` into pre-allocated, zero-filled files (made one
 //! segment ahead on a background thread; see [`segment`]), not through a memory map: a
@@ -126,10 +128,10 @@ pub struct QueueRead {
 type QueueKey = (String, u32);
 
 enum Command {
+    /// Messages to append in order, all in one writer batch, each with its own reply.
     Append {
-        message: Box<StoredMessage>,
+        messages: Vec<(Box<StoredMessage>, Reply)>,
         mode: FlushMode,
-        reply: oneshot::Sender<MqResult<Appended>>,
     },
     Retain {
         now_ms: u64,
@@ -241,7 +243,10 @@ impl Store {
                     (Frame::Empty, _) => {
                         let next = base + seg;
                         let next_valid = segments.get(&next).is_some_and(|f| {
-                            matches!(Window::new(f, seg, RECORD_READ_AHEAD).frame(0).0, Frame::Valid { .. })
+                            matches!(
+                                Window::new(f, seg, RECORD_READ_AHEAD).frame(0).0,
+                                Frame::Valid { .. }
+                            )
                         });
                         if next_valid {
                             end = next;
@@ -423,13 +428,31 @@ impl Store {
     /// Appends `message` (its `queue_offset` is assigned here) and waits until it is
     /// acknowledged under `mode`.
     pub async fn append(&self, message: StoredMessage, mode: FlushMode) -> MqResult<Appended> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Append {
-            message: Box::new(message),
-            mode,
-            reply,
-        })?;
-        rx.await.map_err(|_| MqError::Stopped)?
+        let mut appended = self.append_batch(vec![message], mode).await?;
+        appended.pop().ok_or(MqError::Stopped)
+    }
+
+    /// Appends `messages` in order, contiguously in one writer batch (so one group commit,
+    /// one fsync for `Sync`, covers them all), and waits until every one is acknowledged.
+    /// Returns where each landed, in order.
+    pub async fn append_batch(
+        &self,
+        messages: Vec<StoredMessage>,
+        mode: FlushMode,
+    ) -> MqResult<Vec<Appended>> {
+        let (messages, replies): (Vec<_>, Vec<_>) = messages
+            .into_iter()
+            .map(|message| {
+                let (reply, rx) = oneshot::channel();
+                ((Box::new(message), reply), rx)
+            })
+            .unzip();
+        self.send(Command::Append { messages, mode })?;
+        let mut appended = Vec::with_capacity(replies.len());
+        for rx in replies {
+            appended.push(rx.await.map_err(|_| MqError::Stopped)??);
+        }
+        Ok(appended)
     }
 
     /// Fsyncs everything and writes the checkpoint.
@@ -700,7 +723,9 @@ impl<'a> Window<'a> {
             return None;
         }
         if at < self.start || end > self.start + self.buf.len() as u64 {
-            let want = (len as u64).max(self.read_ahead).min(self.segment_bytes - at) as usize;
+            let want = (len as u64)
+                .max(self.read_ahead)
+                .min(self.segment_bytes - at) as usize;
             self.buf.resize(want, 0);
             // A file cut short (a torn tail) reads as zeroes past its end.
             let mut filled = 0;
@@ -773,11 +798,11 @@ impl Writer {
             let mut appends = Vec::new();
             for command in batch {
                 match command {
-                    Command::Append {
-                        message,
-                        mode,
-                        reply,
-                    } => appends.push((message, mode, reply)),
+                    Command::Append { messages, mode } => appends.extend(
+                        messages
+                            .into_iter()
+                            .map(|(message, reply)| (message, mode, reply)),
+                    ),
                     Command::Retain { now_ms, reply } => {
                         let _ = reply.send(self.retain(now_ms));
                     }
