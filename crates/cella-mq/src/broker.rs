@@ -540,16 +540,6 @@ impl Broker {
                 ),
             });
         }
-        let total: usize = messages.iter().map(|m| m.body.len()).sum();
-        if total > config.max_body_bytes {
-            return Err(MqError::InvalidField {
-                field: "messages",
-                rule: format!(
-                    "bodies must total at most {} bytes (got {total})",
-                    config.max_body_bytes
-                ),
-            });
-        }
         let in_batch = |index| {
             move |e| MqError::InBatch {
                 list: "messages",
@@ -560,6 +550,16 @@ impl Broker {
         for (index, m) in messages.iter().enumerate() {
             self.validate_batch_message(topic, m)
                 .map_err(in_batch(index))?;
+        }
+        let total: usize = messages.iter().map(|m| m.body.len()).sum();
+        if total > config.max_body_bytes {
+            return Err(MqError::InvalidField {
+                field: "messages",
+                rule: format!(
+                    "bodies must total at most {} bytes (got {total})",
+                    config.max_body_bytes
+                ),
+            });
         }
         let topic = self.topic_for_send(topic).await?;
         let now = self.now_ms();

@@ -368,3 +368,48 @@ async fn retention_deletes_whole_old_segments_by_size_and_by_age() {
         store.read_queue("t", 0, 0, 1, &[]).unwrap().messages[0].stored_ms + 1000 >= 1_100 - 60
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_lands_in_order_and_contiguously_among_concurrent_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(config(dir.path())).unwrap());
+    let single = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            for n in 0..200u64 {
+                store
+                    .append(message("t", 0, n, ""), FlushMode::Async)
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let mut batches = Vec::new();
+    for round in 0..5u64 {
+        let batch: Vec<StoredMessage> = (0..40)
+            .map(|n| message("t", 0, 10_000 + round * 100 + n, ""))
+            .collect();
+        let appended = store.append_batch(batch, FlushMode::Sync).await.unwrap();
+        let offsets: Vec<u64> = appended.iter().map(|a| a.queue_offset).collect();
+        assert_eq!(
+            offsets,
+            (offsets[0]..offsets[0] + 40).collect::<Vec<_>>(),
+            "round {round}: no other append inside the batch"
+        );
+        batches.push(offsets[0]);
+    }
+    single.await.unwrap();
+    assert!(store
+        .append_batch(Vec::new(), FlushMode::Sync)
+        .await
+        .unwrap()
+        .is_empty());
+    let all = bodies(&store, "t", 0);
+    assert_eq!(all.len(), 400);
+    for (round, first) in batches.into_iter().enumerate() {
+        for n in 0..40 {
+            let expected = format!("body-{}-", 10_000 + round as u64 * 100 + n);
+            assert!(all[(first + n) as usize].starts_with(&expected));
+        }
+    }
+}

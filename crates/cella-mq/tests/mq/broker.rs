@@ -4,32 +4,7 @@ use std::time::Duration;
 
 use cella_mq::{FlushPolicy, GroupMode, MqError, PullRequest, SendRequest, StartFrom};
 
-use crate::common::{test_config, Harness};
-
-fn send(topic: &str, body: &str) -> SendRequest {
-    SendRequest {
-        topic: topic.into(),
-        body: body.as_bytes().to_vec(),
-        ..Default::default()
-    }
-}
-
-fn pull(group: &str, topic: &str, member: &str, max: u32) -> PullRequest {
-    PullRequest {
-        group: group.into(),
-        topic: topic.into(),
-        member: member.into(),
-        max,
-        ..Default::default()
-    }
-}
-
-fn bodies(messages: &[cella_mq::storage::StoredMessage]) -> Vec<String> {
-    messages
-        .iter()
-        .map(|m| String::from_utf8_lossy(&m.body).into_owned())
-        .collect()
-}
+use crate::common::{bodies, pull, send, test_config, Harness};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_group_reads_from_the_first_message_and_acks_survive_a_restart() {

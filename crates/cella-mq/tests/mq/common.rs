@@ -1,4 +1,4 @@
-//! Starting a single-member core and a broker over it.
+//! Starting a single-member core and a broker over it; building requests and reading replies.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use cella_base::ManualClock;
 use cella_core::{Core, CoreConfig, Membership};
-use cella_mq::{Broker, MqConfig};
+use cella_mq::storage::StoredMessage;
+use cella_mq::{Broker, MqConfig, PullRequest, SendRequest};
 
 /// A single-member core in `dir`, ready for writes.
 pub async fn start_core(dir: &Path) -> Core {
@@ -86,4 +87,32 @@ impl Harness {
     pub fn broker(&self, config: MqConfig) -> Broker {
         open_broker(&self.dir.path().join("mq"), config, &self.core, &self.clock)
     }
+}
+
+/// A send of `body` to `topic`.
+pub fn send(topic: &str, body: &str) -> SendRequest {
+    SendRequest {
+        topic: topic.into(),
+        body: body.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
+/// A pull of up to `max` messages of `topic` for `member` of `group`.
+pub fn pull(group: &str, topic: &str, member: &str, max: u32) -> PullRequest {
+    PullRequest {
+        group: group.into(),
+        topic: topic.into(),
+        member: member.into(),
+        max,
+        ..Default::default()
+    }
+}
+
+/// The messages' bodies as text.
+pub fn bodies(messages: &[StoredMessage]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+        .collect()
 }
