@@ -14,6 +14,11 @@
 //! for delivery in consumer.poll(16, std::time::Duration::from_secs(1)).await? {
 //!     consumer.ack(&delivery).await?;
 //! }
+//! // Many messages per call: one SendBatch, one AckBatch.
+//! let batch = (0..100).map(|i| OutgoingMessage::new("orders", format!("created #{i}")));
+//! client.mq().producer().send_batch("orders", batch.collect()).await?;
+//! let deliveries = consumer.poll(100, std::time::Duration::from_secs(1)).await?;
+//! consumer.ack_all(&deliveries).await?;
 //! # let _ = sent; Ok(()) }
 //! ```
 
@@ -265,39 +270,78 @@ pub struct Producer {
     mq: Mq,
 }
 
-impl Producer {
-    /// Sends `message` and returns once the broker made it durable under the topic's policy.
-    /// A retried send may store the message twice; consumers dedupe by key or id.
-    pub async fn send(&self, message: OutgoingMessage) -> Result<Sent> {
-        let mut pause = SEND_RETRY_PAUSE;
-        let mut attempt = 1;
-        loop {
-            match self.mq.client.clone().send(message.request.clone()).await {
-                Ok(r) => {
-                    let r = r.into_inner();
-                    return Ok(Sent {
-                        id: r.message_id,
-                        queue_id: r.queue_id,
-                        queue_offset: r.queue_offset,
-                        delayed: r.delayed,
-                        half: r.half,
-                    });
-                }
-                Err(status)
-                    if status.code() == tonic::Code::Unavailable && attempt < SEND_ATTEMPTS =>
-                {
-                    tracing::debug!(attempt, error = %status.message(), "mq send: broker unavailable, retrying");
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                    attempt += 1;
-                }
-                Err(status) => return Err(status.into()),
-            }
+impl From<pb::SendResponse> for Sent {
+    fn from(r: pb::SendResponse) -> Self {
+        Sent {
+            id: r.message_id,
+            queue_id: r.queue_id,
+            queue_offset: r.queue_offset,
+            delayed: r.delayed,
+            half: r.half,
         }
     }
 }
 
-/// A received message; acknowledge it with [`Consumer::ack`].
+/// Runs `call` again while the broker is unavailable, up to [`SEND_ATTEMPTS`] times with a
+/// doubling pause.
+async fn retry_unavailable<T, Fut>(mut call: impl FnMut() -> Fut) -> Result<T>
+where
+    Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+{
+    let mut pause = SEND_RETRY_PAUSE;
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Ok(r) => return Ok(r.into_inner()),
+            Err(status) if status.code() == tonic::Code::Unavailable && attempt < SEND_ATTEMPTS => {
+                tracing::debug!(attempt, error = %status.message(), "mq send: broker unavailable, retrying");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+                attempt += 1;
+            }
+            Err(status) => return Err(status.into()),
+        }
+    }
+}
+
+impl Producer {
+    /// Sends `message` and returns once the broker made it durable under the topic's policy.
+    /// A retried send may store the message twice; consumers dedupe by key or id.
+    pub async fn send(&self, message: OutgoingMessage) -> Result<Sent> {
+        let sent = retry_unavailable(|| {
+            let mut client = self.mq.client.clone();
+            let request = message.request.clone();
+            async move { client.send(request).await }
+        })
+        .await?;
+        Ok(sent.into())
+    }
+
+    /// Sends `messages` to `topic` in one call with one group commit, and returns once all
+    /// are durable; results are in the messages' order. Each message's topic must be empty
+    /// or `topic`, with no delay or transaction. A message that breaks a rule refuses the
+    /// whole batch (the error names it, e.g. `messages[3].body`) and nothing is stored.
+    pub async fn send_batch(
+        &self,
+        topic: &str,
+        messages: Vec<OutgoingMessage>,
+    ) -> Result<Vec<Sent>> {
+        let request = pb::SendBatchRequest {
+            topic: topic.into(),
+            messages: messages.into_iter().map(|m| m.request).collect(),
+        };
+        let sent = retry_unavailable(|| {
+            let mut client = self.mq.client.clone();
+            let request = request.clone();
+            async move { client.send_batch(request).await }
+        })
+        .await?;
+        Ok(sent.results.into_iter().map(Sent::from).collect())
+    }
+}
+
+/// A received message; acknowledge it with [`Consumer::ack`] (or many with
+/// [`Consumer::ack_all`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Delivery {
     /// The message as stored.
@@ -426,6 +470,29 @@ impl Consumer {
             .clone()
             .ack(self.ack_request(delivery))
             .await?;
+        Ok(())
+    }
+
+    /// Marks every delivery of `deliveries` handled in one call. If one is not an unacked
+    /// delivery to this member (acked already, or past its ack deadline), none is acked and
+    /// the error names it (e.g. `deliveries[2]`).
+    pub async fn ack_all(&self, deliveries: &[Delivery]) -> Result<()> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        let request = pb::AckBatchRequest {
+            group: self.group.clone(),
+            member: self.member.clone(),
+            deliveries: deliveries
+                .iter()
+                .map(|d| pb::Delivery {
+                    topic: d.message.topic.clone(),
+                    queue_id: d.message.queue_id,
+                    queue_offset: d.message.queue_offset,
+                })
+                .collect(),
+        };
+        self.mq.client.clone().ack_batch(request).await?;
         Ok(())
     }
 

@@ -257,11 +257,66 @@ async fn rest_routes_work_and_bad_input_gets_a_clear_error() {
     .unwrap();
     assert_eq!(status, 400, "{body}");
 
+    let bad_batch = format!(
+        r#"{{"messages":[{{"body":"aGk="}},{{"body":"{}"}}]}}"#,
+        "QUFB".repeat(2000)
+    );
+    let (status, body) = http(&addr, "POST", "/v1/mq/topics/t/messages/batch", &bad_batch)
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("`messages[1].body` is 6000 bytes"), "{body}");
+    let (status, body) = http(
+        &addr,
+        "POST",
+        "/v1/mq/topics/t/messages/batch",
+        r#"{"messages":[{"body":"YQ=="},{"body":"Yg=="}]}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(r#""queue_offset":"1""#) && body.contains(r#""queue_offset":"2""#),
+        "the refused batch stored nothing: {body}"
+    );
+    let (status, body) = http(
+        &addr,
+        "POST",
+        "/v1/mq/pull",
+        r#"{"group":"g","topic":"t","member":"m"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let acks = |offsets: &[u64]| {
+        let deliveries: Vec<String> = offsets
+            .iter()
+            .map(|o| format!(r#"{{"topic":"t","queue_id":0,"queue_offset":"{o}"}}"#))
+            .collect();
+        format!(
+            r#"{{"group":"g","member":"m","deliveries":[{}]}}"#,
+            deliveries.join(",")
+        )
+    };
+    let (status, body) = http(&addr, "POST", "/v1/mq/ack-batch", &acks(&[1, 7, 2]))
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("`deliveries[1].offset` 7"), "{body}");
+    let (status, body) = http(&addr, "POST", "/v1/mq/ack-batch", &acks(&[1, 2]))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = http(&addr, "GET", "/v1/mq/groups/g/lag", "").await.unwrap();
+    assert!(body.contains(r#""committed":"3""#), "{body}");
+
     let (_, doc) = http(&addr, "GET", "/openapi.json", "").await.unwrap();
     for path in [
         "/v1/mq/topics",
         "/v1/mq/pull",
         "/v1/mq/ack",
+        "/v1/mq/ack-batch",
+        "/v1/mq/topics/{topic}/messages/batch",
         "/v1/mq/groups/{group}/lag",
     ] {
         assert!(doc.contains(path), "{path} missing from /openapi.json");
