@@ -6,7 +6,9 @@
 //! offset, from a queue the member holds, passing its tag filter, not acknowledged already
 //! and not in flight to another member; on ordered topics every earlier matching message
 //! of the queue is done; ack and nack succeed exactly when the model has the delivery in
-//! flight to that member; a message nacked on an unordered topic comes back only through the
+//! flight to that member, and a batch of acks succeeds exactly when all of them would (or
+//! acks none); batched sends land at the queue offsets the model expects, in order; a
+//! message nacked on an unordered topic comes back only through the
 //! group's retry topic. At the end one member drains the topic and its retries, and every
 //! matching message must have been acknowledged or dead-lettered (after a nack), with the
 //! group's committed offsets at the queues' ends.
@@ -18,7 +20,7 @@ use std::time::Duration;
 
 use cella_base::ManualClock;
 use cella_core::Core;
-use cella_mq::{Broker, FlushPolicy, MqConfig, PullRequest, SendRequest};
+use cella_mq::{Broker, Delivery, FlushPolicy, MqConfig, PullRequest, SendRequest};
 use proptest::prelude::*;
 
 use crate::common::{open_broker, start_core, test_config};
@@ -33,6 +35,10 @@ enum Op {
     Send {
         queue: u32,
         tag: u8,
+    },
+    /// One SendBatch of messages to (queue, tag).
+    SendBatch {
+        messages: Vec<(u32, u8)>,
     },
     Pull {
         member: usize,
@@ -51,6 +57,12 @@ enum Op {
         queue: u32,
         offset: u64,
     },
+    /// One AckBatch of picked deliveries, plus maybe an arbitrary (queue, offset).
+    AckBatch {
+        member: usize,
+        picks: Vec<usize>,
+        extra: Option<(u32, u64)>,
+    },
     Leave {
         member: usize,
     },
@@ -63,10 +75,13 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (0..QUEUES, 0..2u8).prop_map(|(queue, tag)| Op::Send { queue, tag }),
+        2 => proptest::collection::vec((0..QUEUES, 0..2u8), 1..5).prop_map(|messages| Op::SendBatch { messages }),
         4 => (0..3usize, 0..4u32).prop_map(|(member, max)| Op::Pull { member, max }),
         3 => (0..3usize, any::<usize>()).prop_map(|(member, pick)| Op::Ack { member, pick }),
         1 => (0..3usize, any::<usize>()).prop_map(|(member, pick)| Op::Nack { member, pick }),
         1 => (0..3usize, 0..QUEUES, 0..12u64).prop_map(|(member, queue, offset)| Op::AckUnknown { member, queue, offset }),
+        2 => (0..3usize, proptest::collection::vec(any::<usize>(), 0..4), proptest::option::of((0..QUEUES, 0..12u64)))
+            .prop_map(|(member, picks, extra)| Op::AckBatch { member, picks, extra }),
         1 => (0..3usize).prop_map(|member| Op::Leave { member }),
         1 => prop_oneof![Just(1u64), Just(11), Just(31)].prop_map(|secs| Op::Advance { secs }),
         1 => Just(Op::Restart),
@@ -203,6 +218,27 @@ async fn run_case(ops: Vec<Op>, ordered: bool, filter: Option<u8>) -> Result<(),
                 prop_assert_eq!((r.queue_id, r.queue_offset), (queue, offset));
                 model.sent[queue as usize].push(tag);
             }
+            Op::SendBatch { messages } => {
+                let mut expected = Vec::new();
+                let mut batch = Vec::new();
+                for (queue, tag) in messages {
+                    let offset = model.sent[queue as usize].len() as u64;
+                    model.sent[queue as usize].push(tag);
+                    expected.push((queue, offset));
+                    batch.push(SendRequest {
+                        queue_id: Some(queue),
+                        tag: format!("t{tag}"),
+                        body: format!("{queue}-{offset}").into_bytes(),
+                        ..Default::default()
+                    });
+                }
+                let results = broker.send_batch(&topic, batch).await.unwrap();
+                let placed: Vec<(u32, u64)> = results
+                    .iter()
+                    .map(|r| (r.queue_id, r.queue_offset))
+                    .collect();
+                prop_assert_eq!(placed, expected);
+            }
             Op::Pull { member, max } => {
                 let member = MEMBERS[member];
                 model.refresh(now);
@@ -318,6 +354,69 @@ async fn run_case(ops: Vec<Op>, ordered: bool, filter: Option<u8>) -> Result<(),
                 if let Some((_, _, body)) = model.inflight.remove(&key).filter(|_| expected_ok) {
                     model.acked.insert(key);
                     model.handled.insert(body);
+                }
+            }
+            Op::AckBatch {
+                member,
+                picks,
+                extra,
+            } => {
+                let name = MEMBERS[member];
+                let live = model
+                    .members
+                    .get(name)
+                    .is_some_and(|seen| now.saturating_sub(*seen) < SESSION);
+                let owned = if live {
+                    model.owned_by(name, now)
+                } else {
+                    Vec::new()
+                };
+                let mut keys: Vec<Key> = Vec::new();
+                for pick in picks {
+                    if let Some(key) = owned.get(pick % owned.len().max(1)) {
+                        if !keys.contains(key) {
+                            keys.push(key.clone());
+                        }
+                    }
+                }
+                let mut expected_ok = true;
+                if let Some((queue, offset)) = extra {
+                    let key: Key = (topic.clone(), queue, offset);
+                    expected_ok = !keys.contains(&key)
+                        && model
+                            .inflight
+                            .get(&key)
+                            .is_some_and(|(m, d, _)| m == name && *d > now)
+                        && live;
+                    keys.push(key);
+                }
+                if keys.is_empty() {
+                    continue;
+                }
+                model.refresh(now);
+                let deliveries: Vec<Delivery> = keys
+                    .iter()
+                    .map(|(t, queue_id, queue_offset)| Delivery {
+                        topic: t.clone(),
+                        queue_id: *queue_id,
+                        queue_offset: *queue_offset,
+                    })
+                    .collect();
+                let result = broker.ack_batch(&group, name, &deliveries).await;
+                prop_assert_eq!(
+                    result.is_ok(),
+                    expected_ok,
+                    "ack batch of {:?} by {}: {:?}",
+                    keys,
+                    name,
+                    result
+                );
+                if expected_ok {
+                    for key in keys {
+                        let (_, _, body) = model.inflight.remove(&key).expect("picked in flight");
+                        model.acked.insert(key);
+                        model.handled.insert(body);
+                    }
                 }
             }
             Op::Leave { member } => {
