@@ -1,9 +1,9 @@
 //! The message broker under process faults: real `cella` nodes and `cella mq consume`
 //! processes, killed with SIGKILL.
 //!
-//! - kill -9 of the node while concurrent producers send to a sync-flush topic, repeated
-//!   (`CELLA_FAULT_ITERATIONS`, default 20): after restart, every acknowledged message is
-//!   there.
+//! - kill -9 of the node while concurrent producers send to a sync-flush topic, one by one
+//!   and in batches (SendBatch), repeated (`CELLA_FAULT_ITERATIONS`, default 20): after
+//!   restart, every acknowledged message is there.
 //! - a consumer process killed mid-stream: every message still reaches the group.
 //! - per-key order on an ordered topic while consumer processes are killed and replaced.
 
@@ -60,6 +60,20 @@ async fn send(
         .into_inner())
 }
 
+/// Sends `bodies` to `topic` as one batch; answers once all are durable.
+async fn send_batch(mq: &mut Mq, topic: &str, bodies: &[String]) -> anyhow::Result<()> {
+    let messages = bodies.iter().map(|body| mq::SendRequest {
+        body: body.clone().into(),
+        ..Default::default()
+    });
+    let request = mq::SendBatchRequest {
+        topic: topic.into(),
+        messages: messages.collect(),
+    };
+    tokio::time::timeout(CALL, mq.send_batch(request)).await??;
+    Ok(())
+}
+
 /// Pulls and acks as member `member` until a pull comes back empty; returns the bodies.
 async fn drain(mq: &mut Mq, group: &str, topic: &str, member: &str) -> anyhow::Result<Vec<String>> {
     let mut bodies = Vec::new();
@@ -104,6 +118,7 @@ async fn kill9_during_sync_production_loses_no_acknowledged_message() -> anyhow:
     let mut seen: HashSet<String> = HashSet::new();
     let iterations = fault_iterations(20);
     let mut total_acked = 0;
+    let mut batched_acked = 0;
     for iteration in 0..iterations {
         let acked = Arc::new(Mutex::new(Vec::new()));
         let mut producers = Vec::new();
@@ -113,10 +128,18 @@ async fn kill9_during_sync_production_loses_no_acknowledged_message() -> anyhow:
                 let Ok(mut mq) = client::mq(&endpoint) else {
                     return;
                 };
+                // Producer 0 sends batches of 8, the others one message at a time.
+                let batch = if p == 0 { 8 } else { 1 };
                 for n in 0..100_000 {
-                    let body = format!("i{iteration}-p{p}-n{n}-{}", "x".repeat(200));
-                    match send(&mut mq, "durable", "", body.clone()).await {
-                        Ok(_) => acked.lock().expect("acked lock").push(body),
+                    let bodies: Vec<String> = (0..batch)
+                        .map(|b| format!("i{iteration}-p{p}-n{n}-{b}-{}", "x".repeat(200)))
+                        .collect();
+                    let sent = match &bodies[..] {
+                        [body] => send(&mut mq, "durable", "", body.clone()).await.map(drop),
+                        _ => send_batch(&mut mq, "durable", &bodies).await,
+                    };
+                    match sent {
+                        Ok(()) => acked.lock().expect("acked lock").extend(bodies),
                         Err(_) => return,
                     }
                 }
@@ -142,11 +165,12 @@ async fn kill9_during_sync_production_loses_no_acknowledged_message() -> anyhow:
             lost.first()
         );
         total_acked += acked.len();
+        batched_acked += acked.iter().filter(|b| b.contains("-p0-")).count();
     }
-    println!("{iterations} kill -9 cycles, {total_acked} acknowledged sync sends, none lost");
+    println!("{iterations} kill -9 cycles, {total_acked} acknowledged sync sends ({batched_acked} in batches), none lost");
     assert!(
-        total_acked > 0,
-        "the producers must have been acknowledged at least once"
+        total_acked > 0 && batched_acked > 0,
+        "the producers, the batching one too, must have been acknowledged at least once"
     );
     Ok(())
 }

@@ -110,6 +110,13 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     pub backlog: u64,
 
+    /// mq-produce and mq-e2e: messages per send call (Cella: one SendBatch, or a Send when
+    /// 1; NATS: N publishes, then their N acks awaited; RabbitMQ: N publishes, then their N
+    /// confirms awaited). An operation is still one message: --count and --rate count
+    /// messages.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub batch: u32,
+
     /// mq-e2e: consumers receiving what the --clients producers send (at --rate).
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub consumers: u32,
@@ -449,6 +456,9 @@ mod tests {
         assert_eq!(cli.bench.flush, Flush::Async);
         assert_eq!(cli.bench.message_size, 1024);
         assert_eq!(cli.bench.consumers, 2);
+        assert_eq!(cli.bench.batch, 1);
+        assert!(Cli::try_parse_from(["x", "mq-produce", "--batch", "0"]).is_err());
+        assert!(Cli::try_parse_from(["x", "mq-produce", "--batch", "1025"]).is_err());
         assert!(Cli::try_parse_from(["x", "mq-produce", "--flush", "never"]).is_err());
         assert!(Cli::try_parse_from(["x", "mq-produce", "--message-size", "8"]).is_err());
         assert!(Cli::try_parse_from(["x", "mq-consume", "--backlog", "0"]).is_err());

@@ -76,6 +76,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         queues: args.queues,
         backlog: args.backlog,
         consumers: args.consumers as usize,
+        batch: args.batch as usize,
     };
     let date = report::utc_now();
     let machine = Machine::this();

@@ -74,6 +74,21 @@ async fn mq_workloads_measure_cella_without_errors() {
         assert_eq!(*errors, 0, "{text}");
     }
 
+    // Batched sends: each call is one SendBatch of 16, each message an operation.
+    let out = dir.path().join("produce-batch.md");
+    let mut args = vec!["mq-produce", "--clients", "2", "--batch", "16"];
+    args.extend_from_slice(&bounded);
+    let text = bench(&node, &out, &args).await;
+    assert!(text.contains("batch 16 (messages per"), "{text}");
+    let got = rows(&text);
+    assert_eq!(got.len(), 1, "{text}");
+    let (_, _, ops, errors) = got[0];
+    assert!(
+        ops > 0 && ops % 16 == 0,
+        "whole batches of messages: {text}"
+    );
+    assert_eq!(errors, 0, "{text}");
+
     let out = dir.path().join("consume.md");
     // Two members join one after another, so the group rebalances during the run: give
     // the drain more time than the other levels.
@@ -97,12 +112,17 @@ async fn mq_workloads_measure_cella_without_errors() {
         "200",
         "--consumers",
         "2",
+        "--batch",
+        "4",
     ];
     args.extend_from_slice(&bounded);
     let text = bench(&node, &out, &args).await;
     let got = rows(&text);
     assert_eq!(got.len(), 1, "{text}");
-    assert!(got[0].2 > 50, "about 200 received in 1 s: {text}");
+    assert!(
+        got[0].2 > 50,
+        "about 200 received in 1 s, sent 4 per call: {text}"
+    );
     assert_eq!(got[0].3, 0, "every message sent was received: {text}");
 
     node.stop().await.expect("cella up stops cleanly");

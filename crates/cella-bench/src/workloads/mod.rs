@@ -75,6 +75,8 @@ pub(crate) struct Settings {
     pub backlog: u64,
     /// mq-e2e: receivers.
     pub consumers: usize,
+    /// mq-produce and mq-e2e: messages per send call.
+    pub batch: usize,
 }
 
 /// Runs `workload` once at `clients` against `conns`; `progress` labels the progress line.

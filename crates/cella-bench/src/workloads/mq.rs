@@ -6,12 +6,17 @@
 //! stream (NATS, file storage) or queue (RabbitMQ: quorum for sync, classic for async), so
 //! runs never see each other's messages.
 //!
-//! - mq-produce: an operation is one send of a `--message-size` body, done when the broker
-//!   acknowledged it (Cella's Send answer, a JetStream publish ack, a publisher confirm).
-//! - mq-consume: `--backlog` messages are sent first (not measured); each client then takes
-//!   batches (up to [`BATCH`]) and acknowledges every message of a batch before its next
-//!   one. An operation is one message; the latency of every message of a batch is that
-//!   batch's receive+ack time. A level ends when the backlog is drained (or its bounds hit).
+//! - mq-produce: an operation is one message of a `--message-size` body, done when the
+//!   broker acknowledged it (Cella's Send answer, a JetStream publish ack, a publisher
+//!   confirm). With `--batch N` each call sends N messages (Cella: one SendBatch; the peers:
+//!   N publishes, then their N acks or confirms) and each of them counts with the call's
+//!   latency; `--count` and `--rate` still count messages.
+//! - mq-consume: `--backlog` messages are sent first (not measured, one per call); each
+//!   client then takes batches (up to [`BATCH`]) and acknowledges the whole batch before its
+//!   next one (Cella: one AckBatch; RabbitMQ: one multiple-ack; NATS: one ack per message,
+//!   as its client has no batched ack). An operation is one message; the latency of every
+//!   message of a batch is that batch's receive+ack time. A level ends when the backlog is
+//!   drained (or its bounds hit).
 //! - mq-e2e: the clients send at `--rate` (paced by the driver) while `--consumers`
 //!   receivers take and acknowledge; each body starts with the send instant, and the
 //!   latency is send-started to received, recorded by the receivers (`super::fanout`).
@@ -98,7 +103,8 @@ impl Run {
     }
 }
 
-/// Sends one message at a time and waits for the broker's acknowledgement.
+/// Sends a batch of messages (often of one) and waits for the broker's acknowledgement of
+/// each.
 pub(super) enum Producer {
     Cella(CellaProducer),
     Nats(super::mq_peers::NatsProducer),
@@ -106,11 +112,11 @@ pub(super) enum Producer {
 }
 
 impl Producer {
-    async fn send(&mut self, body: Bytes) -> anyhow::Result<()> {
+    async fn send(&mut self, bodies: Vec<Bytes>) -> anyhow::Result<()> {
         match self {
-            Producer::Cella(p) => p.send(body).await,
-            Producer::Nats(p) => p.send(body).await,
-            Producer::Rabbit(p) => p.send(body).await,
+            Producer::Cella(p) => p.send(bodies).await,
+            Producer::Nats(p) => p.send(bodies).await,
+            Producer::Rabbit(p) => p.send(bodies).await,
         }
     }
 }
@@ -191,17 +197,30 @@ pub(super) struct CellaProducer {
 }
 
 impl CellaProducer {
-    async fn send(&mut self, body: Bytes) -> anyhow::Result<()> {
-        let sent = self
-            .client
-            .send(mq::SendRequest {
-                topic: self.topic.clone(),
-                body,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        if sent.message_id.is_empty() {
+    /// One message with a unary Send, more with one SendBatch.
+    async fn send(&mut self, mut bodies: Vec<Bytes>) -> anyhow::Result<()> {
+        let message = |body| mq::SendRequest {
+            body,
+            ..Default::default()
+        };
+        let sent = match bodies.pop() {
+            Some(body) if bodies.is_empty() => {
+                let request = mq::SendRequest {
+                    topic: self.topic.clone(),
+                    ..message(body)
+                };
+                vec![self.client.send(request).await?.into_inner()]
+            }
+            last => {
+                bodies.extend(last);
+                let request = mq::SendBatchRequest {
+                    topic: self.topic.clone(),
+                    messages: bodies.into_iter().map(message).collect(),
+                };
+                self.client.send_batch(request).await?.into_inner().results
+            }
+        };
+        if sent.iter().any(|s| s.message_id.is_empty()) {
             bail!("send answered without a message id");
         }
         Ok(())
@@ -233,27 +252,30 @@ impl CellaConsumer {
             .await?
             .into_inner()
             .messages;
-        let acks = pulled.iter().map(|m| {
-            let mut client = self.client.clone();
-            let ack = mq::AckRequest {
-                group: self.group.clone(),
-                member: self.member.clone(),
+        if !pulled.is_empty() {
+            let deliveries = pulled.iter().map(|m| mq::Delivery {
                 topic: m.topic.clone(),
                 queue_id: m.queue_id,
                 queue_offset: m.queue_offset,
-            };
-            async move { client.ack(ack).await }
-        });
-        futures::future::try_join_all(acks).await?;
+            });
+            self.client
+                .ack_batch(mq::AckBatchRequest {
+                    group: self.group.clone(),
+                    member: self.member.clone(),
+                    deliveries: deliveries.collect(),
+                })
+                .await?;
+        }
         Ok(pulled.into_iter().map(|m| m.body).collect())
     }
 }
 
-/// mq-produce's and mq-e2e's client: one producer; with a stamp base, each body starts with
-/// the send instant (mq-e2e).
+/// mq-produce's and mq-e2e's client: one producer sending `batch` messages per call; with a
+/// stamp base, each body starts with the send instant (mq-e2e).
 struct Sender {
     producer: Producer,
     body: Bytes,
+    batch: usize,
     stamp_base: Option<Instant>,
     measuring: bool,
 }
@@ -267,18 +289,24 @@ impl LoadClient for Sender {
             }
             None => self.body.clone(),
         };
-        self.producer.send(body).await
+        self.producer.send(vec![body; self.batch]).await
     }
 
     fn start_measuring(&mut self) {
         self.measuring = true;
     }
+
+    fn ops_in_call(&mut self) -> u64 {
+        self.batch as u64
+    }
 }
 
+/// `clients` senders of `batch` messages per call.
 async fn senders(
     run: &Run,
     clients: usize,
     settings: &Settings,
+    batch: usize,
     stamp_base: Option<Instant>,
 ) -> anyhow::Result<Vec<Sender>> {
     let body = value_with_head(b"cella-bench", settings.message_size);
@@ -287,11 +315,34 @@ async fn senders(
         senders.push(Sender {
             producer: run.producer(i).await?,
             body: body.clone(),
+            batch,
             stamp_base,
             measuring: false,
         });
     }
     Ok(senders)
+}
+
+/// `settings` with `--count` and `--rate` (in messages) turned into the driver's bounds on
+/// calls of `settings.batch` messages each.
+fn per_call(settings: &Settings) -> Settings {
+    let batch = settings.batch.max(1);
+    let mut settings = settings.clone();
+    settings.bounds.count = settings.bounds.count.div_ceil(batch as u64);
+    settings.bounds.rate = settings.bounds.rate.map(|r| r.div_ceil(batch as u32));
+    settings
+}
+
+/// Measures `settings.batch`-message senders: `clients` of them, stamping with `stamp_base`.
+async fn measure_senders(
+    run: &Run,
+    clients: usize,
+    settings: &Settings,
+    stamp_base: Option<Instant>,
+    progress: Option<&Progress>,
+) -> anyhow::Result<Measurement> {
+    let senders = senders(run, clients, settings, settings.batch, stamp_base).await?;
+    Ok(measure(senders, &per_call(settings), progress).await?.1)
 }
 
 /// Runs mq-produce at `clients` producers.
@@ -302,10 +353,7 @@ pub(super) async fn run_produce(
     progress: Option<&Progress>,
 ) -> anyhow::Result<Measurement> {
     let run = Run::open(conns, settings, "produce").await?;
-    let result = match senders(&run, clients, settings, None).await {
-        Ok(senders) => measure(senders, settings, progress).await.map(|m| m.1),
-        Err(e) => Err(e),
-    };
+    let result = measure_senders(&run, clients, settings, None, progress).await;
     run.close().await;
     result
 }
@@ -365,7 +413,7 @@ async fn consume(
         count: backlog,
         rate: None,
     };
-    let producers = senders(run, PREFILL_PRODUCERS, settings, None).await?;
+    let producers = senders(run, PREFILL_PRODUCERS, settings, 1, None).await?;
     let filled = drive(producers, fill, None).await?.1;
     if filled.ops() != backlog {
         bail!(
@@ -420,8 +468,7 @@ async fn e2e(
         streams.push(stamps(run.consumer(i).await?));
     }
     let readers = Readers::spawn(streams, base);
-    let senders = senders(run, clients, settings, Some(base)).await?;
-    let written = measure(senders, settings, progress).await?.1;
+    let written = measure_senders(run, clients, settings, Some(base), progress).await?;
     let expected = written.ops();
     readers.finish(written, expected).await
 }
@@ -465,8 +512,18 @@ pub(crate) fn settings_shown(settings: &Settings) -> Vec<(String, String)> {
         ("cella queues".to_string(), settings.queues.to_string()),
     ];
     shown.push((
+        "batch".to_string(),
+        format!(
+            "{} (messages per mq-produce/mq-e2e send call)",
+            settings.batch
+        ),
+    ));
+    shown.push((
         "receive batch".to_string(),
-        format!("up to {BATCH}, every message acked"),
+        format!(
+            "up to {BATCH}, acked before the next (cella: one AckBatch; rabbitmq: one \
+             multiple-ack; nats: one ack per message)"
+        ),
     ));
     shown.push((
         "mq-consume backlog".to_string(),

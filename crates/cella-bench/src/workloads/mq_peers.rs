@@ -1,19 +1,20 @@
 //! The peers of the mq workloads, each driven by its own client: NATS JetStream through
 //! `async-nats`, RabbitMQ through `lapin` (AMQP 0-9-1).
 //!
-//! NATS: one file-storage stream per measurement (subject = stream name with `.` for `-`),
-//! producers publish and await the JetStream ack; consumers share one durable pull consumer
-//! with explicit acks, fetch up to [`BATCH`] messages and acknowledge each with a
-//! double ack (the server confirms the ack, as Cella's Ack answers). NATS 2.9 has no
-//! per-message fsync, so both `--flush` modes run the same stream (see the report's flush
-//! row). Producers share `--connections` NATS connections round-robin.
+//! NATS: one file-storage stream per measurement (subject = stream name with `.` for `-`);
+//! producers publish `--batch` messages, then await their JetStream acks; consumers share
+//! one durable pull consumer with explicit acks, fetch up to [`BATCH`] messages and
+//! acknowledge each with a double ack (the server confirms the ack, as Cella's AckBatch
+//! answers; the client has no batched ack). NATS 2.9 has no per-message fsync, so both
+//! `--flush` modes run the same stream (see the report's flush row). Producers share
+//! `--connections` NATS connections round-robin.
 //!
 //! RabbitMQ: one queue per measurement, durable; a quorum queue for `--flush sync` and a
 //! classic queue with transient messages for `--flush async`. Each producer has its own
-//! channel in confirm mode and awaits the confirm of each publish; each consumer has its own
-//! channel with a prefetch of [`BATCH`], takes what has arrived (up to [`BATCH`]) and acks
-//! it with one multiple-ack (AMQP acks have no answer). Channels share `--connections`
-//! connections round-robin.
+//! channel in confirm mode, publishes `--batch` messages, then awaits their confirms; each
+//! consumer has its own channel with a prefetch of [`BATCH`], takes what has arrived (up to
+//! [`BATCH`]) and acks it with one multiple-ack (AMQP acks have no answer). Channels share
+//! `--connections` connections round-robin.
 
 use std::time::Duration;
 
@@ -123,12 +124,16 @@ pub(crate) struct NatsProducer {
 }
 
 impl NatsProducer {
-    pub(super) async fn send(&mut self, body: Bytes) -> anyhow::Result<()> {
-        self.js
-            .publish(self.subject.clone(), body)
-            .await?
-            .await
-            .context("JetStream publish ack")?;
+    /// Publishes every body, then awaits all their acks.
+    pub(super) async fn send(&mut self, bodies: Vec<Bytes>) -> anyhow::Result<()> {
+        let mut acks = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            acks.push(self.js.publish(self.subject.clone(), body).await?);
+        }
+        // All are in flight already: awaiting them in turn waits for the slowest.
+        for ack in acks {
+            ack.await.context("JetStream publish ack")?;
+        }
         Ok(())
     }
 }
@@ -283,24 +288,31 @@ pub(crate) struct RabbitProducer {
 }
 
 impl RabbitProducer {
-    pub(super) async fn send(&mut self, body: Bytes) -> anyhow::Result<()> {
-        let confirm = self
-            .channel
-            .basic_publish(
-                "",
-                &self.queue,
-                BasicPublishOptions::default(),
-                &body,
-                self.properties.clone(),
-            )
-            .await?
-            .await?;
-        match confirm {
-            Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(_)) => bail!("publish returned unroutable"),
-            Confirmation::Nack(_) => bail!("publish nacked by the broker"),
-            Confirmation::NotRequested => bail!("channel is not in confirm mode"),
+    /// Publishes every body, then waits for all their confirms.
+    pub(super) async fn send(&mut self, bodies: Vec<Bytes>) -> anyhow::Result<()> {
+        let mut confirms = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            let confirm = self
+                .channel
+                .basic_publish(
+                    "",
+                    &self.queue,
+                    BasicPublishOptions::default(),
+                    &body,
+                    self.properties.clone(),
+                )
+                .await?;
+            confirms.push(confirm);
         }
+        for confirm in futures::future::try_join_all(confirms).await? {
+            match confirm {
+                Confirmation::Ack(None) => {}
+                Confirmation::Ack(Some(_)) => bail!("publish returned unroutable"),
+                Confirmation::Nack(_) => bail!("publish nacked by the broker"),
+                Confirmation::NotRequested => bail!("channel is not in confirm mode"),
+            }
+        }
+        Ok(())
     }
 }
 
