@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use cella_mq::{Delivery, FlushPolicy, SendRequest};
+use cella_mq::{Delivery, SendRequest};
 
 use crate::common::{bodies, pull, send, test_config, Harness};
 
@@ -18,11 +18,7 @@ fn keyed(key: &str, body: &str) -> SendRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_is_stored_in_order_and_keeps_per_key_order_across_batches() {
     let h = Harness::start().await;
-    let broker = h.broker(test_config());
-    broker
-        .create_topic("t", 8, true, FlushPolicy::Sync)
-        .await
-        .unwrap();
+    let broker = h.broker_with_topic(test_config(), "t", 8, true).await;
     let single = broker
         .send(SendRequest {
             sharding_key: Some("k0".into()),
@@ -89,11 +85,7 @@ async fn a_bad_message_anywhere_in_a_batch_refuses_it_whole_and_stores_nothing()
         max_batch: 8,
         ..test_config()
     };
-    let broker = h.broker(config);
-    broker
-        .create_topic("t", 2, false, FlushPolicy::Sync)
-        .await
-        .unwrap();
+    let broker = h.broker_with_topic(config, "t", 2, false).await;
     let good = || send("", "ok");
     let with_bad = |index: usize, bad: SendRequest| {
         let mut batch: Vec<SendRequest> = (0..5).map(|_| good()).collect();
@@ -197,11 +189,7 @@ fn delivered(messages: &[cella_mq::storage::StoredMessage]) -> Vec<Delivery> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ack_batch_with_one_unknown_delivery_acks_none_of_it() {
     let h = Harness::start().await;
-    let broker = h.broker(test_config());
-    broker
-        .create_topic("t", 1, false, FlushPolicy::Sync)
-        .await
-        .unwrap();
+    let broker = h.broker_with_topic(test_config(), "t", 1, false).await;
     broker
         .send_batch("t", (0..4).map(|i| send("", &format!("m{i}"))).collect())
         .await

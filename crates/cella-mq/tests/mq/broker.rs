@@ -9,11 +9,7 @@ use crate::common::{bodies, pull, send, test_config, Harness};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_group_reads_from_the_first_message_and_acks_survive_a_restart() {
     let h = Harness::start().await;
-    let broker = h.broker(test_config());
-    broker
-        .create_topic("orders", 1, false, FlushPolicy::Sync)
-        .await
-        .unwrap();
+    let broker = h.broker_with_topic(test_config(), "orders", 1, false).await;
     for i in 0..5 {
         let r = broker.send(send("orders", &format!("m{i}"))).await.unwrap();
         assert_eq!((r.queue_id, r.queue_offset), (0, i));
@@ -137,11 +133,7 @@ async fn broadcasting_gives_every_member_every_message_and_tags_filter() {
 async fn unacked_deliveries_come_back_after_the_ack_timeout_and_nacks_at_once() {
     let h = Harness::start().await;
     let clock = h.clock.clone();
-    let broker = h.broker(test_config());
-    broker
-        .create_topic("t", 1, true, FlushPolicy::Sync)
-        .await
-        .unwrap();
+    let broker = h.broker_with_topic(test_config(), "t", 1, true).await;
     for i in 0..3 {
         broker.send(send("t", &format!("m{i}"))).await.unwrap();
     }
@@ -262,11 +254,7 @@ async fn bad_input_is_refused_with_the_field_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_poll_returns_when_a_message_arrives() {
     let h = Harness::start().await;
-    let broker = h.broker(test_config());
-    broker
-        .create_topic("t", 1, false, FlushPolicy::Sync)
-        .await
-        .unwrap();
+    let broker = h.broker_with_topic(test_config(), "t", 1, false).await;
     let waiter = {
         let broker = broker.clone();
         tokio::spawn(async move {
@@ -288,11 +276,7 @@ async fn a_long_poll_returns_when_a_message_arrives() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_with_one_sharding_key_share_a_queue_in_send_order() {
     let h = Harness::start().await;
-    let broker = h.broker(test_config());
-    broker
-        .create_topic("t", 8, true, FlushPolicy::Sync)
-        .await
-        .unwrap();
+    let broker = h.broker_with_topic(test_config(), "t", 8, true).await;
     let mut queues = std::collections::BTreeMap::new();
     for i in 0..30 {
         let key = format!("order-{}", i % 5);
@@ -313,11 +297,7 @@ async fn messages_with_one_sharding_key_share_a_queue_in_send_order() {
 async fn delayed_messages_arrive_when_due_with_their_id_even_across_a_restart() {
     let h = Harness::start().await;
     let clock = h.clock.clone();
-    let broker = h.broker(test_config());
-    broker
-        .create_topic("t", 1, false, FlushPolicy::Sync)
-        .await
-        .unwrap();
+    let broker = h.broker_with_topic(test_config(), "t", 1, false).await;
     let soon = broker
         .send(SendRequest {
             delay_ms: 5_000,
@@ -393,11 +373,7 @@ async fn nacked_messages_retry_with_backoff_then_go_to_the_dead_letter_topic() {
         max_retries: 2,
         ..test_config()
     };
-    let broker = h.broker(config);
-    broker
-        .create_topic("t", 1, false, FlushPolicy::Sync)
-        .await
-        .unwrap();
+    let broker = h.broker_with_topic(config, "t", 1, false).await;
     let sent = broker.send(send("t", "flaky")).await.unwrap();
     // Lets `ms` pass, delivers what became due, and pulls as member a of group g.
     let after = |ms: u64| {
@@ -451,11 +427,7 @@ async fn nacked_messages_retry_with_backoff_then_go_to_the_dead_letter_topic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_over_its_max_backlog_sheds_the_oldest_by_its_declared_policy() {
     let h = Harness::start().await;
-    let broker = h.broker(test_config());
-    broker
-        .create_topic("t", 1, false, FlushPolicy::Sync)
-        .await
-        .unwrap();
+    let broker = h.broker_with_topic(test_config(), "t", 1, false).await;
     broker
         .declare_subscription("dropper", "t", 3, cella_mq::Overflow::DropOldest)
         .await
@@ -510,11 +482,7 @@ async fn half_messages_wait_for_commit_or_rollback_and_are_checked_back_until_de
         transaction_max_checks: 2,
         ..test_config()
     };
-    let broker = h.broker(config.clone());
-    broker
-        .create_topic("t", 1, false, FlushPolicy::Sync)
-        .await
-        .unwrap();
+    let broker = h.broker_with_topic(config.clone(), "t", 1, false).await;
     let tx = |body: &str| SendRequest {
         transaction_group: Some("payments".into()),
         ..send("t", body)

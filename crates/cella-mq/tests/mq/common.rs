@@ -8,7 +8,7 @@ use std::time::Duration;
 use cella_base::ManualClock;
 use cella_core::{Core, CoreConfig, Membership};
 use cella_mq::storage::StoredMessage;
-use cella_mq::{Broker, MqConfig, PullRequest, SendRequest};
+use cella_mq::{Broker, FlushPolicy, MqConfig, PullRequest, SendRequest};
 
 /// A single-member core in `dir`, ready for writes.
 pub async fn start_core(dir: &Path) -> Core {
@@ -86,6 +86,22 @@ impl Harness {
     /// Opens (or reopens) the test's broker with `config`.
     pub fn broker(&self, config: MqConfig) -> Broker {
         open_broker(&self.dir.path().join("mq"), config, &self.core, &self.clock)
+    }
+
+    /// Opens the test's broker with `config` and creates a sync-flush topic on it.
+    pub async fn broker_with_topic(
+        &self,
+        config: MqConfig,
+        topic: &str,
+        queues: u32,
+        ordered: bool,
+    ) -> Broker {
+        let broker = self.broker(config);
+        broker
+            .create_topic(topic, queues, ordered, FlushPolicy::Sync)
+            .await
+            .expect("topic created");
+        broker
     }
 }
 
