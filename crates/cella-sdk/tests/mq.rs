@@ -1,0 +1,67 @@
+//! The SDK's broker module against a live `cella up`: a batch of messages goes in one call
+//! and is acknowledged in one call; a bad message refuses its whole batch.
+
+use std::time::Duration;
+
+use cella_sdk::mq::{Consumer, OutgoingMessage};
+use cella_sdk::{Client, Error};
+use cella_testkit::{Node, NodeOptions};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn a_batch_is_sent_in_one_call_and_acked_in_one_call() {
+    let mut node = Node::embedded(NodeOptions::default()).expect("cella up starts");
+    node.wait_ready(WAIT).await.expect("cella up becomes ready");
+    let client = Client::connect(&node.endpoint()).await.expect("connect");
+    let mq = client.mq();
+    mq.create_topic("orders", 2, false, true)
+        .await
+        .expect("topic");
+    let producer = mq.producer();
+
+    let mut bad: Vec<OutgoingMessage> = (0..4)
+        .map(|i| OutgoingMessage::new("orders", format!("m{i}")))
+        .collect();
+    bad[2] = OutgoingMessage::new("orders", "late").delay(Duration::from_secs(1));
+    let refused = producer.send_batch("orders", bad).await;
+    assert!(
+        matches!(&refused, Err(Error::InvalidArgument { .. })),
+        "{refused:?}"
+    );
+    assert!(
+        format!("{refused:?}").contains("messages[2].delay_ms"),
+        "{refused:?}"
+    );
+
+    let batch = (0..10)
+        .map(|i| {
+            OutgoingMessage::new("orders", format!("m{i}")).sharding_key(format!("k{}", i % 2))
+        })
+        .collect();
+    let sent = producer.send_batch("orders", batch).await.expect("sent");
+    assert_eq!(sent.len(), 10);
+    assert_eq!(sent[0].queue_id, sent[2].queue_id, "one key, one queue");
+
+    let mut consumer = Consumer::new(mq.clone(), "billing", "orders");
+    let mut deliveries = Vec::new();
+    while deliveries.len() < 10 {
+        let got = consumer
+            .poll(32, Duration::from_secs(2))
+            .await
+            .expect("poll");
+        assert!(
+            !got.is_empty(),
+            "only the good batch was stored: {deliveries:?}"
+        );
+        deliveries.extend(got);
+    }
+    assert_eq!(deliveries.len(), 10, "the refused batch stored nothing");
+    consumer.ack_all(&deliveries).await.expect("acked");
+    let lag = mq.lag("billing").await.expect("lag");
+    assert_eq!(lag.iter().map(|q| q.committed).sum::<u64>(), 10);
+    assert!(
+        consumer.ack_all(&deliveries[..1]).await.is_err(),
+        "acked already"
+    );
+}
