@@ -21,6 +21,12 @@
 //! commit, never lose one. Undecided halves are offered to the producer group's check-back
 //! poll every `transaction_check_ms`, and rolled back after `transaction_max_checks`.
 //!
+//! Batches: [`Broker::send_batch`] checks every message of one topic before storing any, then
+//! appends them all with one [`Store::append_batch`] (in order, one group commit); delays and
+//! transactions stay single sends. [`Broker::ack_batch`] checks every delivery under the
+//! groups lock and acknowledges them only if all are in flight to the member, so a refused
+//! batch changes nothing.
+//!
 //! Consumer offsets are kept in `offsets.json` beside the store, not in the core: they
 //! describe positions in this broker's own queues (meaningless to another node's store),
 //! and they change on every acknowledgement, which through Raft would cost a replicated,
