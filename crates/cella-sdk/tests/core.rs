@@ -350,10 +350,17 @@ async fn members_and_status_agree() -> Result<()> {
     let (node, client) = start().await;
     let members = client.cluster().members().await?;
     let status = client.maintenance().status().await?;
-    assert!(members.iter().any(|member| member.id == status.member_id));
-    let leader = status.leader.expect("the cluster has a leader");
-    assert!(members.iter().any(|member| member.id == leader));
-    assert!(status.raft_applied_index > 0 && status.revision > Revision(0));
+    let seen = format!("members {members:?}, status {status:?}");
+    assert!(
+        members.iter().any(|member| member.id == status.member_id),
+        "{seen}"
+    );
+    let leader = status.leader.unwrap_or_else(|| panic!("no leader: {seen}"));
+    assert!(members.iter().any(|member| member.id == leader), "{seen}");
+    assert!(
+        status.raft_applied_index > 0 && status.revision > Revision(0),
+        "{seen}"
+    );
     stop(node).await;
     Ok(())
 }

@@ -78,7 +78,7 @@ impl Context {
     pub fn new() -> Context {
         Context {
             request_id: hex_id(16),
-            traceparent: format!("00-{}-{}-01", hex_id(16), hex_id(8)),
+            traceparent: fresh_traceparent(),
             deadline: None,
             xid: None,
             route: RouteHints::default(),
@@ -132,12 +132,11 @@ impl Context {
                 .filter(|v| !v.is_empty())
                 .map(str::to_owned)
         };
-        let fresh = Context::new();
         Context {
-            request_id: text(headers::REQUEST_ID).unwrap_or(fresh.request_id),
+            request_id: text(headers::REQUEST_ID).unwrap_or_else(|| hex_id(16)),
             traceparent: text(headers::TRACEPARENT)
                 .filter(|t| is_traceparent(t))
-                .unwrap_or(fresh.traceparent),
+                .unwrap_or_else(fresh_traceparent),
             deadline: text(headers::DEADLINE)
                 .and_then(|t| parse_grpc_timeout(&t))
                 .map(|left| Instant::now() + left),
@@ -155,21 +154,22 @@ impl Context {
     /// Writes the context into `headers`, replacing what they held. Values that cannot travel
     /// in a header (non-visible ASCII) are left out.
     pub fn write_headers(&self, headers: &mut HeaderMap) {
+        put_header(
+            headers,
+            headers::REQUEST_ID,
+            Some(&self.request_id),
+            Indexing::Never,
+        );
+        put_header(
+            headers,
+            headers::TRACEPARENT,
+            Some(&self.traceparent),
+            Indexing::Never,
+        );
+        self.write_deadline(headers);
         let mut put = |name: &'static str, value: Option<&str>| {
-            let name = HeaderName::from_static(name);
-            match value.and_then(|v| HeaderValue::from_str(v).ok()) {
-                Some(value) => {
-                    headers.insert(name, value);
-                }
-                None => {
-                    headers.remove(name);
-                }
-            }
+            put_header(headers, name, value, Indexing::Allowed)
         };
-        put(headers::REQUEST_ID, Some(&self.request_id));
-        put(headers::TRACEPARENT, Some(&self.traceparent));
-        let deadline = self.remaining().map(format_grpc_timeout);
-        put(headers::DEADLINE, deadline.as_deref());
         put(headers::XID, self.xid.as_deref());
         put(headers::CELL, self.route.cell.as_deref());
         put(headers::ROUTING_KEY, self.route.routing_key.as_deref());
@@ -177,6 +177,47 @@ impl Context {
         put(headers::ROUTE_VERSION, version.as_deref());
         put(headers::LANE, self.lane.as_deref());
         put(headers::FAULT, self.fault.as_deref());
+    }
+
+    /// Writes only the deadline header (the time left now), replacing what it held.
+    pub fn write_deadline(&self, headers: &mut HeaderMap) {
+        let deadline = self.remaining().map(format_grpc_timeout);
+        put_header(
+            headers,
+            headers::DEADLINE,
+            deadline.as_deref(),
+            Indexing::Never,
+        );
+    }
+}
+
+/// Whether HTTP/2 may add a header value to its compression table (HPACK).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Indexing {
+    /// The value may repeat on later calls (a cell, a lane).
+    Allowed,
+    /// The value is new on every call (an id, the time left): indexing it would only evict
+    /// the entries that do repeat, so it is sent as a never-indexed literal.
+    Never,
+}
+
+/// Sets header `name` to `value`, or removes it when there is no value or the value cannot
+/// travel in a header.
+fn put_header(
+    headers: &mut HeaderMap,
+    name: &'static str,
+    value: Option<&str>,
+    indexing: Indexing,
+) {
+    let name = HeaderName::from_static(name);
+    match value.and_then(|v| HeaderValue::from_str(v).ok()) {
+        Some(mut value) => {
+            value.set_sensitive(indexing == Indexing::Never);
+            headers.insert(name, value);
+        }
+        None => {
+            headers.remove(name);
+        }
     }
 }
 
@@ -190,11 +231,33 @@ fn is_traceparent(text: &str) -> bool {
             .all(|(len, part)| part.len() == *len && part.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-/// Random lowercase hex of `bytes` bytes.
+/// Random lowercase hex of `bytes` bytes (at most 16), in one allocation: a fresh context is
+/// made for every call, so this is on the hot path.
 fn hex_id(bytes: usize) -> String {
-    (0..bytes)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect()
+    let mut text = String::with_capacity(2 * bytes);
+    push_hex(&mut text, bytes);
+    text
+}
+
+/// Appends `bytes` (at most 16) random bytes as lowercase hex.
+fn push_hex(text: &mut String, bytes: usize) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let random = rand::random::<u128>().to_le_bytes();
+    for byte in &random[..bytes] {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    }
+}
+
+/// A root traceparent: version 00, a fresh trace id and span id, sampled.
+fn fresh_traceparent() -> String {
+    let mut text = String::with_capacity(55);
+    text.push_str("00-");
+    push_hex(&mut text, 16);
+    text.push('-');
+    push_hex(&mut text, 8);
+    text.push_str("-01");
+    text
 }
 
 /// gRPC's `grpc-timeout`: at most 8 digits and a unit (H, M, S, m, u, n).
@@ -254,15 +317,11 @@ impl<S: Service<RpcRequest>> Service<RpcRequest> for ContextService<S> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: RpcRequest) -> Self::Future {
-        let context = request
-            .extensions()
-            .get::<Context>()
-            .cloned()
-            .unwrap_or_default();
-        context.write_headers(request.headers_mut());
-        request.extensions_mut().insert(context);
-        self.inner.call(request)
+    fn call(&mut self, request: RpcRequest) -> Self::Future {
+        let (mut parts, body) = request.into_parts();
+        let context = parts.extensions.get_or_insert_with(Context::new);
+        context.write_headers(&mut parts.headers);
+        self.inner.call(RpcRequest::from_parts(parts, body))
     }
 }
 

@@ -68,17 +68,14 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: RpcRequest) -> Self::Future {
-        let mut context = request
-            .extensions()
-            .get::<Context>()
-            .cloned()
-            .unwrap_or_default();
+    fn call(&mut self, request: RpcRequest) -> Self::Future {
+        let (mut parts, body) = request.into_parts();
+        let context = parts.extensions.get_or_insert_with(Context::new);
         let deadline = effective_deadline(context.deadline, self.timeout, Instant::now());
         context.deadline = deadline;
-        context.write_headers(request.headers_mut());
-        request.extensions_mut().insert(context);
-        let call = self.inner.call(request);
+        // The other context headers are written by the context layer outside this one.
+        context.write_deadline(&mut parts.headers);
+        let call = self.inner.call(RpcRequest::from_parts(parts, body));
         Box::pin(async move {
             let Some(deadline) = deadline else {
                 return call.await;

@@ -2,13 +2,12 @@
 //! at once with `RateLimited` (no queueing, so a deadline is never spent waiting here).
 //! Concurrency is limited by tower's `ConcurrencyLimit`, composed beside this in the stack.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use cella_base::Clock;
+use futures::future::{ready, Either, Ready};
 use tower::{BoxError, Layer, Service};
 
 use super::RpcRequest;
@@ -90,7 +89,7 @@ where
 {
     type Response = R;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<R, BoxError>> + Send>>;
+    type Future = Either<Ready<Result<R, BoxError>>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
@@ -104,10 +103,10 @@ where
                 .expect("bucket lock is never poisoned")
                 .try_take(now);
             if !allowed {
-                return Box::pin(async { Err::<R, BoxError>(Box::new(Error::RateLimited)) });
+                return Either::Left(ready(Err(Box::new(Error::RateLimited))));
             }
         }
-        Box::pin(self.inner.call(request))
+        Either::Right(self.inner.call(request))
     }
 }
 

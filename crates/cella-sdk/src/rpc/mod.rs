@@ -37,6 +37,7 @@ use tower::discover::Discover;
 use tower::limit::{ConcurrencyLimit, ConcurrencyLimitLayer};
 use tower::retry::budget::TpsBudget;
 use tower::retry::{Retry, RetryLayer};
+use tower::util::Either;
 use tower::ServiceBuilder;
 
 pub use balancer::{Balancer, Discovered};
@@ -60,7 +61,11 @@ pub type RpcRequest = http::Request<Bytes>;
 
 /// The client stack over connections of type `S`, outermost layer first.
 pub type RpcStack<S> =
-    ContextService<DeadlineService<ConcurrencyLimit<RateLimited<Retry<RetryPolicy, Balancer<S>>>>>>;
+    ContextService<DeadlineService<MaybeLimited<RateLimited<Retry<RetryPolicy, Balancer<S>>>>>>;
+
+/// A service under a concurrency limit, or (no limit set) the service itself, which spares
+/// each call a semaphore permit.
+pub type MaybeLimited<S> = Either<ConcurrencyLimit<S>, S>;
 
 /// The retry budget: retries may add `percent` of the successful calls of the last `ttl`,
 /// plus `min_per_second` regardless.
@@ -213,11 +218,7 @@ where
         // The sooner of the context's deadline and the per-call timeout; enforced here.
         .layer(DeadlineLayer::new(settings.timeout))
         // Calls in flight, then calls per second.
-        .layer(ConcurrencyLimitLayer::new(
-            settings
-                .max_concurrency
-                .unwrap_or(tokio::sync::Semaphore::MAX_PERMITS),
-        ))
+        .option_layer(settings.max_concurrency.map(ConcurrencyLimitLayer::new))
         .layer(RateLimitLayer::new(rate, burst, clock.clone()))
         // Idempotent calls only, under the shared budget.
         .layer(RetryLayer::new(retry))
