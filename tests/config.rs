@@ -1,8 +1,10 @@
 //! Config center across processes (SPEC §3): a subscribed app keeps serving its last config
 //! from its disk cache while the server is down (also when the app itself restarts then),
 //! and picks up changes when the server returns; a publish acknowledged right before
-//! kill -9 of the server is never lost.
+//! kill -9 of the server is never lost; a subscription to a whole group follows configs
+//! created later and deletions, also those made while no subscriber ran.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cella_sdk::config::{ConfigKey, Identity, PublishOptions, Subscription};
@@ -112,6 +114,68 @@ async fn a_subscriber_serves_its_disk_cache_while_the_server_is_down_and_catches
         .start()
         .await?;
     assert_eq!(offline.get(&key).map(|c| c.number), Some(2));
+    node.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_subscription_follows_new_configs_and_deletions_also_made_while_away(
+) -> anyhow::Result<()> {
+    let (mut node, endpoint) = node_with_namespace("prod").await?;
+    let configs = Client::connect(&endpoint).await?.config();
+    let old = ConfigKey::new("prod", "web", "old.json");
+    publish(&endpoint, &old, "{}").await?;
+    let cache = tempfile::tempdir()?;
+    let subscribe = |endpoint: &str| {
+        Subscription::builder(endpoint)
+            .cache_dir(cache.path())
+            .retry_pause(Duration::from_millis(200))
+            .watch_group("prod", "web")
+            .start()
+    };
+    let running = subscribe(&endpoint).await?;
+    let deleted = Arc::new(Mutex::new(Vec::new()));
+    let sink = deleted.clone();
+    running.on_delete(move |key| {
+        if let Ok(mut seen) = sink.lock() {
+            seen.push(key.clone());
+        }
+    });
+    assert!(running.wait_until(WAIT, content_is("{}", &old)).await);
+    let later = ConfigKey::new("prod", "web", "later.json");
+    publish(&endpoint, &later, r#"{"a": 1}"#).await?;
+    assert!(
+        running
+            .wait_until(WAIT, content_is(r#"{"a": 1}"#, &later))
+            .await,
+        "a config created after the subscription started arrives"
+    );
+    configs.delete(&later, "").await?;
+    let reported = |_: &Subscription| {
+        deleted
+            .lock()
+            .is_ok_and(|d| d.as_slice() == [later.clone()])
+    };
+    assert!(running.wait_until(WAIT, reported).await, "on_delete saw it");
+    assert!(running.get(&later).is_none());
+    drop(running);
+
+    // Deleted while no subscriber runs: the cache still holds it, the next subscriber
+    // starts from the cache and learns of the deletion, and the cache forgets it.
+    configs.delete(&old, "").await?;
+    let offline = subscribe("127.0.0.1:1").await?;
+    assert!(
+        offline.get(&old).is_some(),
+        "the group is served from the cache"
+    );
+    let restarted = subscribe(&endpoint).await?;
+    assert!(restarted.wait_connected(WAIT).await);
+    assert!(
+        restarted.get(&old).is_none(),
+        "the first answer reports the deletion"
+    );
+    assert!(subscribe("127.0.0.1:1").await?.get(&old).is_none());
+    drop((offline, restarted));
     node.stop().await?;
     Ok(())
 }

@@ -17,7 +17,9 @@ use crate::diff;
 use crate::error::{ConfigError, ConfigResult};
 use crate::gray::ClientIdentity;
 use crate::hub::Hub;
-use crate::model::{AclEntry, AuditRecord, ConfigKey, GrayTarget, Head, Namespace, Release};
+use crate::model::{
+    AclEntry, AuditRecord, ConfigGroup, ConfigKey, GrayTarget, Head, Namespace, Release,
+};
 use crate::service::{ConfigService, PublishInput};
 use crate::session::{Change, Session};
 
@@ -414,19 +416,20 @@ impl ConfigApi {
         })
     }
 
-    /// Opens a watch: the first message holds what differs from the hashes sent (possibly
-    /// nothing), later ones each change as it happens.
+    /// Opens a watch on configs and whole groups: the first message holds what differs from
+    /// the hashes sent (possibly nothing), later ones each change as it happens.
     pub async fn watch(
         &self,
         caller: &Caller,
         req: cpb::WatchRequest,
     ) -> ConfigResult<WatchStream> {
-        if req.configs.len() > MAX_WATCHED_CONFIGS {
+        let listed = req.configs.len() + req.groups.len();
+        if listed > MAX_WATCHED_CONFIGS {
             return Err(ConfigError::InvalidField {
                 field: "configs",
                 rule: format!(
-                    "must list at most {MAX_WATCHED_CONFIGS} configs (got {})",
-                    req.configs.len()
+                    "configs and groups together must list at most {MAX_WATCHED_CONFIGS} \
+                     entries (got {listed})"
                 ),
             });
         }
@@ -434,13 +437,23 @@ impl ConfigApi {
         for w in req.configs {
             held.push((key_of(w.key)?, w.hash));
         }
-        let namespaces: HashSet<&str> = held.iter().map(|(k, _)| k.namespace.as_str()).collect();
+        let mut groups = Vec::with_capacity(req.groups.len());
+        for g in req.groups {
+            let group = ConfigGroup::new(&g.namespace, &g.group);
+            group.validate()?;
+            groups.push(group);
+        }
+        let namespaces: HashSet<&str> = held
+            .iter()
+            .map(|(k, _)| k.namespace.as_str())
+            .chain(groups.iter().map(|g| g.namespace.as_str()))
+            .collect();
         for ns in namespaces {
             self.service.authorize(caller, ns, Permission::Read).await?;
         }
         let changes = self.hub.subscribe();
         self.hub.wait_ready(HUB_READY_WAIT).await?;
-        let session = Session::new(client_of(req.client), held);
+        let session = Session::new(client_of(req.client), held).with_groups(groups);
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(stream_session(self.hub.clone(), session, changes, tx));
         Ok(Box::pin(ReceiverStream::new(rx)))

@@ -21,7 +21,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::error::{ConfigError, ConfigResult};
-use crate::model::{self, prefix_end, ConfigKey, Head, HEAD_PREFIX};
+use crate::model::{self, prefix_end, ConfigGroup, ConfigKey, Head, HEAD_PREFIX};
 use crate::store;
 
 /// Changed keys buffered per session before it lags and re-checks everything.
@@ -92,6 +92,14 @@ impl Hub {
     /// The head of `key` as last seen, if the config exists.
     pub fn head(&self, key: &ConfigKey) -> Option<Arc<Head>> {
         self.inner.heads.read().ok()?.get(key).cloned()
+    }
+
+    /// The configs of `group` as last seen.
+    pub fn keys_in(&self, group: &ConfigGroup) -> Vec<ConfigKey> {
+        self.inner.heads.read().map_or_else(
+            |_| Vec::new(),
+            |heads| heads.keys().filter(|k| group.holds(k)).cloned().collect(),
+        )
     }
 
     /// Number of configs known.

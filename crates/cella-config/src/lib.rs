@@ -38,7 +38,7 @@ pub use error::{ConfigError, ConfigResult};
 pub use format::Format;
 pub use gray::ClientIdentity;
 pub use model::{
-    Acl, AclEntry, AuditRecord, ConfigKey, Gray, GrayTarget, Head, Namespace, Release,
+    Acl, AclEntry, AuditRecord, ConfigGroup, ConfigKey, Gray, GrayTarget, Head, Namespace, Release,
     PUBLIC_NAMESPACE,
 };
 pub use service::{ConfigService, ConfigSettings, PublishInput};

@@ -115,6 +115,36 @@ impl fmt::Display for ConfigKey {
     }
 }
 
+/// A group of a namespace: what a watch on a whole group follows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct ConfigGroup {
+    /// Environment or tenant.
+    pub namespace: String,
+    /// Group within the namespace.
+    pub group: String,
+}
+
+impl ConfigGroup {
+    /// A group from its two parts (unchecked; see [`ConfigGroup::validate`]).
+    pub fn new(namespace: &str, group: &str) -> Self {
+        Self {
+            namespace: namespace.into(),
+            group: group.into(),
+        }
+    }
+
+    /// Checks both parts.
+    pub fn validate(&self) -> ConfigResult<()> {
+        check_name("namespace", &self.namespace)?;
+        check_name("group", &self.group)
+    }
+
+    /// Whether `key` is a config of this group.
+    pub fn holds(&self, key: &ConfigKey) -> bool {
+        key.namespace == self.namespace && key.group == self.group
+    }
+}
+
 pub(crate) fn namespace_key(ns: &str) -> String {
     format!("{ROOT}ns/{ns}")
 }

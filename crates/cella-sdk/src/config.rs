@@ -17,8 +17,10 @@
 //! # Ok(()) }
 //! ```
 //!
-//! A [`Subscription`] keeps one watch stream open to the server and reconnects when it drops,
-//! sending the hashes it holds so the server sends only what changed. Every config it
+//! A [`Subscription`] watches configs by key and whole groups (a group covers its configs
+//! created later too). It keeps one watch stream open to the server and reconnects when it
+//! drops, sending the hashes it holds so the server sends only what changed, deletions made
+//! meanwhile included. Every config it
 //! receives is written to the cache directory before callbacks run, so an app that starts
 //! while the server is unreachable serves its last config from disk.
 //!
@@ -345,11 +347,13 @@ impl Configs {
         Ok(self.rpc.clone().audit(req).await?.into_inner().entries)
     }
 
-    /// Opens a raw watch stream: first what differs from `held` hashes, then changes.
+    /// Opens a raw watch stream on the `held` configs (with the hashes held) and every
+    /// config of `groups`: first what differs from what is held, then changes.
     pub async fn watch(
         &self,
         identity: &Identity,
         held: impl IntoIterator<Item = (ConfigKey, String)>,
+        groups: Vec<pb::WatchedGroup>,
     ) -> Result<tonic::Streaming<pb::WatchResponse>> {
         let req = pb::WatchRequest {
             client: identity.wire(),
@@ -360,6 +364,7 @@ impl Configs {
                     hash,
                 })
                 .collect(),
+            groups,
         };
         Ok(self.rpc.clone().watch(req).await?.into_inner())
     }
@@ -384,10 +389,18 @@ pub struct CachedConfig {
 pub type ConfigUpdate = CachedConfig;
 
 type Callback = Box<dyn Fn(&ConfigUpdate) + Send + Sync>;
+type DeleteCallback = Box<dyn Fn(&ConfigKey) + Send + Sync>;
+
+/// The change and deletion callbacks, called in the order changes arrive.
+#[derive(Default)]
+struct Callbacks {
+    changed: Vec<Callback>,
+    deleted: Vec<DeleteCallback>,
+}
 
 struct Shared {
     configs: RwLock<HashMap<ConfigKey, CachedConfig>>,
-    callbacks: Mutex<Vec<Callback>>,
+    callbacks: Mutex<Callbacks>,
     updates: watch::Sender<u64>,
     connected: watch::Sender<bool>,
     cache_dir: Option<PathBuf>,
@@ -401,6 +414,7 @@ pub struct SubscriptionBuilder {
     identity: Identity,
     cache_dir: Option<PathBuf>,
     keys: Vec<ConfigKey>,
+    groups: Vec<pb::WatchedGroup>,
     retry_pause: Duration,
 }
 
@@ -439,6 +453,23 @@ impl SubscriptionBuilder {
         self
     }
 
+    /// Adds a whole group to watch: every config of `group` in `namespace`, those created
+    /// after the subscription started included.
+    pub fn watch_group(mut self, namespace: &str, group: &str) -> Self {
+        self.groups.push(pb::WatchedGroup {
+            namespace: namespace.into(),
+            group: group.into(),
+        });
+        self
+    }
+
+    /// Whether `key` is one of the watched groups' configs.
+    fn in_group(&self, key: &ConfigKey) -> bool {
+        self.groups
+            .iter()
+            .any(|g| g.namespace == key.namespace && g.group == key.group)
+    }
+
     /// Pause between reconnection attempts (default 500 ms).
     pub fn retry_pause(mut self, pause: Duration) -> Self {
         self.retry_pause = pause;
@@ -455,12 +486,17 @@ impl SubscriptionBuilder {
                     configs.insert(key.clone(), cached);
                 }
             }
+            for group in &self.groups {
+                for cached in read_cached_group(dir, group).await {
+                    configs.insert(cached.key.clone(), cached);
+                }
+            }
         }
         let (updates, _) = watch::channel(0);
         let (connected, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             configs: RwLock::new(configs),
-            callbacks: Mutex::new(Vec::new()),
+            callbacks: Mutex::new(Callbacks::default()),
             updates,
             connected,
             cache_dir: self.cache_dir.clone(),
@@ -492,6 +528,7 @@ impl Subscription {
             identity: Identity::default(),
             cache_dir: None,
             keys: Vec::new(),
+            groups: Vec::new(),
             retry_pause: Duration::from_millis(500),
         }
     }
@@ -511,7 +548,16 @@ impl Subscription {
     /// Calls `f` after each change is applied (and cached).
     pub fn on_change(&self, f: impl Fn(&ConfigUpdate) + Send + Sync + 'static) {
         if let Ok(mut callbacks) = self.shared.callbacks.lock() {
-            callbacks.push(Box::new(f));
+            callbacks.changed.push(Box::new(f));
+        }
+    }
+
+    /// Calls `f` with the key of each watched config deleted on the server, after the
+    /// deletion is applied (and removed from the cache). Changes and deletions reach the
+    /// callbacks in the order the server sent them.
+    pub fn on_delete(&self, f: impl Fn(&ConfigKey) + Send + Sync + 'static) {
+        if let Ok(mut callbacks) = self.shared.callbacks.lock() {
+            callbacks.deleted.push(Box::new(f));
         }
     }
 
@@ -573,7 +619,8 @@ async fn follow_once(options: &SubscriptionBuilder, shared: &Shared) -> Result<(
         let configs = shared.configs.read().map_err(|_| Error::StreamClosed {
             stream: "config watch",
         })?;
-        options
+        // The group's configs held are listed too, so the server reports their deletions.
+        let mut held: Vec<(ConfigKey, String)> = options
             .keys
             .iter()
             .map(|k| {
@@ -582,9 +629,19 @@ async fn follow_once(options: &SubscriptionBuilder, shared: &Shared) -> Result<(
                     configs.get(k).map(|c| c.hash.clone()).unwrap_or_default(),
                 )
             })
-            .collect()
+            .collect();
+        held.extend(
+            configs
+                .values()
+                .filter(|c| options.in_group(&c.key) && !options.keys.contains(&c.key))
+                .map(|c| (c.key.clone(), c.hash.clone())),
+        );
+        held
     };
-    let mut stream = client.config().watch(&options.identity, held).await?;
+    let mut stream = client
+        .config()
+        .watch(&options.identity, held, options.groups.clone())
+        .await?;
     let mut first = true;
     while let Some(resp) = stream.message().await? {
         for change in resp.changes {
@@ -630,11 +687,10 @@ async fn apply(shared: &Shared, change: pb::ConfigChange) {
             tracing::warn!(error = %e, "config subscription: cache not updated");
         }
     }
-    if let Some(update) = &update {
-        if let Ok(callbacks) = shared.callbacks.lock() {
-            for f in callbacks.iter() {
-                f(update);
-            }
+    if let Ok(callbacks) = shared.callbacks.lock() {
+        match &update {
+            Some(update) => callbacks.changed.iter().for_each(|f| f(update)),
+            None => callbacks.deleted.iter().for_each(|f| f(&key)),
         }
     }
     shared.updates.send_modify(|n| *n += 1);
@@ -651,6 +707,26 @@ async fn read_cache(dir: &Path, key: &ConfigKey) -> Option<CachedConfig> {
     serde_json::from_slice::<CachedConfig>(&bytes)
         .ok()
         .filter(|c| c.key == *key)
+}
+
+/// Every cached config of `group` (files that do not parse or name another key are skipped).
+async fn read_cached_group(dir: &Path, group: &pb::WatchedGroup) -> Vec<CachedConfig> {
+    let mut found = Vec::new();
+    let Ok(mut entries) = tokio::fs::read_dir(dir.join(&group.namespace).join(&group.group)).await
+    else {
+        return found;
+    };
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let name = entry.file_name();
+        let Some(data_id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+            continue;
+        };
+        let key = ConfigKey::new(&group.namespace, &group.group, data_id);
+        if let Some(cached) = read_cache(dir, &key).await {
+            found.push(cached);
+        }
+    }
+    found
 }
 
 async fn write_cache(dir: &Path, config: &CachedConfig) -> Result<()> {
@@ -725,7 +801,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_cache_round_trips_and_ignores_other_keys_files() {
+    async fn the_cache_round_trips_reads_whole_groups_and_ignores_other_keys_files() {
         let dir = tempfile::tempdir().unwrap();
         let key = ConfigKey::new("n", "g", "app.json");
         let config = CachedConfig {
@@ -736,11 +812,28 @@ mod tests {
             content: "{}".into(),
         };
         write_cache(dir.path(), &config).await.unwrap();
-        assert_eq!(read_cache(dir.path(), &key).await, Some(config));
+        assert_eq!(read_cache(dir.path(), &key).await, Some(config.clone()));
         assert_eq!(
             read_cache(dir.path(), &ConfigKey::new("n", "g", "other")).await,
             None
         );
+        let neighbour = CachedConfig {
+            key: ConfigKey::new("n", "g", "db.yaml"),
+            ..config.clone()
+        };
+        write_cache(dir.path(), &neighbour).await.unwrap();
+        let elsewhere = CachedConfig {
+            key: ConfigKey::new("n", "h", "app.json"),
+            ..config.clone()
+        };
+        write_cache(dir.path(), &elsewhere).await.unwrap();
+        let group = pb::WatchedGroup {
+            namespace: "n".into(),
+            group: "g".into(),
+        };
+        let mut cached = read_cached_group(dir.path(), &group).await;
+        cached.sort_by(|a, b| a.key.cmp(&b.key));
+        assert_eq!(cached, [config.clone(), neighbour]);
         remove_cache(dir.path(), &key).await.unwrap();
         assert_eq!(read_cache(dir.path(), &key).await, None);
         remove_cache(dir.path(), &key).await.unwrap();

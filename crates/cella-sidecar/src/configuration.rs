@@ -9,11 +9,22 @@
 //! exactly when its target selects it.
 //!
 //! Subscriptions: each `subscribe` opens one SDK [`Subscription`] (one push stream, kept
-//! open across reconnects) for its keys (with no keys: the store's keys that exist at that
-//! moment) and POSTs each change to the app at `/configuration/{store}/{key}` with the body
-//! `{"id": subscription-id, "items": {key: item}}`. Values the app already had when it
-//! subscribed are not sent again. Limits: deletions are not delivered; a delivery the app
-//! fails is logged, not retried (the next change carries the whole value again).
+//! open across reconnects) for its keys, or with no keys for the whole store (every config
+//! of the namespace's group, those created later included), and POSTs each change to the
+//! app at `/configuration/{store}/{key}` with the body `{"id": subscription-id, "items":
+//! {key: item}}`. Values the app already had when it subscribed are not sent again.
+//!
+//! Deletions: Dapr's item has no deleted flag (its stores differ: Redis sends the key with
+//! no item at all), so a deleted config is sent as an item with an empty `value` and
+//! `version` and the metadata `"deleted": "true"` (and its `group`); an app that treats an
+//! empty value as "unset" needs nothing else.
+//!
+//! Delivery ([`config_push`](crate::config_push)): keys are delivered independently; a
+//! delivery the app fails (no answer, or not 2xx) is retried with backoff from 100 ms
+//! doubling to 5 s, ten attempts in all, then logged and dropped; a newer change of the key
+//! replaces a pending retry, so the app never gets an older value after a newer one.
+//! Unsubscribing ends pending retries. Limits: a config deleted between the subscribe's
+//! read and the start of its push stream is not reported.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -25,6 +36,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::app::AppChannel;
+use crate::config_push::Pusher;
 use crate::SidecarError;
 
 /// How the sidecar reaches the config center and names its app there.
@@ -72,6 +84,21 @@ fn update_item(update: &ConfigUpdate) -> Value {
         "version": update.number.to_string(),
         "metadata": {"format": update.format, "hash": update.hash, "group": update.key.group},
     })
+}
+
+/// The Dapr configuration item sent for a deleted config: empty, and marked deleted.
+fn deleted_item(key: &ConfigKey) -> Value {
+    json!({
+        "value": "",
+        "version": "",
+        "metadata": {"deleted": "true", "group": key.group},
+    })
+}
+
+/// What the push stream reported about one config.
+enum Pushed {
+    Changed(ConfigUpdate),
+    Deleted(ConfigKey),
 }
 
 impl ConfigStores {
@@ -170,15 +197,17 @@ impl ConfigStores {
         Ok(items)
     }
 
-    /// Subscribes the app to changes of `keys` of `store`; returns the subscription id.
+    /// Subscribes the app to changes of `keys` of `store` (none: the whole store); returns
+    /// the subscription id.
     pub async fn subscribe(
         self: &Arc<Self>,
         store: &str,
         keys: Vec<String>,
     ) -> Result<String, SidecarError> {
+        let keys_asked = keys.clone();
         let keys = self.resolve_keys(store, keys).await?;
         let held: HashMap<String, u64> = self
-            .get(store, keys.clone())
+            .get(store, keys)
             .await?
             .into_iter()
             .map(|(k, (number, _))| (k, number))
@@ -189,13 +218,20 @@ impl ConfigStores {
         if let Some(token) = &self.token {
             builder = builder.token(token);
         }
-        for data_id in &keys {
+        if keys_asked.is_empty() {
+            builder = builder.watch_group(store, &self.group);
+        }
+        for data_id in &keys_asked {
             builder = builder.watch(self.key(store, data_id));
         }
         let live = builder.start().await.map_err(|e| self.error(store, e))?;
         let (changes, received) = mpsc::unbounded_channel();
+        let deletions = changes.clone();
         live.on_change(move |update| {
-            let _ = changes.send(update.clone());
+            let _ = changes.send(Pushed::Changed(update.clone()));
+        });
+        live.on_delete(move |key| {
+            let _ = deletions.send(Pushed::Deleted(key.clone()));
         });
         let forwarder =
             tokio::spawn(Arc::clone(self).forward(store.to_owned(), id.clone(), held, received));
@@ -228,40 +264,36 @@ impl ConfigStores {
         }
     }
 
-    /// POSTs each change the app does not hold yet to `/configuration/{store}/{key}`.
+    /// Queues each change the app does not hold yet for `/configuration/{store}/{key}`.
     async fn forward(
         self: Arc<Self>,
         store: String,
         id: String,
         mut held: HashMap<String, u64>,
-        mut changes: mpsc::UnboundedReceiver<ConfigUpdate>,
+        mut changes: mpsc::UnboundedReceiver<Pushed>,
     ) {
-        while let Some(update) = changes.recv().await {
-            let data_id = update.key.data_id.clone();
-            if held.get(&data_id) == Some(&update.number) {
-                continue;
-            }
-            held.insert(data_id.clone(), update.number);
-            let mut items = Map::new();
-            items.insert(data_id.clone(), update_item(&update));
-            let body = json!({ "id": id, "items": items });
-            let path = format!("/configuration/{store}/{data_id}");
-            let sent = self
-                .app
-                .post(
-                    &path,
-                    "application/json",
-                    Bytes::from(body.to_string()),
-                    &[],
-                )
-                .await;
-            match sent {
-                Ok(answer) if (200..300).contains(&answer.status) => {}
-                Ok(answer) => {
-                    tracing::warn!(%path, status = answer.status, "the app refused a config change")
+        let mut pusher = Pusher::new(self.app.clone());
+        while let Some(pushed) = changes.recv().await {
+            let (data_id, item) = match pushed {
+                Pushed::Changed(update) => {
+                    let data_id = update.key.data_id.clone();
+                    if held.insert(data_id.clone(), update.number) == Some(update.number) {
+                        continue;
+                    }
+                    (data_id, update_item(&update))
                 }
-                Err(error) => tracing::warn!(%path, %error, "config change not delivered"),
-            }
+                Pushed::Deleted(key) => {
+                    held.remove(&key.data_id);
+                    (key.data_id.clone(), deleted_item(&key))
+                }
+            };
+            let mut items = Map::new();
+            items.insert(data_id.clone(), item);
+            let body = json!({ "id": id, "items": items });
+            pusher.push(
+                format!("/configuration/{store}/{data_id}"),
+                Bytes::from(body.to_string()),
+            );
         }
     }
 }
@@ -303,5 +335,11 @@ mod tests {
         assert_eq!(update_item(&update)["version"], "8");
         assert_eq!(update_item(&update)["value"], "off");
         assert!(update_item(&update)["metadata"].get("gray").is_none());
+        let deleted = deleted_item(&update.key);
+        assert_eq!(
+            (&deleted["value"], &deleted["version"]),
+            (&json!(""), &json!(""))
+        );
+        assert_eq!(deleted["metadata"]["deleted"], "true");
     }
 }

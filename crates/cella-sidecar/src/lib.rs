@@ -28,6 +28,7 @@
 
 mod app;
 mod cloudevent;
+mod config_push;
 mod configuration;
 mod error;
 mod proxy;

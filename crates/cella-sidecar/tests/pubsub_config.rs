@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use cella_sdk::config::{pb as config_pb, ConfigKey, PublishOptions};
@@ -37,6 +37,7 @@ struct Received {
 struct AppState {
     received: mpsc::UnboundedSender<Received>,
     flaky_calls: Arc<AtomicUsize>,
+    flaky_config_calls: Arc<AtomicUsize>,
 }
 
 fn record(state: &AppState, route: String, headers: &HeaderMap, body: &[u8]) {
@@ -53,12 +54,14 @@ fn record(state: &AppState, route: String, headers: &HeaderMap, body: &[u8]) {
     });
 }
 
-/// The app: two subscriptions, `orders` always succeeds, `flaky` asks for a retry first.
+/// The app: two subscriptions, `orders` always succeeds, `flaky` asks for a retry first;
+/// config changes are taken, except that the first one of key `flaky` fails with 500.
 async fn start_app() -> (SocketAddr, mpsc::UnboundedReceiver<Received>) {
     let (received, inbox) = mpsc::unbounded_channel();
     let state = AppState {
         received,
         flaky_calls: Arc::new(AtomicUsize::new(0)),
+        flaky_config_calls: Arc::new(AtomicUsize::new(0)),
     };
     let app = Router::new()
         .route(
@@ -102,6 +105,13 @@ async fn start_app() -> (SocketAddr, mpsc::UnboundedReceiver<Received>) {
                         &headers,
                         &body,
                     );
+                    let first = key == "flaky"
+                        && state.flaky_config_calls.fetch_add(1, Ordering::SeqCst) == 0;
+                    if first {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        StatusCode::OK
+                    }
                 },
             ),
         )
@@ -356,6 +366,14 @@ async fn publish_subscribe_and_configuration_reach_a_real_app() {
     assert_eq!(items["feature"]["value"], "canary");
     assert_eq!(items["feature"]["metadata"]["gray"], "true");
 
+    // Deleting the config reaches the app as an empty item marked deleted.
+    configs.delete(&flag, "").await.unwrap();
+    let change = next(&mut inbox).await;
+    assert_eq!(change.route, "/configuration/prod/feature");
+    let gone = &change.body["items"]["feature"];
+    assert_eq!((&gone["value"], &gone["version"]), (&json!(""), &json!("")));
+    assert_eq!(gone["metadata"]["deleted"], "true", "{gone}");
+
     // Unsubscribe once; a second time the id is unknown.
     let path = format!("/v1.0/configuration/prod/{id}/unsubscribe");
     let (status, body) = get_from(s, &path).await;
@@ -369,6 +387,34 @@ async fn publish_subscribe_and_configuration_reach_a_real_app() {
         "ERR_CONFIGURATION_UNSUBSCRIBE",
     )
     .await;
+
+    // A keyless subscribe covers the whole store: configs created later in its group are
+    // pushed (one in another group is not), and a delivery the app fails is retried.
+    let (status, subscribed) = get_from(s, "/v1.0/configuration/prod/subscribe").await;
+    assert_eq!(status, 200, "{subscribed}");
+    let elsewhere = ConfigKey::new("prod", "other", "late");
+    configs.publish(&elsewhere, "no", text()).await.unwrap();
+    let late = ConfigKey::new("prod", "DEFAULT_GROUP", "late");
+    configs.publish(&late, "hello", text()).await.unwrap();
+    let change = next(&mut inbox).await;
+    assert_eq!(change.route, "/configuration/prod/late");
+    assert_eq!(change.body["id"], subscribed["id"]);
+    assert_eq!(change.body["items"]["late"]["value"], "hello");
+    let flaky = ConfigKey::new("prod", "DEFAULT_GROUP", "flaky");
+    configs.publish(&flaky, "v1", text()).await.unwrap();
+    let refused_once = next(&mut inbox).await;
+    let retried = next(&mut inbox).await;
+    assert_eq!(
+        (refused_once.route.as_str(), retried.route.as_str()),
+        ("/configuration/prod/flaky", "/configuration/prod/flaky")
+    );
+    assert_eq!(retried.body, refused_once.body, "the same change, again");
+    assert_eq!(retried.body["items"]["flaky"]["value"], "v1");
+    let path = format!(
+        "/v1.0/configuration/prod/{}/unsubscribe",
+        subscribed["id"].as_str().expect("an id")
+    );
+    assert_eq!(get_from(s, &path).await.0, 200);
 
     let _ = stop.send(());
     running.await.unwrap().expect("the sidecar stops cleanly");

@@ -123,6 +123,7 @@ async fn open_watcher(
             key: key("push"),
             hash: String::new(),
         }],
+        groups: Vec::new(),
     };
     let mut stream = ConfigServiceClient::new(channel)
         .watch(req)

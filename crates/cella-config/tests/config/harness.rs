@@ -216,6 +216,7 @@ pub async fn watch(
                 hash: hash.to_string(),
             })
             .collect(),
+        groups: Vec::new(),
     };
     let mut stream = tokio::time::timeout(WAIT, client.watch(req))
         .await

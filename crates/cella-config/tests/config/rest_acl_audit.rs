@@ -178,6 +178,7 @@ async fn acl_tokens_scope_calls_and_the_audit_log_records_who() {
                 key: key("prod", "g", "app"),
                 hash: String::new(),
             }],
+            groups: Vec::new(),
         })
         .await
         .unwrap_err();
