@@ -17,15 +17,22 @@ pub struct ClientIdentity {
     pub labels: BTreeMap<String, String>,
 }
 
-/// The client's bucket, 0–99: FNV-1a of client id, a zero byte, and data id.
+/// The client's bucket, 0–99: FNV-1a of client id, a zero byte, and data id, then mixed
+/// (MurmurHash3's finalizer). Without the mix, ids that differ only in their last characters
+/// (`pod-1`, `pod-2`, ...) land in correlated buckets and a percentage can miss by points.
 pub fn bucket(client_id: &str, data_id: &str) -> u32 {
     let bytes = client_id
         .bytes()
         .chain(std::iter::once(0))
         .chain(data_id.bytes());
-    let hash = bytes.fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+    let mut hash = bytes.fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
     });
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    hash ^= hash >> 33;
     (hash % 100) as u32
 }
 
