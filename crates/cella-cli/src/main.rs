@@ -161,11 +161,25 @@ pub async fn until_interrupted(
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.global.log_format);
-    match run(cli).await {
+    // A sidecar is a small proxy beside its app: one thread keeps every hop of a call on one
+    // core (no cross-thread wake-ups) and leaves the other cores to the app.
+    let runtime = match cli.command {
+        Command::Sidecar(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .enable_all()
+    .build();
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: starting the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");

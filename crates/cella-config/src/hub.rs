@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::{ConfigError, ConfigResult};
 use crate::model::{self, prefix_end, ConfigGroup, ConfigKey, Head, HEAD_PREFIX};
-use crate::store;
+use crate::store::{self, Order};
 
 /// Changed keys buffered per session before it lags and re-checks everything.
 const CHANGE_BUFFER: usize = 8192;
@@ -133,7 +133,7 @@ async fn drive(core: Core, inner: std::sync::Weak<Inner>) {
 
 /// Replaces the map with every head at the core's current revision; announces differences.
 async fn load(core: &Core, weak: &std::sync::Weak<Inner>) -> ConfigResult<Option<i64>> {
-    let (kvs, revision) = store::list(core, HEAD_PREFIX, 0, false).await?;
+    let (kvs, revision) = store::list(core, HEAD_PREFIX, 0, Order::KeyAscending).await?;
     let mut fresh = HashMap::with_capacity(kvs.len());
     for (k, v) in kvs {
         let Some(key) = ConfigKey::from_head_key(&k) else {

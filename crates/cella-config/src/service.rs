@@ -20,7 +20,7 @@ use crate::model::{
     self, acl_key, audit_prefix, namespace_key, Acl, AuditRecord, ConfigKey, GrayTarget, Head,
     Namespace, Release, HEAD_PREFIX, PUBLIC_NAMESPACE,
 };
-use crate::store;
+use crate::store::{self, Order};
 
 /// How often a change is retried when another writer changed the config in between.
 const MAX_ATTEMPTS: usize = 16;
@@ -125,7 +125,13 @@ impl ConfigService {
 
     /// Every namespace, `public` first.
     pub async fn list_namespaces(&self) -> ConfigResult<Vec<Namespace>> {
-        let (kvs, _) = store::list(&self.core, &format!("{}ns/", model::ROOT), 0, false).await?;
+        let (kvs, _) = store::list(
+            &self.core,
+            &format!("{}ns/", model::ROOT),
+            0,
+            Order::KeyAscending,
+        )
+        .await?;
         let mut out = vec![Namespace {
             name: PUBLIC_NAMESPACE.into(),
             description: "the default namespace (Nacos's empty tenant)".into(),
@@ -253,8 +259,13 @@ impl ConfigService {
         self.require_namespace(namespace).await?;
         self.authorize(caller, namespace, Permission::Read).await?;
         let limit = if limit == 0 { 100 } else { limit };
-        let (kvs, _) =
-            store::list(&self.core, &audit_prefix(namespace), limit as i64, true).await?;
+        let (kvs, _) = store::list(
+            &self.core,
+            &audit_prefix(namespace),
+            limit as i64,
+            Order::NewestFirst,
+        )
+        .await?;
         kvs.iter()
             .map(|(_, v)| model::decode("audit record", v))
             .collect()
@@ -326,7 +337,7 @@ impl ConfigService {
             model::check_name("group", group)?;
             format!("{HEAD_PREFIX}{namespace}/{group}/")
         };
-        let (kvs, _) = store::list(&self.core, &prefix, 0, false).await?;
+        let (kvs, _) = store::list(&self.core, &prefix, 0, Order::KeyAscending).await?;
         kvs.iter()
             .map(|(_, v)| model::decode("config head", v))
             .collect()
@@ -354,7 +365,13 @@ impl ConfigService {
     ) -> ConfigResult<Vec<Release>> {
         self.readable(caller, key).await?;
         let limit = if limit == 0 { 100 } else { limit };
-        let (kvs, _) = store::list(&self.core, &key.release_prefix(), limit as i64, true).await?;
+        let (kvs, _) = store::list(
+            &self.core,
+            &key.release_prefix(),
+            limit as i64,
+            Order::KeyDescending,
+        )
+        .await?;
         if kvs.is_empty() {
             self.existing_head(key).await?;
         }
@@ -540,15 +557,27 @@ impl ConfigService {
         comment: &str,
         mut decide: impl FnMut(Option<&Head>) -> ConfigResult<Plan>,
     ) -> ConfigResult<Plan> {
-        self.require_namespace(&key.namespace).await?;
-        let actor = self
-            .authorize(caller, &key.namespace, Permission::Publish)
-            .await?
-            .unwrap_or_else(|| or_anonymous(author));
         let ns_key = namespace_key(&key.namespace);
         let head_key = key.head_key();
         for _ in 0..MAX_ATTEMPTS {
-            let read = self.head(key).await?;
+            // Namespace, ACL and head in one read; the txn below re-checks the namespace and
+            // the head, so a change between the two makes it fail and loop.
+            let [namespace, acl, head] = <[_; 3]>::try_from(
+                store::get_many(&self.core, &[&ns_key, &acl_key(&key.namespace), &head_key])
+                    .await?,
+            )
+            .map_err(|_| ConfigError::Internal("a read of three keys answered otherwise".into()))?;
+            if key.namespace != PUBLIC_NAMESPACE && namespace.is_none() {
+                return Err(ConfigError::NamespaceNotFound {
+                    namespace: key.namespace.clone(),
+                });
+            }
+            let acl: Option<Acl> = acl.map(|(v, _)| model::decode("acl", &v)).transpose()?;
+            let actor = acl::check(acl.as_ref(), caller, &key.namespace, Permission::Publish)?
+                .unwrap_or_else(|| or_anonymous(author));
+            let read = head
+                .map(|(v, rev)| model::decode("config head", &v).map(|h: Head| (h, rev)))
+                .transpose()?;
             let rev = read.as_ref().map_or(0, |(_, r)| *r);
             let plan = decide(read.as_ref().map(|(h, _)| h))?;
             let audit = AuditRecord {
@@ -583,7 +612,6 @@ impl ConfigService {
             if resp.succeeded {
                 return Ok(plan);
             }
-            self.require_namespace(&key.namespace).await?;
         }
         Err(ConfigError::Contended {
             key: key.to_string(),

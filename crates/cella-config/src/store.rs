@@ -1,7 +1,7 @@
 //! Thin helpers over the core's KV calls: read one key, read a prefix, build txn ops.
 
 use cella_core::Core;
-use cella_proto::etcdserverpb::{self as pb, compare, request_op};
+use cella_proto::etcdserverpb::{self as pb, compare, request_op, response_op};
 
 use crate::error::ConfigResult;
 use crate::model::prefix_end;
@@ -21,25 +21,37 @@ pub(crate) async fn get(core: &Core, key: &str) -> ConfigResult<Option<(Vec<u8>,
         .map(|kv| (kv.value.to_vec(), kv.mod_revision)))
 }
 
-/// Values of every key under `prefix`, in key order, at most `limit` (0 = all);
-/// `descend` returns the highest keys first.
+/// The order [`list`] returns keys in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Order {
+    /// Lowest key first.
+    KeyAscending,
+    /// Highest key first.
+    KeyDescending,
+    /// Most recently created first (commit order, newest first).
+    NewestFirst,
+}
+
+/// Values of every key under `prefix` in `order`, at most `limit` (0 = all).
 pub(crate) async fn list(
     core: &Core,
     prefix: &str,
     limit: i64,
-    descend: bool,
+    order: Order,
 ) -> ConfigResult<(Vec<(Vec<u8>, Vec<u8>)>, i64)> {
+    use pb::range_request::{SortOrder, SortTarget};
+    let (sort_order, sort_target) = match order {
+        Order::KeyAscending => (SortOrder::None, SortTarget::Key),
+        Order::KeyDescending => (SortOrder::Descend, SortTarget::Key),
+        Order::NewestFirst => (SortOrder::Descend, SortTarget::Create),
+    };
     let resp = core
         .range(pb::RangeRequest {
             key: prefix.as_bytes().to_vec().into(),
             range_end: prefix_end(prefix).into(),
             limit,
-            sort_order: if descend {
-                pb::range_request::SortOrder::Descend as i32
-            } else {
-                pb::range_request::SortOrder::None as i32
-            },
-            sort_target: pb::range_request::SortTarget::Key as i32,
+            sort_order: sort_order as i32,
+            sort_target: sort_target as i32,
             ..Default::default()
         })
         .await?;
@@ -97,6 +109,42 @@ pub(crate) fn delete_prefix(prefix: &str) -> pb::RequestOp {
             },
         )),
     }
+}
+
+/// Values and mod revisions of `keys`, read together at one revision (one read-only txn, so
+/// one read barrier and no log entry).
+pub(crate) async fn get_many(
+    core: &Core,
+    keys: &[&str],
+) -> ConfigResult<Vec<Option<(Vec<u8>, i64)>>> {
+    let reads = keys
+        .iter()
+        .map(|key| pb::RequestOp {
+            request: Some(request_op::Request::RequestRange(pb::RangeRequest {
+                key: key.as_bytes().to_vec().into(),
+                ..Default::default()
+            })),
+        })
+        .collect();
+    let resp = core
+        .txn(pb::TxnRequest {
+            compare: Vec::new(),
+            success: reads,
+            failure: Vec::new(),
+        })
+        .await?;
+    Ok(resp
+        .responses
+        .into_iter()
+        .map(|op| match op.response {
+            Some(response_op::Response::ResponseRange(range)) => range
+                .kvs
+                .into_iter()
+                .next()
+                .map(|kv| (kv.value.to_vec(), kv.mod_revision)),
+            _ => None,
+        })
+        .collect())
 }
 
 pub(crate) fn read(key: &str) -> pb::RequestOp {

@@ -268,6 +268,54 @@ impl Store {
         Ok(resp)
     }
 
+    /// Serves a txn that holds only reads ([`is_read_only`]) without writing anything: the
+    /// compares, then the taken branch's ranges at the newest revision, as [`Store::txn`]
+    /// would answer it.
+    pub fn read_txn(&self, req: &pb::TxnRequest) -> CoreResult<pb::TxnResponse> {
+        let mut path = Vec::new();
+        self.txn_path(req, &mut path);
+        self.check_txn(req, &mut path.iter().copied())?;
+        Ok(self.read_txn_in(req, &mut path.into_iter()))
+    }
+
+    fn read_txn_in(
+        &self,
+        req: &pb::TxnRequest,
+        path: &mut dyn Iterator<Item = bool>,
+    ) -> pb::TxnResponse {
+        let succeeded = path
+            .next()
+            .expect("txn_path holds a branch for every txn on the path");
+        let mut responses = Vec::new();
+        for op in branch(req, succeeded) {
+            let response = match &op.request {
+                Some(request_op::Request::RequestRange(r)) => {
+                    let at = if r.revision > 0 {
+                        r.revision
+                    } else {
+                        self.revision
+                    };
+                    response_op::Response::ResponseRange(self.range_at(r, at))
+                }
+                Some(request_op::Request::RequestTxn(t)) => {
+                    response_op::Response::ResponseTxn(self.read_txn_in(t, path))
+                }
+                // A read-only txn holds neither (see `is_read_only`).
+                Some(request_op::Request::RequestPut(_))
+                | Some(request_op::Request::RequestDeleteRange(_))
+                | None => continue,
+            };
+            responses.push(pb::ResponseOp {
+                response: Some(response),
+            });
+        }
+        pb::TxnResponse {
+            header: None,
+            succeeded,
+            responses,
+        }
+    }
+
     /// Drops history at or below `revision`, keeping each key's state there.
     pub fn compact(&mut self, revision: i64) -> CoreResult<()> {
         if revision > self.revision {
@@ -695,6 +743,20 @@ pub(crate) struct EventFilter {
     pub prev_kv: bool,
     pub no_put: bool,
     pub no_delete: bool,
+}
+
+/// Whether a txn only reads: every op of both branches, nested txns included, is a range.
+/// Such a txn is served like a range, without a log entry (as etcd does).
+pub fn is_read_only(req: &pb::TxnRequest) -> bool {
+    req.success
+        .iter()
+        .chain(&req.failure)
+        .all(|op| match &op.request {
+            Some(request_op::Request::RequestRange(_)) | None => true,
+            Some(request_op::Request::RequestTxn(t)) => is_read_only(t),
+            Some(request_op::Request::RequestPut(_))
+            | Some(request_op::Request::RequestDeleteRange(_)) => false,
+        })
 }
 
 /// The ops a txn runs when its compares gave `succeeded`.
@@ -1376,6 +1438,40 @@ mod tests {
             over(cmp("x/", Equal, TargetUnion::Version(0)), "x0")
         ));
         assert!(!holds(&mut s, over(cmp("x/", NotEqual, v("z")), "x0")));
+    }
+
+    #[test]
+    fn a_read_only_txn_is_answered_without_a_write_as_the_write_path_would() {
+        let mut s = Store::default();
+        put(&mut s, "counter", "1");
+        put(&mut s, "log", "a");
+        let nested = txn(
+            vec![cmp("log", CompareResult::Equal, TargetUnion::Value(b("a")))],
+            vec![op_range("log", "")],
+            vec![],
+        );
+        for expect in ["1", "9"] {
+            let req = txn(
+                vec![cmp(
+                    "counter",
+                    CompareResult::Equal,
+                    TargetUnion::Value(b(expect)),
+                )],
+                vec![op_range("counter", ""), op_txn(nested.clone())],
+                vec![op_range("a", "z")],
+            );
+            assert!(is_read_only(&req));
+            let revision = s.revision();
+            let read = s.read_txn(&req).expect("read-only txn");
+            assert_eq!(read, s.txn(&req).expect("txn"), "expect {expect}");
+            assert_eq!(s.revision(), revision, "nothing was written");
+        }
+        let writes = txn(
+            vec![],
+            vec![op_txn(txn(vec![], vec![op_del("log", "")], vec![]))],
+            vec![],
+        );
+        assert!(!is_read_only(&writes));
     }
 
     #[test]

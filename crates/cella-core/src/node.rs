@@ -459,6 +459,15 @@ impl Core {
     /// Runs a transaction through the log (a txn that changes nothing keeps the revision).
     pub async fn txn(&self, req: pb::TxnRequest) -> CoreResult<pb::TxnResponse> {
         validate::txn(&req, self.limits())?;
+        if crate::mvcc::is_read_only(&req) {
+            self.read_barrier().await?;
+            let (mut resp, revision) = {
+                let store = self.inner.shared.store();
+                (store.read_txn(&req)?, store.revision())
+            };
+            fill_txn_headers(&mut resp, &self.header(revision));
+            return Ok(resp);
+        }
         match self
             .propose(corepb::Command {
                 op: Some(command::Op::Txn(req)),
