@@ -66,6 +66,8 @@ for block in "${blocks[@]}"; do
         mq_t=$cella_t,nats=nats://127.0.0.1:24222,rabbitmq=amqp://127.0.0.1:25672
         b mq-produce --flush sync --targets $mq_t --baseline rabbitmq --clients 1,64 --out "$out"
         b mq-produce --flush async --targets $mq_t --baseline rabbitmq --clients 1,64 --out "$out"
+        b mq-produce --flush sync --batch 64 --targets $mq_t --baseline rabbitmq --clients 1,16 --out "$out"
+        b mq-produce --flush async --batch 64 --targets $mq_t --baseline rabbitmq --clients 1,16 --out "$out"
         b mq-consume --flush async --targets $mq_t --baseline rabbitmq --clients 4 --backlog 50000 --out "$out"
         b mq-e2e --flush sync --targets $mq_t --baseline rabbitmq --clients 4 --rate 2000 --out "$out"
         ;;
