@@ -60,6 +60,13 @@ fn bound<V>(table: &mut HashMap<Bytes, V>, at: impl Fn(&V) -> Duration) {
     table.retain(|_, v| at(v) > cut);
 }
 
+/// What [`Grants::releasing`] marked, so an abandoned release can be taken back.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReleaseMark {
+    at: Duration,
+    previous: Option<Duration>,
+}
+
 impl Grants {
     /// Records read from `clock` (its origin must be the Unix epoch for [`Grants::granted_at`]).
     pub(crate) fn new(clock: Arc<dyn Clock>) -> Grants {
@@ -107,17 +114,39 @@ impl Grants {
         handover
     }
 
-    /// Records the release of `key`; returns how long it was held, if granted here.
-    pub(crate) fn released(&self, key: &[u8]) -> Option<Duration> {
+    /// Marks the start of `key`'s release, before its delete is proposed: the waiter the
+    /// delete lets in can be granted before the delete's answer is back, and its hand-over
+    /// runs from here. Returns the mark for [`Grants::release_abandoned`].
+    pub(crate) fn releasing(&self, key: &[u8]) -> ReleaseMark {
         let now = self.clock.now();
         let mut records = self.records();
         bound(&mut records.releases, |at| *at);
-        records.releases.insert(prefix_of(key), now);
-        let held = records
+        let previous = records.releases.insert(prefix_of(key), now);
+        ReleaseMark { at: now, previous }
+    }
+
+    /// Takes back the mark of a release that did not happen (refused, or failed): the
+    /// queue's last real release counts again.
+    pub(crate) fn release_abandoned(&self, key: &[u8], mark: ReleaseMark) {
+        let mut records = self.records();
+        let prefix = prefix_of(key);
+        if records.releases.get(&prefix) == Some(&mark.at) {
+            match mark.previous {
+                Some(previous) => records.releases.insert(prefix, previous),
+                None => records.releases.remove(&prefix),
+            };
+        }
+    }
+
+    /// Records the release of `key` (its delete is applied); returns how long it was held,
+    /// if granted here.
+    pub(crate) fn released(&self, key: &[u8]) -> Option<Duration> {
+        let now = self.clock.now();
+        let held = self
+            .records()
             .holds
             .remove(key)
             .map(|hold| now.saturating_sub(hold.at));
-        drop(records);
         metrics::count_release(held);
         held
     }
@@ -167,7 +196,7 @@ mod tests {
         grants.granted(&first, 5, None);
         let waiting_since = grants.now();
         clock.advance(Duration::from_millis(40));
-        grants.released(&first);
+        grants.releasing(&first);
         clock.advance(Duration::from_millis(3));
         assert_eq!(
             grants.granted(&second, 6, Some(waiting_since)),
@@ -177,8 +206,10 @@ mod tests {
         let third = Bytes::from_static(b"orders/c");
         clock.advance(Duration::from_millis(10));
         assert_eq!(grants.granted(&third, 9, Some(grants.now())), None);
-        // Releases of another queue do not count either.
-        grants.released(b"other/x");
+        // Releases of another queue do not count either, nor one that did not happen.
+        grants.releasing(b"other/x");
+        let mark = grants.releasing(b"orders/z");
+        grants.release_abandoned(b"orders/z", mark);
         let fourth = Bytes::from_static(b"orders/d");
         assert_eq!(
             grants.granted(&fourth, 11, Some(waiting_since)),

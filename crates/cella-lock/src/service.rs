@@ -138,13 +138,15 @@ impl LockService {
                 rule: "must not be empty",
             });
         }
+        let mark = self.grants.releasing(&key);
         let resp = self
             .core
             .delete_range(pb::DeleteRangeRequest {
                 key: key.clone(),
                 ..Default::default()
             })
-            .await?;
+            .await
+            .inspect_err(|_| self.grants.release_abandoned(&key, mark))?;
         self.grants.released(&key);
         Ok(resp.header.map_or(0, |h| h.revision))
     }
@@ -306,6 +308,7 @@ impl LockService {
         } else {
             create_revision_is(&key, compare::CompareResult::Greater, 0)
         };
+        let mark = self.grants.releasing(&key);
         let resp = self
             .core
             .txn(pb::TxnRequest {
@@ -314,9 +317,11 @@ impl LockService {
                 success: vec![op_range(queue.range_request(0)), op_delete(&key)],
                 failure: vec![op_range(queue.range_request(1))],
             })
-            .await?;
+            .await
+            .inspect_err(|_| self.grants.release_abandoned(&key, mark))?;
         let kvs = txn_range(&resp, 0);
         if !resp.succeeded {
+            self.grants.release_abandoned(&key, mark);
             return Err(LockError::NotOwner {
                 name: queue.name.clone(),
                 lease: req.lease,
