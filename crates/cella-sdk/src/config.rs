@@ -657,7 +657,8 @@ async fn follow_once(options: &SubscriptionBuilder, shared: &Shared) -> Result<(
     })
 }
 
-/// Applies one change: memory, then disk, then callbacks.
+/// Applies one change: disk, then memory, then callbacks; so whatever the app has seen in
+/// memory is already in the cache an app restarted now would start from.
 async fn apply(shared: &Shared, change: pb::ConfigChange) {
     let Some(key) = ConfigKey::from_wire(change.key.as_ref()) else {
         return;
@@ -672,12 +673,6 @@ async fn apply(shared: &Shared, change: pb::ConfigChange) {
             format: r.format,
             content: r.content,
         });
-    if let Ok(mut configs) = shared.configs.write() {
-        match &update {
-            Some(c) => configs.insert(key.clone(), c.clone()),
-            None => configs.remove(&key),
-        };
-    }
     if let Some(dir) = &shared.cache_dir {
         let written = match &update {
             Some(c) => write_cache(dir, c).await,
@@ -686,6 +681,12 @@ async fn apply(shared: &Shared, change: pb::ConfigChange) {
         if let Err(e) = written {
             tracing::warn!(error = %e, "config subscription: cache not updated");
         }
+    }
+    if let Ok(mut configs) = shared.configs.write() {
+        match &update {
+            Some(c) => configs.insert(key.clone(), c.clone()),
+            None => configs.remove(&key),
+        };
     }
     if let Ok(callbacks) = shared.callbacks.lock() {
         match &update {
