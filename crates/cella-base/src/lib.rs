@@ -3,10 +3,12 @@
 //! Domain code never reads the system time directly: it takes a [`Clock`], so tests drive
 //! TTLs, leases and timeouts with a [`ManualClock`] deterministically.
 
+mod backoff;
 mod clock;
 mod keys;
 mod utc;
 
+pub use backoff::Backoff;
 pub use clock::{Clock, ManualClock, SystemClock, UnixClock};
 pub use keys::prefix_end;
 pub use utc::UtcTime;

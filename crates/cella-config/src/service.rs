@@ -189,10 +189,7 @@ impl ConfigService {
     // ---- access ---------------------------------------------------------------------
 
     async fn load_acl(&self, namespace: &str) -> ConfigResult<Option<Acl>> {
-        match store::get(&self.core, &acl_key(namespace)).await? {
-            Some((v, _)) => Ok(Some(model::decode("acl", &v)?)),
-            None => Ok(None),
-        }
+        acl_from(store::get(&self.core, &acl_key(namespace)).await?)
     }
 
     /// Checks `caller` may do `permission` in `namespace`; returns the token's name if the
@@ -275,10 +272,7 @@ impl ConfigService {
 
     /// A config's head and its mod revision, or None if it does not exist.
     pub(crate) async fn head(&self, key: &ConfigKey) -> ConfigResult<Option<(Head, i64)>> {
-        match store::get(&self.core, &key.head_key()).await? {
-            Some((v, rev)) => Ok(Some((model::decode("config head", &v)?, rev))),
-            None => Ok(None),
-        }
+        head_from(store::get(&self.core, &key.head_key()).await?)
     }
 
     async fn existing_head(&self, key: &ConfigKey) -> ConfigResult<Head> {
@@ -562,22 +556,17 @@ impl ConfigService {
         for _ in 0..MAX_ATTEMPTS {
             // Namespace, ACL and head in one read; the txn below re-checks the namespace and
             // the head, so a change between the two makes it fail and loop.
-            let [namespace, acl, head] = <[_; 3]>::try_from(
-                store::get_many(&self.core, &[&ns_key, &acl_key(&key.namespace), &head_key])
-                    .await?,
-            )
-            .map_err(|_| ConfigError::Internal("a read of three keys answered otherwise".into()))?;
+            let [namespace, acl, head] =
+                store::get_many(&self.core, [&ns_key, &acl_key(&key.namespace), &head_key]).await?;
             if key.namespace != PUBLIC_NAMESPACE && namespace.is_none() {
                 return Err(ConfigError::NamespaceNotFound {
                     namespace: key.namespace.clone(),
                 });
             }
-            let acl: Option<Acl> = acl.map(|(v, _)| model::decode("acl", &v)).transpose()?;
+            let acl = acl_from(acl)?;
             let actor = acl::check(acl.as_ref(), caller, &key.namespace, Permission::Publish)?
                 .unwrap_or_else(|| or_anonymous(author));
-            let read = head
-                .map(|(v, rev)| model::decode("config head", &v).map(|h: Head| (h, rev)))
-                .transpose()?;
+            let read = head_from(head)?;
             let rev = read.as_ref().map_or(0, |(_, r)| *r);
             let plan = decide(read.as_ref().map(|(h, _)| h))?;
             let audit = AuditRecord {
@@ -617,6 +606,18 @@ impl ConfigService {
             key: key.to_string(),
         })
     }
+}
+
+/// A namespace's ACL from its stored value, if it has one.
+fn acl_from(found: Option<(Vec<u8>, i64)>) -> ConfigResult<Option<Acl>> {
+    found.map(|(v, _)| model::decode("acl", &v)).transpose()
+}
+
+/// A config's head and its mod revision from the stored value, if the config exists.
+fn head_from(found: Option<(Vec<u8>, i64)>) -> ConfigResult<Option<(Head, i64)>> {
+    found
+        .map(|(v, rev)| model::decode("config head", &v).map(|head| (head, rev)))
+        .transpose()
 }
 
 fn or_anonymous(author: &str) -> String {

@@ -2,6 +2,7 @@
 
 use cella_core::Core;
 use cella_proto::etcdserverpb::{self as pb, compare, request_op, response_op};
+use cella_proto::mvccpb;
 
 use crate::error::ConfigResult;
 use crate::model::prefix_end;
@@ -14,11 +15,7 @@ pub(crate) async fn get(core: &Core, key: &str) -> ConfigResult<Option<(Vec<u8>,
             ..Default::default()
         })
         .await?;
-    Ok(resp
-        .kvs
-        .into_iter()
-        .next()
-        .map(|kv| (kv.value.to_vec(), kv.mod_revision)))
+    Ok(first_value(resp.kvs))
 }
 
 /// The order [`list`] returns keys in.
@@ -113,10 +110,10 @@ pub(crate) fn delete_prefix(prefix: &str) -> pb::RequestOp {
 
 /// Values and mod revisions of `keys`, read together at one revision (one read-only txn, so
 /// one read barrier and no log entry).
-pub(crate) async fn get_many(
+pub(crate) async fn get_many<const N: usize>(
     core: &Core,
-    keys: &[&str],
-) -> ConfigResult<Vec<Option<(Vec<u8>, i64)>>> {
+    keys: [&str; N],
+) -> ConfigResult<[Option<(Vec<u8>, i64)>; N]> {
     let reads = keys
         .iter()
         .map(|key| pb::RequestOp {
@@ -133,18 +130,18 @@ pub(crate) async fn get_many(
             failure: Vec::new(),
         })
         .await?;
-    Ok(resp
-        .responses
-        .into_iter()
-        .map(|op| match op.response {
-            Some(response_op::Response::ResponseRange(range)) => range
-                .kvs
-                .into_iter()
-                .next()
-                .map(|kv| (kv.value.to_vec(), kv.mod_revision)),
-            _ => None,
-        })
-        .collect())
+    let mut found = resp.responses.into_iter().map(|op| match op.response {
+        Some(response_op::Response::ResponseRange(range)) => first_value(range.kvs),
+        _ => None,
+    });
+    Ok(std::array::from_fn(|_| found.next().flatten()))
+}
+
+/// The value and mod revision of the first of `kvs`.
+fn first_value(kvs: Vec<mvccpb::KeyValue>) -> Option<(Vec<u8>, i64)> {
+    kvs.into_iter()
+        .next()
+        .map(|kv| (kv.value.to_vec(), kv.mod_revision))
 }
 
 pub(crate) fn read(key: &str) -> pb::RequestOp {

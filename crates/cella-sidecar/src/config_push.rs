@@ -13,25 +13,23 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
+use cella_base::Backoff;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::app::AppChannel;
 
-/// Pause before the first retry.
-const FIRST_PAUSE: Duration = Duration::from_millis(100);
-/// Longest pause between retries.
-const MAX_PAUSE: Duration = Duration::from_secs(5);
+/// Pauses between retries.
+const RETRY: Backoff = Backoff {
+    first: Duration::from_millis(100),
+    max: Duration::from_secs(5),
+};
 /// Most POSTs of one value (the first one included).
 const MAX_ATTEMPTS: u32 = 10;
 
 /// The pause after failed attempt number `attempt` (1-based), or None to give up.
 fn retry_pause(attempt: u32) -> Option<Duration> {
-    if attempt >= MAX_ATTEMPTS {
-        return None;
-    }
-    let doubled = FIRST_PAUSE.saturating_mul(1 << (attempt - 1).min(16));
-    Some(doubled.min(MAX_PAUSE))
+    (attempt < MAX_ATTEMPTS).then(|| RETRY.pause(attempt))
 }
 
 /// The lanes of one subscription.

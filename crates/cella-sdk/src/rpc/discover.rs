@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
+use cella_base::Backoff;
 use futures::{Stream, StreamExt as _};
 use tower::discover::Change;
 
@@ -76,17 +77,16 @@ fn diff<C: Connect>(
     changes
 }
 
-/// First pause before subscribing again after a subscription failed or ended.
-const RESUBSCRIBE_FIRST: Duration = Duration::from_millis(100);
-/// Longest pause between attempts to subscribe again.
-const RESUBSCRIBE_MAX: Duration = Duration::from_secs(5);
+/// Pauses before subscribing again after a subscription failed or ended.
+const RESUBSCRIBE: Backoff = Backoff {
+    first: Duration::from_millis(100),
+    max: Duration::from_secs(5),
+};
 
 /// The pause before attempt number `failures + 1` to subscribe again: doubling from 100 ms,
 /// at most 5 s.
 fn resubscribe_delay(failures: u32) -> Duration {
-    RESUBSCRIBE_FIRST
-        .saturating_mul(1 << failures.min(16))
-        .min(RESUBSCRIBE_MAX)
+    RESUBSCRIBE.pause(failures.saturating_add(1))
 }
 
 /// Subscribes to `service` and waits for the subscription's snapshot.
@@ -238,7 +238,7 @@ mod tests {
     fn resubscribing_backs_off_doubling_to_five_seconds() {
         let delays: Vec<u128> = (0..8).map(|f| resubscribe_delay(f).as_millis()).collect();
         assert_eq!(delays, vec![100, 200, 400, 800, 1600, 3200, 5000, 5000]);
-        assert_eq!(resubscribe_delay(u32::MAX), RESUBSCRIBE_MAX);
+        assert_eq!(resubscribe_delay(u32::MAX), RESUBSCRIBE.max);
     }
 
     #[test]
