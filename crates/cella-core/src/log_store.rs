@@ -41,7 +41,7 @@ use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, RaftLogReader, StorageError, StorageIOError, Vote};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::metrics;
 use crate::types::{Entry, LogId, NodeId, TypeConfig};
@@ -77,6 +77,8 @@ impl LogCache {
 pub(crate) struct LogStore {
     cache: Arc<Mutex<LogCache>>,
     writer: mpsc::Sender<WriteOp>,
+    /// Counts the writer's fsyncs of appends; see [`LogStore::flushes`].
+    flushes: watch::Receiver<u64>,
 }
 
 /// Told once an append is durable, or that it failed.
@@ -123,12 +125,29 @@ impl LogStore {
             .iter()
             .map(|(e, pos)| (e.log_id.index, *pos))
             .collect();
-        let writer = SegmentWriter::open(dir.to_path_buf(), segments, positions, end_of_records)?;
+        let (flushed, flushes) = watch::channel(0);
+        let writer = SegmentWriter::open(
+            dir.to_path_buf(),
+            segments,
+            positions,
+            end_of_records,
+            flushed,
+        )?;
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("cella-raft-log".into())
             .spawn(move || writer.run(rx))?;
-        Ok(Self { cache, writer: tx })
+        Ok(Self {
+            cache,
+            writer: tx,
+            flushes,
+        })
+    }
+
+    /// Changes after every fsync of appended entries, failed or not: openraft 0.9 takes the
+    /// next entry only once the last is flushed, so this is when a new entry can start.
+    pub(crate) fn flushes(&self) -> watch::Receiver<u64> {
+        self.flushes.clone()
     }
 
     /// The id of the last entry, appended or purged.
@@ -437,6 +456,8 @@ struct SegmentWriter {
     current: Option<(u64, File, u64)>,
     /// The background preparation of the next segment, if running.
     spare: Option<std::thread::JoinHandle<io::Result<()>>>,
+    /// Bumped after each fsync of appends.
+    flushed: watch::Sender<u64>,
 }
 
 impl SegmentWriter {
@@ -445,6 +466,7 @@ impl SegmentWriter {
         segments: Vec<u64>,
         positions: VecDeque<(u64, Position)>,
         end_of_records: u64,
+        flushed: watch::Sender<u64>,
     ) -> io::Result<Self> {
         let current = match segments.last() {
             Some(&first) => {
@@ -461,6 +483,7 @@ impl SegmentWriter {
             positions,
             current,
             spare: None,
+            flushed,
         };
         writer.prepare_spare();
         Ok(writer)
@@ -512,6 +535,7 @@ impl SegmentWriter {
             for done in flushed {
                 done(result.as_ref().map(|_| ()).map_err(io_err));
             }
+            self.flushed.send_modify(|n| *n += 1);
         }
     }
 

@@ -291,37 +291,38 @@ impl Core {
         result
     }
 
-    /// Batches proposals: while one batch is replicated and fsynced, the next accumulates,
-    /// so one fsync serves every write that arrived meanwhile (openraft 0.9 flushes the log
-    /// once per entry, so batching must happen before Raft).
+    /// Batches proposals: while one batch is fsynced, the next accumulates, so one fsync
+    /// serves every write that arrived meanwhile (openraft 0.9 flushes the log once per
+    /// entry, so batching must happen before Raft). The next batch is proposed as soon as
+    /// the log has flushed the last one, while that one is still being applied and
+    /// answered, so apply and reply overlap the next fsync.
     async fn run_proposals(self, mut proposals: mpsc::Receiver<Proposal>) {
+        let mut flushes = self.inner.log.flushes();
         while let Some(first) = proposals.recv().await {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH_COMMANDS {
-                match proposals.try_recv() {
-                    Ok(p) => batch.push(p),
-                    Err(_) => break,
+            let mut replies = Vec::with_capacity(1);
+            let mut commands = Vec::with_capacity(1);
+            let mut next = Some(first);
+            while let Some(Proposal { command, reply }) = next.take() {
+                commands.push(command);
+                replies.push(reply);
+                if commands.len() < MAX_BATCH_COMMANDS {
+                    next = proposals.try_recv().ok();
                 }
             }
-            let commands = batch.iter().map(|p| p.command.clone()).collect();
-            match self
-                .replicate(corepb::CommandBatch { commands }, true)
-                .await
-            {
-                Ok(applied) => {
-                    for (proposal, result) in batch.into_iter().zip(applied.results) {
-                        let _ = proposal.reply.send(match result.result {
-                            Some(command_result::Result::Refused(r)) => Err(refusal_error(r)),
-                            Some(result) => Ok(result),
-                            None => Err(internal("applied command returned no result")),
-                        });
-                    }
-                }
-                Err(e) => {
-                    for proposal in batch {
-                        let _ = proposal.reply.send(Err(e.clone()));
-                    }
-                }
+            flushes.borrow_and_update();
+            let (finished, batch_done) = oneshot::channel::<()>();
+            let core = self.clone();
+            tokio::spawn(async move {
+                let outcome = core
+                    .replicate(corepb::CommandBatch { commands }, true)
+                    .await;
+                answer(replies, outcome);
+                drop(finished);
+            });
+            // Ends early if the batch failed before reaching the log.
+            tokio::select! {
+                _ = flushes.changed() => {}
+                _ = batch_done => {}
             }
         }
     }
@@ -993,6 +994,29 @@ impl Core {
             errors: Vec::new(),
             db_size_in_use: size,
             is_learner,
+        }
+    }
+}
+
+/// Sends each proposer its command's result, or the batch's failure.
+fn answer(
+    replies: Vec<oneshot::Sender<CoreResult<command_result::Result>>>,
+    outcome: CoreResult<corepb::BatchResult>,
+) {
+    match outcome {
+        Ok(applied) => {
+            for (reply, result) in replies.into_iter().zip(applied.results) {
+                let _ = reply.send(match result.result {
+                    Some(command_result::Result::Refused(r)) => Err(refusal_error(r)),
+                    Some(result) => Ok(result),
+                    None => Err(internal("applied command returned no result")),
+                });
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
         }
     }
 }
