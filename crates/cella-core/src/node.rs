@@ -17,6 +17,7 @@ use cella_proto::cella::core::v1::{
     raft_peer_client::RaftPeerClient,
 };
 use cella_proto::etcdserverpb::{self as pb, response_op};
+use futures::stream::{FuturesUnordered, StreamExt};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{BasicNode, ChangeMembers, RaftMetrics, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
@@ -93,8 +94,11 @@ const MAX_BATCH_COMMANDS: usize = 512;
 /// A write waiting to be batched into a Raft entry.
 struct Proposal {
     command: corepb::Command,
-    reply: oneshot::Sender<CoreResult<command_result::Result>>,
+    reply: Reply,
 }
+
+/// Where a proposer waits for its command's result.
+type Reply = oneshot::Sender<CoreResult<command_result::Result>>;
 
 pub(crate) struct Inner {
     pub(crate) id: NodeId,
@@ -298,32 +302,33 @@ impl Core {
     /// answered, so apply and reply overlap the next fsync.
     async fn run_proposals(self, mut proposals: mpsc::Receiver<Proposal>) {
         let mut flushes = self.inner.log.flushes();
-        while let Some(first) = proposals.recv().await {
-            let mut replies = Vec::with_capacity(1);
-            let mut commands = Vec::with_capacity(1);
-            let mut next = Some(first);
-            while let Some(Proposal { command, reply }) = next.take() {
-                commands.push(command);
-                replies.push(reply);
-                if commands.len() < MAX_BATCH_COMMANDS {
-                    next = proposals.try_recv().ok();
+        // Batches proposed and not yet answered, with their proposers.
+        let mut in_flight = FuturesUnordered::new();
+        // Whether the last batch proposed is still waiting for its fsync.
+        let mut awaiting_flush = false;
+        loop {
+            tokio::select! {
+                Some((replies, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
+                    answer(replies, outcome);
+                    // A batch that failed before reaching the log brings no flush.
+                    awaiting_flush &= !in_flight.is_empty();
+                }
+                _ = flushes.changed(), if awaiting_flush => awaiting_flush = false,
+                first = proposals.recv(), if !awaiting_flush => {
+                    let Some(first) = first else { break };
+                    let (commands, replies) = gather(first, &mut proposals);
+                    flushes.borrow_and_update();
+                    awaiting_flush = true;
+                    let core = self.clone();
+                    in_flight.push(async move {
+                        let batch = corepb::CommandBatch { commands };
+                        (replies, core.replicate(batch, true).await)
+                    });
                 }
             }
-            flushes.borrow_and_update();
-            let (finished, batch_done) = oneshot::channel::<()>();
-            let core = self.clone();
-            tokio::spawn(async move {
-                let outcome = core
-                    .replicate(corepb::CommandBatch { commands }, true)
-                    .await;
-                answer(replies, outcome);
-                drop(finished);
-            });
-            // Ends early if the batch failed before reaching the log.
-            tokio::select! {
-                _ = flushes.changed() => {}
-                _ = batch_done => {}
-            }
+        }
+        while let Some((replies, outcome)) = in_flight.next().await {
+            answer(replies, outcome);
         }
     }
 
@@ -998,11 +1003,26 @@ impl Core {
     }
 }
 
+/// `first` and whatever else is queued, up to [`MAX_BATCH_COMMANDS`].
+fn gather(
+    first: Proposal,
+    proposals: &mut mpsc::Receiver<Proposal>,
+) -> (Vec<corepb::Command>, Vec<Reply>) {
+    let mut commands = Vec::with_capacity(1);
+    let mut replies = Vec::with_capacity(1);
+    let mut next = Some(first);
+    while let Some(Proposal { command, reply }) = next.take() {
+        commands.push(command);
+        replies.push(reply);
+        if commands.len() < MAX_BATCH_COMMANDS {
+            next = proposals.try_recv().ok();
+        }
+    }
+    (commands, replies)
+}
+
 /// Sends each proposer its command's result, or the batch's failure.
-fn answer(
-    replies: Vec<oneshot::Sender<CoreResult<command_result::Result>>>,
-    outcome: CoreResult<corepb::BatchResult>,
-) {
+fn answer(replies: Vec<Reply>, outcome: CoreResult<corepb::BatchResult>) {
     match outcome {
         Ok(applied) => {
             for (reply, result) in replies.into_iter().zip(applied.results) {
