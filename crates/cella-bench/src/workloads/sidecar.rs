@@ -1,7 +1,10 @@
 //! sidecar-hop: the latency a `cella sidecar` adds to a call to an HTTP app.
 //!
-//! The bench starts an HTTP/1.1 echo app in process on 127.0.0.1 (`POST /echo` answers with
-//! the request body), then spawns its own binary as `cella --endpoint TARGET sidecar
+//! The bench starts an HTTP/1.1 echo app on 127.0.0.1 (`POST /echo` answers with the
+//! request body) on a thread and runtime of its own, so that, as between two processes, a
+//! call wakes the app and its answer wakes the caller (served on the callers' runtime, a
+//! direct call would skip both wake-ups, which no real call between services does and the
+//! sidecar path cannot). It then spawns its own binary as `cella --endpoint TARGET sidecar
 //! --app-id cella-bench-app-<pid> --app-port APP --port P` (killed when the run ends): the
 //! sidecar registers the app in the target's registry and serves Dapr's v1.0 HTTP API. Two
 //! paths then call the app, measured side by side at each level, each caller on its own
@@ -41,18 +44,44 @@ pub(crate) struct SidecarPaths {
     sidecar: SocketAddr,
     app_id: String,
     _sidecar_process: Child,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for SidecarPaths {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
+    /// Stops the echo app (dropping it does too).
+    _stop_app: tokio::sync::oneshot::Sender<()>,
 }
 
 /// Dapr's invoke route to the app's `echo` method.
 fn invoke_path(app_id: &str) -> String {
     format!("/v1.0/invoke/{app_id}/method/echo")
+}
+
+/// Starts the echo app on its own thread with a one-thread runtime; it serves until the
+/// returned sender is used or dropped.
+fn start_echo_app() -> anyhow::Result<(SocketAddr, tokio::sync::oneshot::Sender<()>)> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let app = listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("echo-app".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let echo = axum::Router::new().route(
+                    "/echo",
+                    axum::routing::post(|body: bytes::Bytes| async move { body }),
+                );
+                let served =
+                    async { axum::serve(tokio::net::TcpListener::from_std(listener)?, echo).await };
+                tokio::select! {
+                    result = served => if let Err(error) = result {
+                        eprintln!("sidecar-hop: the echo app stopped: {error}");
+                    },
+                    _ = stopped => {}
+                }
+            })
+        })?;
+    Ok((app, stop))
 }
 
 /// A port free on 127.0.0.1 now (the sidecar binds it a moment later).
@@ -66,17 +95,7 @@ impl SidecarPaths {
     /// Starts the echo app and a sidecar for it registered with `target`, and waits until a
     /// call through the sidecar reaches the app.
     pub(crate) async fn open(target: &Target) -> anyhow::Result<SidecarPaths> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let app = listener.local_addr()?;
-        let echo = axum::Router::new().route(
-            "/echo",
-            axum::routing::post(|body: bytes::Bytes| async move { body }),
-        );
-        let server = tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, echo).await {
-                eprintln!("sidecar-hop: the echo app stopped: {error}");
-            }
-        });
+        let (app, stop_app) = start_echo_app()?;
 
         let app_id = format!("cella-bench-app-{}", std::process::id());
         let sidecar = SocketAddr::from(([127, 0, 0, 1], free_port()?));
@@ -115,7 +134,7 @@ impl SidecarPaths {
             sidecar,
             app_id,
             _sidecar_process: process,
-            server,
+            _stop_app: stop_app,
         })
     }
 
