@@ -124,6 +124,34 @@ pub(crate) async fn run_level(
     }
 }
 
+/// Runs the server `serve` makes on a thread and one-thread runtime of its own until the
+/// returned sender is used or dropped. A call to it then wakes it, and its answer wakes the
+/// caller, as between two processes; on the callers' runtime a call could skip both.
+pub(crate) fn serve_apart<F, Fut>(
+    name: &str,
+    serve: F,
+) -> anyhow::Result<tokio::sync::oneshot::Sender<()>>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                tokio::select! {
+                    _ = serve() => {}
+                    _ = stopped => {}
+                }
+            })
+        })?;
+    Ok(stop)
+}
+
 /// Two paths to one server measured side by side in one run, the direct path first (the
 /// baseline): rpc-overhead (raw tonic vs the SDK stack) and sidecar-hop (direct vs through
 /// the sidecar).

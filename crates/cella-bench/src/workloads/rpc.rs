@@ -1,8 +1,9 @@
 //! rpc-overhead: what the SDK's client RPC stack adds to a unary gRPC call.
 //!
-//! The bench starts an echo gRPC server in process on 127.0.0.1 (`cella.bench.Echo/Echo`,
-//! which answers with the request's bytes) and registers it in the target's registry as
-//! `cella-bench-echo-<pid>`. Two paths then call it, measured side by side at each level:
+//! The bench starts an echo gRPC server on 127.0.0.1 (`cella.bench.Echo/Echo`, which
+//! answers with the request's bytes) on a thread and runtime of its own ([`serve_apart`]:
+//! a call wakes it as a call to another process would) and registers it in the target's
+//! registry as `cella-bench-echo-<pid>`. Two paths then call it, measured side by side at each level:
 //!
 //! - `tonic`: a plain tonic channel (one HTTP/2 connection) to the server's address;
 //! - `sdk`: `cella_sdk::rpc::grpc_channel` with the default settings, as an app builds it:
@@ -11,7 +12,7 @@
 //!   balancer with outlier ejection and latency tracking, then one connection per endpoint.
 //!
 //! An operation is one call with a `--value-size` payload whose answer is checked. Both
-//! paths share the process with the echo server, so the comparison is like for like.
+//! paths call the same server from the same runtime, so the comparison is like for like.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,7 +28,7 @@ use tonic::codegen::{http, Body, StdError};
 use tonic::transport::{Channel, Endpoint};
 use tonic_prost::ProstCodec;
 
-use super::{measure, Settings};
+use super::{measure, serve_apart, Settings};
 use crate::args::Target;
 use crate::driver::LoadClient;
 use crate::progress::Progress;
@@ -43,13 +44,8 @@ pub(crate) struct RpcPaths {
     tonic: Channel,
     sdk: GrpcChannel,
     _registration: Registration,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for RpcPaths {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
+    /// Stops the echo server (dropping it does too).
+    _stop_server: tokio::sync::oneshot::Sender<()>,
 }
 
 /// The paths' names, the direct one (the baseline) first.
@@ -58,26 +54,31 @@ pub(crate) const NAMES: [&str; 2] = ["tonic", "sdk"];
 impl RpcPaths {
     /// Starts the echo server, registers it with `target`'s registry and opens both paths.
     pub(crate) async fn open(target: &Target) -> anyhow::Result<RpcPaths> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
         let echo = listener.local_addr()?;
-        let server = tokio::spawn(async move {
-            // Replies are small writes: without TCP_NODELAY they wait for delayed ACKs.
-            let incoming = tokio_stream::StreamExt::map(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                |stream| {
-                    let stream = stream?;
-                    stream.set_nodelay(true)?;
-                    Ok::<_, std::io::Error>(stream)
-                },
-            );
-            let served = tonic::transport::Server::builder()
-                .add_service(EchoServer)
-                .serve_with_incoming(incoming)
-                .await;
-            if let Err(error) = served {
-                eprintln!("rpc-overhead: the echo server stopped: {error}");
+        let stop_server = serve_apart("echo-server", move || async move {
+            let served = async {
+                // Replies are small writes: without TCP_NODELAY they wait for delayed ACKs.
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                let incoming = tokio_stream::StreamExt::map(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    |stream| {
+                        let stream = stream?;
+                        stream.set_nodelay(true)?;
+                        Ok::<_, std::io::Error>(stream)
+                    },
+                );
+                tonic::transport::Server::builder()
+                    .add_service(EchoServer)
+                    .serve_with_incoming(incoming)
+                    .await
+                    .map_err(anyhow::Error::from)
+            };
+            if let Err(error) = served.await {
+                eprintln!("rpc-overhead: the echo server stopped: {error:#}");
             }
-        });
+        })?;
         let tonic = Endpoint::from_shared(format!("http://{echo}"))?
             .tcp_nodelay(true)
             .connect()
@@ -111,7 +112,7 @@ impl RpcPaths {
             tonic,
             sdk,
             _registration: registration,
-            server,
+            _stop_server: stop_server,
         })
     }
 

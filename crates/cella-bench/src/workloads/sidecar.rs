@@ -1,10 +1,8 @@
 //! sidecar-hop: the latency a `cella sidecar` adds to a call to an HTTP app.
 //!
 //! The bench starts an HTTP/1.1 echo app on 127.0.0.1 (`POST /echo` answers with the
-//! request body) on a thread and runtime of its own, so that, as between two processes, a
-//! call wakes the app and its answer wakes the caller (served on the callers' runtime, a
-//! direct call would skip both wake-ups, which no real call between services does and the
-//! sidecar path cannot). It then spawns its own binary as `cella --endpoint TARGET sidecar
+//! request body) on a thread and runtime of its own ([`serve_apart`]: a direct call wakes it
+//! as a call to another process would), then spawns its own binary as `cella --endpoint TARGET sidecar
 //! --app-id cella-bench-app-<pid> --app-port APP --port P` (killed when the run ends): the
 //! sidecar registers the app in the target's registry and serves Dapr's v1.0 HTTP API. Two
 //! paths then call the app, measured side by side at each level, each caller on its own
@@ -25,7 +23,7 @@ use anyhow::{bail, Context};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
-use super::{measure, Settings};
+use super::{measure, serve_apart, Settings};
 use crate::args::Target;
 use crate::driver::LoadClient;
 use crate::http::HttpConn;
@@ -53,34 +51,22 @@ fn invoke_path(app_id: &str) -> String {
     format!("/v1.0/invoke/{app_id}/method/echo")
 }
 
-/// Starts the echo app on its own thread with a one-thread runtime; it serves until the
-/// returned sender is used or dropped.
+/// Starts the echo app apart from the callers ([`serve_apart`]).
 fn start_echo_app() -> anyhow::Result<(SocketAddr, tokio::sync::oneshot::Sender<()>)> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     listener.set_nonblocking(true)?;
     let app = listener.local_addr()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    std::thread::Builder::new()
-        .name("echo-app".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let echo = axum::Router::new().route(
-                    "/echo",
-                    axum::routing::post(|body: bytes::Bytes| async move { body }),
-                );
-                let served =
-                    async { axum::serve(tokio::net::TcpListener::from_std(listener)?, echo).await };
-                tokio::select! {
-                    result = served => if let Err(error) = result {
-                        eprintln!("sidecar-hop: the echo app stopped: {error}");
-                    },
-                    _ = stopped => {}
-                }
-            })
-        })?;
+    let stop = serve_apart("echo-app", move || async move {
+        let echo = axum::Router::new().route(
+            "/echo",
+            axum::routing::post(|body: bytes::Bytes| async move { body }),
+        );
+        let served =
+            async { axum::serve(tokio::net::TcpListener::from_std(listener)?, echo).await };
+        if let Err(error) = served.await {
+            eprintln!("sidecar-hop: the echo app stopped: {error}");
+        }
+    })?;
     Ok((app, stop))
 }
 
