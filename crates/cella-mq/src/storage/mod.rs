@@ -25,13 +25,15 @@
 //! after the records; readers see a message only once its entry is written, which is after
 //! its fsync for sync appends.
 //!
-//! Segments are written with `pwrite` into pre-allocated, zero-filled files (made one
-//! segment ahead on a background thread; see [`segment`]), not through a memory map: a
-//! failed write to a mapping (disk full, I/O error) kills the process with SIGBUS instead of
-//! returning an error, and a sync flush needs a syscall either way, so mapping would save
-//! only the copy while adding `unsafe`. Pre-allocation still keeps block allocation and page
-//! faults off the write path. (Not measured against a mapped variant yet.) An empty store
-//! makes its first segment on its first append, so an unused broker costs no disk.
+//! Segments are written with `pwrite` into pre-allocated files that read as zeroes (made
+//! one segment ahead on a background thread with `fallocate`, while another keeps the next
+//! 64 MiB past the write position in the page cache; see [`segment`] for how and why), not
+//! through a memory map: a failed write to a mapping (disk full, I/O error) kills the
+//! process with SIGBUS instead of returning an error, and a sync flush needs a syscall
+//! either way, so mapping would save only the copy while adding `unsafe`. Pre-allocation and
+//! the warm window keep block allocation and disk reads off the write path. (Not measured
+//! against a mapped variant yet.) An empty store makes its first segment on its first
+//! append, so an unused broker costs no disk.
 //!
 //! # Crash guarantees
 //!
@@ -64,7 +66,9 @@ use self::derived::{
 };
 pub use self::record::StoredMessage;
 use self::record::{classify, decode, encode_into, hash64, Frame, HEADER_LEN};
-use self::segment::{list_segments, open_segment, sync_dir, zero_range, Preallocator};
+use self::segment::{
+    list_segments, open_segment, sync_dir, zero_range, Preallocator, WARM_STEP, WARM_WINDOW,
+};
 use crate::error::{MqError, MqResult};
 
 /// How the store makes an append durable before acknowledging it.
@@ -396,6 +400,7 @@ impl Store {
             active_base: end_base,
             active,
             position: end - end_base,
+            warmed: end - end_base,
             lookup_file,
             dirty: false,
             last_flush: Instant::now(),
@@ -403,6 +408,7 @@ impl Store {
         };
         if writer.active.is_some() {
             writer.preallocator.request(end_base + seg);
+            writer.warm_ahead();
         }
         writer.checkpoint()?;
         let thread = std::thread::Builder::new()
@@ -765,6 +771,8 @@ struct Writer {
     active_base: u64,
     active: Option<Arc<File>>,
     position: u64,
+    /// How far into the active segment pages were asked to be read ahead.
+    warmed: u64,
     lookup_file: EntryFile,
     dirty: bool,
     last_flush: Instant,
@@ -1044,6 +1052,7 @@ impl Writer {
             .map_err(MqError::io("writing the commitlog"))?;
         self.position += buf.len() as u64;
         buf.clear();
+        self.warm_ahead();
         if !touched.iter().any(|f| Arc::ptr_eq(f, &active)) {
             touched.push(active);
         }
@@ -1065,7 +1074,23 @@ impl Writer {
             .insert(self.active_base, Arc::clone(&file));
         self.preallocator.request(self.active_base + seg);
         self.active = Some(Arc::clone(&file));
+        self.warmed = WARM_WINDOW.min(seg);
         Ok(file)
+    }
+
+    /// Keeps [`WARM_WINDOW`] past the write position being read into the page cache (the
+    /// segment's first window was read when it was made), one [`WARM_STEP`] at a time.
+    fn warm_ahead(&mut self) {
+        let Some(active) = &self.active else {
+            return;
+        };
+        let seg = self.shared.config.segment_bytes;
+        let want = (self.position + WARM_WINDOW).min(seg);
+        while self.warmed < want {
+            let to = (self.warmed + WARM_STEP).min(seg);
+            self.preallocator.warm(active, self.warmed, to);
+            self.warmed = to;
+        }
     }
 
     /// Seals the active segment and continues in the preallocated next one.
@@ -1085,6 +1110,7 @@ impl Writer {
         self.active = Some(file);
         self.active_base = next;
         self.position = 0;
+        self.warmed = WARM_WINDOW.min(seg);
         self.preallocator.request(next + seg);
         Ok(())
     }

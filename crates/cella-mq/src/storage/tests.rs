@@ -119,6 +119,29 @@ async fn appends_are_read_back_by_queue_tag_key_and_id_across_reopen() {
 }
 
 #[tokio::test]
+async fn reopening_over_allocated_but_unwritten_space_finds_the_end_and_appends_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    for n in 0..3 {
+        store
+            .append(message("t", 0, n, "a"), FlushMode::Sync)
+            .await
+            .unwrap();
+    }
+    let end = store.log_bounds().1;
+    drop(store);
+    // The active segment's tail (and the next segment, if made) was allocated, never written.
+    let store = Store::open(config(dir.path())).unwrap();
+    assert_eq!(store.log_bounds().1, end);
+    let a = store
+        .append(message("t", 0, 3, "a"), FlushMode::Sync)
+        .await
+        .unwrap();
+    assert_eq!((a.offset, a.queue_offset), (end, 3));
+    assert_eq!(bodies(&store, "t", 0).len(), 4);
+}
+
+#[tokio::test]
 async fn records_roll_into_new_segments_and_stay_readable() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(config(dir.path())).unwrap();
