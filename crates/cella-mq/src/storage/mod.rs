@@ -540,16 +540,22 @@ impl Store {
         let mut messages = Vec::new();
         while messages.len() < max && at < count {
             let entries = q.read(at, 256)?;
+            let mut wanted = Vec::new();
             for entry in cq_entries(&entries) {
-                at += 1;
-                if !hashes.is_empty() && !hashes.contains(&entry.tag_hash) {
-                    continue;
+                if wanted.len() == max - messages.len() {
+                    break;
                 }
-                let message = self.read_record(entry.offset, u64::from(entry.size))?;
-                if tags.is_empty() || tags.contains(&message.tag) {
-                    messages.push(message);
-                    if messages.len() == max {
-                        break;
+                at += 1;
+                if hashes.is_empty() || hashes.contains(&entry.tag_hash) {
+                    wanted.push(entry);
+                }
+            }
+            for run in read_runs(&wanted, self.shared.config.segment_bytes) {
+                let span = run_span(run);
+                let offsets = run.iter().map(|e| e.offset);
+                for message in self.read_records(offsets, span)? {
+                    if tags.is_empty() || tags.contains(&message.tag) {
+                        messages.push(message);
                     }
                 }
             }
@@ -562,28 +568,44 @@ impl Store {
 
     /// Reads the message whose record starts at commitlog offset `offset`.
     pub fn read_message(&self, offset: u64) -> MqResult<StoredMessage> {
-        self.read_record(offset, RECORD_READ_AHEAD)
+        let mut read = self.read_records([offset], RECORD_READ_AHEAD)?;
+        read.pop()
+            .ok_or_else(|| MqError::Corrupt(format!("no record at commitlog offset {offset}")))
     }
 
-    /// Reads the record at `offset`, reading `read_ahead` bytes at once (its framed size, when
-    /// a consume-queue entry gives it, makes the read exact).
-    fn read_record(&self, offset: u64, read_ahead: u64) -> MqResult<StoredMessage> {
+    /// Reads the records starting at `offsets`, all in the segment of the first, through one
+    /// window that reads `read_ahead` bytes at once (a run's span makes it one read).
+    fn read_records(
+        &self,
+        offsets: impl IntoIterator<Item = u64>,
+        read_ahead: u64,
+    ) -> MqResult<Vec<StoredMessage>> {
         let seg = self.shared.config.segment_bytes;
-        let file = {
-            let segments = self.shared.segments.read().expect("segments lock poisoned");
-            segments
-                .get(&(offset - offset % seg))
-                .cloned()
-                .ok_or_else(|| {
+        let mut window: Option<(u64, Arc<File>)> = None;
+        let mut buffer = None;
+        let mut messages = Vec::new();
+        for offset in offsets {
+            let base = offset - offset % seg;
+            if window.as_ref().is_none_or(|(b, _)| *b != base) {
+                let segments = self.shared.segments.read().expect("segments lock poisoned");
+                let file = segments.get(&base).cloned().ok_or_else(|| {
                     MqError::Corrupt(format!("offset {offset} is not in a retained segment"))
-                })?
-        };
-        match Window::new(&file, seg, read_ahead).frame(offset % seg) {
-            (Frame::Valid { .. }, Some(payload)) => decode(&payload),
-            _ => Err(MqError::Corrupt(format!(
-                "no valid record at commitlog offset {offset}"
-            ))),
+                })?;
+                window = Some((base, file));
+                buffer = None;
+            }
+            let (_, file) = window.as_ref().expect("set above");
+            let reader = buffer.get_or_insert_with(|| Window::new(file, seg, read_ahead));
+            match reader.frame(offset % seg) {
+                (Frame::Valid { .. }, Some(payload)) => messages.push(decode(&payload)?),
+                _ => {
+                    return Err(MqError::Corrupt(format!(
+                        "no valid record at commitlog offset {offset}"
+                    )))
+                }
+            }
         }
+        Ok(messages)
     }
 
     fn lookup(&self, hash: u64) -> MqResult<Vec<StoredMessage>> {
@@ -693,6 +715,48 @@ fn write_checkpoint(dir: &Path, offset: u64) -> MqResult<()> {
     std::fs::rename(&tmp, dir.join("checkpoint"))
         .map_err(MqError::io("renaming the checkpoint"))?;
     sync_dir(dir)
+}
+
+/// Most bytes one read takes for neighbouring records of a pull.
+const RUN_READ_MAX: u64 = 256 << 10;
+
+/// Splits consume-queue entries into runs that one read serves: records in one segment, in
+/// commitlog order, spanning at most [`RUN_READ_MAX`], with at least half of the bytes read
+/// their own (so records of other queues between them are not read for nothing).
+fn read_runs(entries: &[CqEntry], segment_bytes: u64) -> impl Iterator<Item = &[CqEntry]> {
+    let mut rest = entries;
+    std::iter::from_fn(move || {
+        let first = rest.first()?;
+        let base = first.offset - first.offset % segment_bytes;
+        let mut end = first.offset + u64::from(first.size);
+        let mut own = u64::from(first.size);
+        let mut len = 1;
+        for next in &rest[1..] {
+            let next_end = next.offset + u64::from(next.size);
+            let span = next_end.saturating_sub(first.offset);
+            let fits = next.offset >= end
+                && next.offset - next.offset % segment_bytes == base
+                && span <= RUN_READ_MAX
+                && 2 * (own + u64::from(next.size)) >= span;
+            if !fits {
+                break;
+            }
+            end = next_end;
+            own += u64::from(next.size);
+            len += 1;
+        }
+        let (run, tail) = rest.split_at(len);
+        rest = tail;
+        Some(run)
+    })
+}
+
+/// The bytes from a run's first record to the end of its last.
+fn run_span(run: &[CqEntry]) -> u64 {
+    match (run.first(), run.last()) {
+        (Some(first), Some(last)) => last.offset + u64::from(last.size) - first.offset,
+        _ => 0,
+    }
 }
 
 /// Reads frames from a segment through a buffered window: each refill reads at least

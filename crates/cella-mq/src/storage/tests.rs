@@ -436,3 +436,37 @@ async fn a_batch_lands_in_order_and_contiguously_among_concurrent_appends() {
         }
     }
 }
+
+#[test]
+fn a_pull_reads_neighbouring_records_in_runs_split_by_segment_gap_and_size() {
+    let entry = |offset, size| CqEntry {
+        offset,
+        size,
+        tag_hash: 0,
+    };
+    let entries = [
+        entry(0, 100),
+        entry(100, 100),
+        // a small gap (another queue's record): still one read
+        entry(250, 100),
+        // a gap larger than the records: a new run
+        entry(2_000, 100),
+        // the next segment (segments of 4,096 bytes here): a new run
+        entry(4_096, 100),
+        entry(4_196, 100),
+    ];
+    let runs: Vec<Vec<u64>> = read_runs(&entries, 4_096)
+        .map(|run| run.iter().map(|e| e.offset).collect())
+        .collect();
+    assert_eq!(
+        runs,
+        vec![vec![0, 100, 250], vec![2_000], vec![4_096, 4_196]]
+    );
+    assert_eq!(run_span(&entries[..3]), 350);
+
+    // A run never spans more than RUN_READ_MAX.
+    let size = 64 << 10;
+    let big: Vec<CqEntry> = (0..8).map(|i| entry(i * size, size as u32)).collect();
+    let lens: Vec<usize> = read_runs(&big, 1 << 30).map(<[CqEntry]>::len).collect();
+    assert_eq!(lens, vec![4, 4]);
+}
