@@ -48,6 +48,7 @@
 //!   `retention_bytes` or when every record of a segment is older than `retention`.
 
 mod derived;
+mod lookup;
 pub mod record;
 mod segment;
 
@@ -64,6 +65,7 @@ use tokio::sync::{oneshot, watch};
 use self::derived::{
     cq_entries, cq_offset, index_entries, index_offset, CqEntry, EntryFile, CQ_ENTRY, INDEX_ENTRY,
 };
+use self::lookup::LookupIndex;
 pub use self::record::StoredMessage;
 use self::record::{classify, decode, encode_into, hash64, Frame, HEADER_LEN};
 use self::segment::{
@@ -152,7 +154,7 @@ struct Shared {
     segments: RwLock<BTreeMap<u64, Arc<File>>>,
     log_start: AtomicU64,
     queues: RwLock<HashMap<QueueKey, Arc<EntryFile>>>,
-    lookup: Mutex<HashMap<u64, Vec<u64>>>,
+    lookup: Mutex<LookupIndex>,
     /// The visible end of the log; bumped after each batch (for long polls).
     published: watch::Sender<u64>,
     failed: AtomicBool,
@@ -332,10 +334,10 @@ impl Store {
             replay_from,
             index_offset,
         )?;
-        let mut lookup: HashMap<u64, Vec<u64>> = HashMap::new();
+        let mut lookup = LookupIndex::new();
         for (hash, offset) in index_entries(&lookup_file.read(0, lookup_file.count())?) {
             if offset >= first {
-                lookup.entry(hash).or_default().push(offset);
+                lookup.add(hash, offset);
             }
         }
         let mut replay = Replay::default();
@@ -375,7 +377,7 @@ impl Store {
                 }
                 .encode(pending);
             }
-            index_message(&message, offset, &mut replay.index, &mut lookup);
+            index_message(&message, offset, &mut replay.index, |h, o| lookup.add(h, o));
         }
         drop(window);
         for (key, bytes) in replay.cq {
@@ -614,9 +616,7 @@ impl Store {
             .lookup
             .lock()
             .expect("lookup lock poisoned")
-            .get(&hash)
-            .cloned()
-            .unwrap_or_default();
+            .offsets(hash);
         let start = self.shared.log_start.load(Ordering::Acquire);
         offsets
             .into_iter()
@@ -663,11 +663,12 @@ fn open_queue(dir: &Path, topic: &str, queue_id: u32) -> MqResult<EntryFile> {
     EntryFile::open(&path, CQ_ENTRY, 0, cq_offset)
 }
 
+/// Appends the lookup entries of the record at `offset` to `out` and hands each to `index`.
 fn index_message(
     message: &StoredMessage,
     offset: u64,
     out: &mut Vec<u8>,
-    lookup: &mut HashMap<u64, Vec<u64>>,
+    mut index: impl FnMut(u64, u64),
 ) {
     let hashes = message
         .keys
@@ -677,7 +678,7 @@ fn index_message(
     for hash in hashes {
         out.extend_from_slice(&hash.to_le_bytes());
         out.extend_from_slice(&offset.to_le_bytes());
-        lookup.entry(hash).or_default().push(offset);
+        index(hash, offset);
     }
 }
 
@@ -966,7 +967,7 @@ impl Writer {
         let mut sync = false;
         let mut touched: Vec<Arc<File>> = Vec::new();
         let mut rejected = Vec::new();
-        let mut lookup_adds: HashMap<u64, Vec<u64>> = HashMap::new();
+        let mut lookup_adds: Vec<(u64, u64)> = Vec::new();
         let mut replies_on_error = Vec::new();
         let mut error = None;
         let mut per_topic: HashMap<String, (u64, u64)> = HashMap::new();
@@ -1020,7 +1021,9 @@ impl Writer {
                 tag_hash: tag_hash(&message.tag),
             }
             .encode(cq.entry(key.clone()).or_default());
-            index_message(&message, offset, &mut index, &mut lookup_adds);
+            index_message(&message, offset, &mut index, |h, o| {
+                lookup_adds.push((h, o))
+            });
             let counted = per_topic.entry(message.topic.clone()).or_default();
             counted.0 += 1;
             counted.1 += len;
@@ -1070,8 +1073,8 @@ impl Writer {
         }
         {
             let mut lookup = self.shared.lookup.lock().expect("lookup lock poisoned");
-            for (hash, offsets) in lookup_adds {
-                lookup.entry(hash).or_default().extend(offsets);
+            for (hash, offset) in lookup_adds {
+                lookup.add(hash, offset);
             }
         }
         self.shared
@@ -1234,10 +1237,7 @@ impl Writer {
                 .lookup
                 .lock()
                 .expect("lookup lock poisoned")
-                .retain(|_, offsets| {
-                    offsets.retain(|o| *o >= start);
-                    !offsets.is_empty()
-                });
+                .forget_before(start);
             sync_dir(&config.dir.join("commitlog"))?;
         }
         Ok(deleted)
