@@ -124,9 +124,10 @@ pub(crate) async fn run_level(
     }
 }
 
-/// Runs the server `serve` makes on a thread and one-thread runtime of its own until the
-/// returned sender is used or dropped. A call to it then wakes it, and its answer wakes the
-/// caller, as between two processes; on the callers' runtime a call could skip both.
+/// Runs the server `serve` makes on a runtime (and threads) of its own, as a server process
+/// has, until the returned sender is used or dropped. A call to it then wakes it, and its
+/// answer wakes the caller, as between two processes; on the callers' runtime a call could
+/// skip both.
 pub(crate) fn serve_apart<F, Fut>(
     name: &str,
     serve: F,
@@ -135,7 +136,8 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()>,
 {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name(name)
         .enable_all()
         .build()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -1,9 +1,9 @@
 //! rpc-overhead: what the SDK's client RPC stack adds to a unary gRPC call.
 //!
 //! The bench starts an echo gRPC server on 127.0.0.1 (`cella.bench.Echo/Echo`, which
-//! answers with the request's bytes) on a thread and runtime of its own ([`serve_apart`]:
-//! a call wakes it as a call to another process would) and registers it in the target's
-//! registry as `cella-bench-echo-<pid>`. Two paths then call it, measured side by side at each level:
+//! answers with the request's bytes) on a runtime of its own ([`serve_apart`]: a call wakes
+//! it as a call to another process would) and registers it in the target's registry as
+//! `cella-bench-echo-<pid>`. Two paths then call it, measured side by side at each level:
 //!
 //! - `tonic`: a plain tonic channel (one HTTP/2 connection) to the server's address;
 //! - `sdk`: `cella_sdk::rpc::grpc_channel` with the default settings, as an app builds it:

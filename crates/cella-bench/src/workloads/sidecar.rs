@@ -1,12 +1,12 @@
 //! sidecar-hop: the latency a `cella sidecar` adds to a call to an HTTP app.
 //!
 //! The bench starts an HTTP/1.1 echo app on 127.0.0.1 (`POST /echo` answers with the
-//! request body) on a thread and runtime of its own ([`serve_apart`]: a direct call wakes it
-//! as a call to another process would), then spawns its own binary as `cella --endpoint TARGET sidecar
-//! --app-id cella-bench-app-<pid> --app-port APP --port P` (killed when the run ends): the
-//! sidecar registers the app in the target's registry and serves Dapr's v1.0 HTTP API. Two
-//! paths then call the app, measured side by side at each level, each caller on its own
-//! keep-alive connection:
+//! request body) on a runtime of its own ([`serve_apart`]: a direct call wakes it as a call
+//! to another process would), then spawns its own binary as `cella --endpoint TARGET
+//! sidecar --app-id cella-bench-app-<pid> --app-port APP --port P` (killed when the run
+//! ends): the sidecar registers the app in the target's registry and serves Dapr's v1.0
+//! HTTP API. Two paths then call the app, measured side by side at each level, each caller
+//! on its own keep-alive connection:
 //!
 //! - `direct`: `POST /echo` to the app;
 //! - `sidecar`: `POST /v1.0/invoke/<app-id>/method/echo` to the sidecar, which finds the
