@@ -583,22 +583,25 @@ impl Store {
         read_ahead: u64,
     ) -> MqResult<Vec<StoredMessage>> {
         let seg = self.shared.config.segment_bytes;
-        let mut window: Option<(u64, Arc<File>)> = None;
-        let mut buffer = None;
+        let mut offsets = offsets.into_iter().peekable();
+        let Some(&first) = offsets.peek() else {
+            return Ok(Vec::new());
+        };
+        let base = first - first % seg;
+        let file = {
+            let segments = self.shared.segments.read().expect("segments lock poisoned");
+            segments.get(&base).cloned().ok_or_else(|| {
+                MqError::Corrupt(format!("offset {first} is not in a retained segment"))
+            })?
+        };
+        let mut reader = Window::new(&file, seg, read_ahead);
         let mut messages = Vec::new();
         for offset in offsets {
-            let base = offset - offset % seg;
-            if window.as_ref().is_none_or(|(b, _)| *b != base) {
-                let segments = self.shared.segments.read().expect("segments lock poisoned");
-                let file = segments.get(&base).cloned().ok_or_else(|| {
-                    MqError::Corrupt(format!("offset {offset} is not in a retained segment"))
-                })?;
-                window = Some((base, file));
-                buffer = None;
-            }
-            let (_, file) = window.as_ref().expect("set above");
-            let reader = buffer.get_or_insert_with(|| Window::new(file, seg, read_ahead));
-            match reader.frame(offset % seg) {
+            let frame = match offset.checked_sub(base).filter(|at| *at < seg) {
+                Some(at) => reader.frame(at),
+                None => (Frame::Empty, None),
+            };
+            match frame {
                 (Frame::Valid { .. }, Some(payload)) => messages.push(decode(&payload)?),
                 _ => {
                     return Err(MqError::Corrupt(format!(
