@@ -67,7 +67,7 @@ use self::derived::{
 };
 use self::lookup::LookupIndex;
 pub use self::record::StoredMessage;
-use self::record::{classify, decode, encode_into, hash64, Frame, HEADER_LEN};
+use self::record::{classify, decode, encode_into, hash64, hash64_parts, Frame, HEADER_LEN};
 use self::segment::{
     list_segments, open_segment, sync_dir, zero_range, Preallocator, WARM_STEP, WARM_WINDOW,
 };
@@ -180,11 +180,11 @@ fn queue_path(dir: &Path, topic: &str, queue_id: u32) -> PathBuf {
 }
 
 fn key_hash(key: &str) -> u64 {
-    hash64(format!("k:{key}").as_bytes())
+    hash64_parts(&[b"k:", key.as_bytes()])
 }
 
 fn id_hash(id: u128) -> u64 {
-    hash64(&[b"i:".as_slice(), &id.to_le_bytes()].concat())
+    hash64_parts(&[b"i:", &id.to_le_bytes()])
 }
 
 /// The hash a consume queue keeps for `tag`.
@@ -964,8 +964,8 @@ impl Writer {
         let seg = self.shared.config.segment_bytes;
         let mut buf = Vec::with_capacity(appends.len() * 1100);
         let mut placed: Vec<Placed> = Vec::with_capacity(appends.len());
-        let mut pending_next: HashMap<QueueKey, u64> = HashMap::new();
-        let mut cq: HashMap<QueueKey, Vec<u8>> = HashMap::new();
+        // Per queue touched: its next queue offset and its new consume-queue entries.
+        let mut cq: HashMap<QueueKey, (u64, Vec<u8>)> = HashMap::new();
         let mut index = Vec::new();
         let mut sync = false;
         let mut touched: Vec<Arc<File>> = Vec::new();
@@ -980,8 +980,8 @@ impl Writer {
                 continue;
             }
             let key = (message.topic.clone(), message.queue_id);
-            let next = match pending_next.get(&key) {
-                Some(n) => *n,
+            let next = match cq.get(&key) {
+                Some((n, _)) => *n,
                 None => match self.queue_next(&key) {
                     Ok(n) => n,
                     Err(e) => {
@@ -992,19 +992,24 @@ impl Writer {
                 },
             };
             message.queue_offset = next;
-            let mut record = Vec::new();
-            let len = match encode_into(&message, &mut record) {
+            // The record is encoded in place at the end of the batch's buffer.
+            let start = buf.len();
+            let len = match encode_into(&message, &mut buf) {
                 Ok(len) => len as u64,
                 Err(e) => {
+                    buf.truncate(start);
                     rejected.push((reply, e));
                     continue;
                 }
             };
             if len > seg {
+                buf.truncate(start);
                 rejected.push((reply, MqError::InvalidField { field: "body", rule: format!("makes a record of {len} bytes, larger than a commitlog segment ({seg} bytes)") }));
                 continue;
             }
-            if self.position + buf.len() as u64 + len > seg {
+            if self.position + buf.len() as u64 > seg {
+                // The record starts the next segment; what precedes it ends this one.
+                let record = buf.split_off(start);
                 if let Err(e) = self
                     .write_out(&mut buf, &mut touched)
                     .and_then(|()| self.roll())
@@ -1013,23 +1018,38 @@ impl Writer {
                     replies_on_error.push(reply);
                     continue;
                 }
+                buf.extend_from_slice(&record);
             }
-            let offset = self.active_base + self.position + buf.len() as u64;
-            buf.extend_from_slice(&record);
-            pending_next.insert(key.clone(), next + 1);
+            let offset = self.active_base + self.position + buf.len() as u64 - len;
             sync |= mode == FlushMode::Sync;
-            CqEntry {
+            let entry = CqEntry {
                 offset,
                 size: len as u32,
                 tag_hash: tag_hash(&message.tag),
+            };
+            match cq.get_mut(&key) {
+                Some((queue_next, bytes)) => {
+                    *queue_next = next + 1;
+                    entry.encode(bytes);
+                }
+                None => {
+                    let mut bytes = Vec::new();
+                    entry.encode(&mut bytes);
+                    cq.insert(key, (next + 1, bytes));
+                }
             }
-            .encode(cq.entry(key.clone()).or_default());
             index_message(&message, offset, &mut index, |h, o| {
                 lookup_adds.push((h, o))
             });
-            let counted = per_topic.entry(message.topic.clone()).or_default();
-            counted.0 += 1;
-            counted.1 += len;
+            match per_topic.get_mut(&message.topic) {
+                Some((messages, bytes)) => {
+                    *messages += 1;
+                    *bytes += len;
+                }
+                None => {
+                    per_topic.insert(message.topic.clone(), (1, len));
+                }
+            }
             placed.push(Placed {
                 reply,
                 appended: Appended {
@@ -1057,7 +1077,7 @@ impl Writer {
             error.take().map_or(Ok(()), Err)
         });
         let result = result.and_then(|()| {
-            for (key, bytes) in &cq {
+            for (key, (_, bytes)) in &cq {
                 let q = self
                     .shared
                     .queues

@@ -96,8 +96,13 @@ pub(crate) fn decode(payload: &[u8]) -> MqResult<StoredMessage> {
 
 /// The 64-bit FNV-1a hash used for tag hashes in consume queues and for the key index.
 pub(crate) fn hash64(bytes: &[u8]) -> u64 {
+    hash64_parts(&[bytes])
+}
+
+/// [`hash64`] of the concatenation of `parts`, without building it.
+pub(crate) fn hash64_parts(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
+    for b in parts.iter().flat_map(|part| part.iter()) {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
