@@ -8,14 +8,14 @@ use std::task::{Context as TaskContext, Poll};
 use http_body_util::BodyExt;
 use tower::{BoxError, Service};
 
-use super::{GrpcConnection, RpcStack};
+use super::{HttpConnection, RpcStack};
 use crate::Error;
 
 /// A channel to a service's instances through the client stack; pass it to any generated
 /// tonic client (`FooClient::new(channel)`).
 #[derive(Clone)]
 pub struct GrpcChannel {
-    stack: RpcStack<GrpcConnection>,
+    stack: RpcStack<HttpConnection>,
 }
 
 impl std::fmt::Debug for GrpcChannel {
@@ -26,17 +26,22 @@ impl std::fmt::Debug for GrpcChannel {
 
 impl GrpcChannel {
     /// Wraps a stack built by [`super::stack`].
-    pub fn new(stack: RpcStack<GrpcConnection>) -> Self {
+    pub fn new(stack: RpcStack<HttpConnection>) -> Self {
         GrpcChannel { stack }
     }
 }
 
-/// The stack's own failures as gRPC statuses; other errors pass unchanged.
+/// The stack's own failures, and endpoints that cannot be reached, as gRPC statuses; other
+/// errors pass unchanged (tonic reads HTTP/2 errors itself).
 fn to_status(error: BoxError) -> BoxError {
+    let unreachable = error
+        .downcast_ref::<hyper_util::client::legacy::Error>()
+        .is_some_and(|e| e.is_connect());
     let code = match error.downcast_ref::<Error>() {
         Some(Error::NoEndpoints { .. }) => tonic::Code::Unavailable,
         Some(Error::RateLimited) => tonic::Code::ResourceExhausted,
         Some(Error::DeadlineExceeded { .. }) => tonic::Code::DeadlineExceeded,
+        _ if unreachable => tonic::Code::Unavailable,
         _ => return error,
     };
     Box::new(tonic::Status::new(code, error.to_string()))
@@ -62,10 +67,11 @@ impl Service<http::Request<tonic::body::Body>> for GrpcChannel {
                 .await
                 .map_err(|e| to_status(e.into()))?
                 .to_bytes();
-            ready
+            let response = ready
                 .call(http::Request::from_parts(parts, body))
                 .await
-                .map_err(to_status)
+                .map_err(to_status)?;
+            Ok(response.map(tonic::body::Body::new))
         })
     }
 }

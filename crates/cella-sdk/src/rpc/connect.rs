@@ -1,8 +1,8 @@
 //! Connections: the innermost layer, one per endpoint.
 //!
-//! [`GrpcConnect`] opens a lazily connected HTTP/2 tonic channel per endpoint;
-//! [`HttpConnect`] a pooled HTTP/1.1 client per endpoint (for apps behind the sidecar).
-//! Both take the stack's buffered request ([`RpcRequest`]) and aim it at the endpoint.
+//! [`GrpcConnect`] gives each endpoint a lazily made HTTP/2 connection; [`HttpConnect`] a
+//! pool of HTTP/1.1 ones (for apps behind the sidecar). Both take the stack's buffered
+//! request ([`RpcRequest`]) and aim it at the endpoint.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,7 +14,6 @@ use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
-use tonic::transport::{Channel, Endpoint};
 use tower::{BoxError, Service};
 
 use super::RpcRequest;
@@ -62,54 +61,19 @@ fn aim(request: &mut RpcRequest, authority: &http::uri::Authority) {
     }
 }
 
-/// HTTP/2 (gRPC) connections through tonic.
+/// HTTP/2 connections for gRPC: each endpoint gets one multiplexed connection, made on first
+/// use and remade after it breaks. Calls go straight to hyper's connection task, without
+/// the request queue (and its task hop) a tonic `Channel` puts in front.
 #[derive(Debug, Clone, Default)]
 pub struct GrpcConnect;
 
-/// One endpoint's tonic channel.
-#[derive(Debug, Clone)]
-pub struct GrpcConnection {
-    channel: Channel,
-}
-
-impl Connect for GrpcConnect {
-    type Connection = GrpcConnection;
-    fn connect(&self, instance: &pb::Instance) -> Result<GrpcConnection> {
-        let uri = format!("http://{}", authority(instance)?);
-        let endpoint =
-            Endpoint::from_shared(uri.clone()).map_err(|error| Error::InvalidEndpoint {
-                endpoint: uri,
-                reason: error.to_string(),
-            })?;
-        let channel = endpoint
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect_lazy();
-        Ok(GrpcConnection { channel })
-    }
-}
-
-impl Service<RpcRequest> for GrpcConnection {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), BoxError>> {
-        self.channel.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, request: RpcRequest) -> Self::Future {
-        let request = request.map(|bytes| tonic::body::Body::new(Full::new(bytes)));
-        let call = self.channel.call(request);
-        Box::pin(async move { call.await.map_err(Into::into) })
-    }
-}
-
-/// Plain HTTP/1.1 connections through hyper.
+/// HTTP/1.1 connections (for apps behind the sidecar): a pool of keep-alive connections
+/// per endpoint.
 #[derive(Debug, Clone, Default)]
 pub struct HttpConnect;
 
-/// One endpoint's HTTP client (it pools its keep-alive connections).
+/// One endpoint's hyper client, speaking HTTP/2 (from [`GrpcConnect`]) or HTTP/1.1 (from
+/// [`HttpConnect`]).
 #[derive(Clone)]
 pub struct HttpConnection {
     client: HyperClient<HttpConnector, Full<Bytes>>,
@@ -124,17 +88,32 @@ impl std::fmt::Debug for HttpConnection {
     }
 }
 
-impl Connect for HttpConnect {
-    type Connection = HttpConnection;
-    fn connect(&self, instance: &pb::Instance) -> Result<HttpConnection> {
+impl HttpConnection {
+    fn new(instance: &pb::Instance, http2_only: bool) -> Result<HttpConnection> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let client = HyperClient::builder(TokioExecutor::new()).build(connector);
+        let client = HyperClient::builder(TokioExecutor::new())
+            .http2_only(http2_only)
+            .build(connector);
         Ok(HttpConnection {
             client,
             authority: authority(instance)?,
         })
+    }
+}
+
+impl Connect for GrpcConnect {
+    type Connection = HttpConnection;
+    fn connect(&self, instance: &pb::Instance) -> Result<HttpConnection> {
+        HttpConnection::new(instance, true)
+    }
+}
+
+impl Connect for HttpConnect {
+    type Connection = HttpConnection;
+    fn connect(&self, instance: &pb::Instance) -> Result<HttpConnection> {
+        HttpConnection::new(instance, false)
     }
 }
 
