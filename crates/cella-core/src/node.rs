@@ -279,6 +279,7 @@ impl Core {
     /// Proposes a command and waits until it is applied here. Concurrent proposals share
     /// one Raft entry (see [`Core::run_proposals`]).
     async fn propose(&self, command: corepb::Command) -> CoreResult<command_result::Result> {
+        let command = detached(command);
         let (reply, answer) = oneshot::channel();
         let outcome = async {
             self.inner
@@ -1001,6 +1002,15 @@ impl Core {
             is_learner,
         }
     }
+}
+
+/// `command` with its byte fields in one buffer of its own. Keys and values decoded from a
+/// request point into the whole receive buffer (8 KiB or more), which the log and the
+/// store would otherwise keep alive for as long as they keep the value.
+fn detached(command: corepb::Command) -> corepb::Command {
+    use prost::Message;
+    let encoded = bytes::Bytes::from(command.encode_to_vec());
+    corepb::Command::decode(encoded).unwrap_or(command)
 }
 
 /// `first` and whatever else is queued, up to [`MAX_BATCH_COMMANDS`].

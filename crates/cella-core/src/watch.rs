@@ -46,9 +46,11 @@ impl WatchSpec {
                 rule: "must be >= 0",
             });
         }
+        // Copies: the request's bytes point into its stream's whole receive buffer, which a
+        // long-lived watch would otherwise keep.
         let mut filter = EventFilter {
-            key: req.key.clone(),
-            range_end: req.range_end.clone(),
+            key: bytes::Bytes::copy_from_slice(&req.key),
+            range_end: bytes::Bytes::copy_from_slice(&req.range_end),
             prev_kv: req.prev_kv,
             ..Default::default()
         };
