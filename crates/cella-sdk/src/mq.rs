@@ -24,7 +24,10 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+use tokio::sync::oneshot;
 
 /// The broker's wire messages (`cella.mq.v1`).
 pub use cella_proto::cella::mq::v1 as pb;
@@ -119,9 +122,14 @@ impl Mq {
             .collect())
     }
 
-    /// A producer sending through this connection.
+    /// A producer sending through this connection. Its clones gather their concurrent sends
+    /// into shared calls (see [`Producer::send`]): create one and hand clones to the tasks
+    /// that send.
     pub fn producer(&self) -> Producer {
-        Producer { mq: self.clone() }
+        Producer {
+            mq: self.clone(),
+            coalescer: Arc::new(Coalescer::new(self.client.clone())),
+        }
     }
 
     /// Declares that `group` may have at most `max_backlog` messages waiting per queue of
@@ -268,6 +276,7 @@ pub struct Sent {
 #[derive(Debug, Clone)]
 pub struct Producer {
     mq: Mq,
+    coalescer: Arc<Coalescer>,
 }
 
 impl From<pb::SendResponse> for Sent {
@@ -307,14 +316,16 @@ where
 impl Producer {
     /// Sends `message` and returns once the broker made it durable under the topic's policy.
     /// A retried send may store the message twice; consumers dedupe by key or id.
+    ///
+    /// Sends made while this producer's (and its clones') earlier calls are in flight wait
+    /// and leave together in one SendBatch, as Kafka's and RocketMQ's producers batch; an
+    /// idle producer sends at once. Delayed and transactional messages travel alone.
     pub async fn send(&self, message: OutgoingMessage) -> Result<Sent> {
-        let sent = retry_unavailable(|| {
-            let mut client = self.mq.client.clone();
-            let request = message.request.clone();
-            async move { client.send(request).await }
-        })
-        .await?;
-        Ok(sent.into())
+        let request = message.request;
+        if request.delay_ms > 0 || !request.transaction_group.is_empty() {
+            return send_one(&self.mq.client, request).await;
+        }
+        self.coalescer.send(request).await
     }
 
     /// Sends `messages` to `topic` in one call with one group commit, and returns once all
@@ -337,6 +348,181 @@ impl Producer {
         })
         .await?;
         Ok(sent.results.into_iter().map(Sent::from).collect())
+    }
+}
+
+/// Sends one message with a unary Send.
+async fn send_one(
+    client: &MessageQueueClient<Transport>,
+    request: pb::SendRequest,
+) -> Result<Sent> {
+    let sent = retry_unavailable(|| {
+        let mut client = client.clone();
+        let request = request.clone();
+        async move { client.send(request).await }
+    })
+    .await?;
+    Ok(sent.into())
+}
+
+/// Most messages one coalesced SendBatch carries.
+const COALESCE_MAX_MESSAGES: usize = 256;
+/// Most body bytes one coalesced SendBatch carries (the broker allows 4 MiB by default).
+const COALESCE_MAX_BYTES: usize = 1 << 20;
+/// Coalesced calls one producer keeps in flight at once.
+const COALESCE_IN_FLIGHT: usize = 1;
+
+/// Gathers a producer's concurrent sends into SendBatch calls: a send that finds a free call slot leaves at once (with whatever else
+/// waits), and sends that arrive while [`COALESCE_IN_FLIGHT`] calls are busy wait and leave
+/// together in the next. An idle producer so adds no delay, and a busy one pays one call per
+/// batch instead of one per message. Each send still gets its own answer: a batch that the
+/// broker refuses for one bad message is sent again message by message.
+#[derive(Debug)]
+struct Coalescer {
+    client: MessageQueueClient<Transport>,
+    state: Mutex<CoalesceState>,
+}
+
+/// What waits to be sent and how many calls are out.
+#[derive(Debug, Default)]
+struct CoalesceState {
+    waiting: VecDeque<Waiting>,
+    in_flight: usize,
+}
+
+/// One send waiting for a call, and where its answer goes.
+#[derive(Debug)]
+struct Waiting {
+    request: pb::SendRequest,
+    answer: oneshot::Sender<Result<Sent>>,
+}
+
+impl CoalesceState {
+    /// The next call's messages, oldest first, within the batch limits (at least one).
+    fn next_batch(&mut self) -> Vec<Waiting> {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        while let Some(next) = self.waiting.front() {
+            let size = next.request.body.len();
+            if !batch.is_empty()
+                && (batch.len() == COALESCE_MAX_MESSAGES || bytes + size > COALESCE_MAX_BYTES)
+            {
+                break;
+            }
+            bytes += size;
+            batch.extend(self.waiting.pop_front());
+        }
+        batch
+    }
+}
+
+impl Coalescer {
+    fn new(client: MessageQueueClient<Transport>) -> Self {
+        Coalescer {
+            client,
+            state: Mutex::default(),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, CoalesceState> {
+        // The state stays consistent across a panic elsewhere: every change is one step.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues `request` and waits for its answer, starting a call if a slot is free.
+    async fn send(self: &Arc<Self>, request: pb::SendRequest) -> Result<Sent> {
+        let (answer, answered) = oneshot::channel();
+        let batch = {
+            let mut state = self.state();
+            state.waiting.push_back(Waiting { request, answer });
+            (state.in_flight < COALESCE_IN_FLIGHT).then(|| {
+                state.in_flight += 1;
+                state.next_batch()
+            })
+        };
+        if let Some(batch) = batch {
+            // A task of its own, so a caller that stops waiting abandons no one's message.
+            tokio::spawn(Arc::clone(self).calls(batch));
+        }
+        answered.await.unwrap_or_else(|_| {
+            Err(Error::Protocol {
+                message: "the producer's send task ended without an answer".into(),
+            })
+        })
+    }
+
+    /// Sends `batch`, then whatever waits meanwhile, until nothing does; holds one slot.
+    async fn calls(self: Arc<Self>, mut batch: Vec<Waiting>) {
+        loop {
+            self.deliver(batch).await;
+            let mut state = self.state();
+            if state.waiting.is_empty() {
+                state.in_flight -= 1;
+                return;
+            }
+            batch = state.next_batch();
+        }
+    }
+
+    /// Sends `batch` (one SendBatch per topic, in order) and answers each of its sends.
+    async fn deliver(&self, batch: Vec<Waiting>) {
+        let mut by_topic: Vec<(String, Vec<Waiting>)> = Vec::new();
+        for waiting in batch {
+            match by_topic
+                .iter_mut()
+                .find(|(t, _)| *t == waiting.request.topic)
+            {
+                Some((_, same)) => same.push(waiting),
+                None => by_topic.push((waiting.request.topic.clone(), vec![waiting])),
+            }
+        }
+        for (topic, mut same) in by_topic {
+            if same.len() == 1 {
+                let Waiting { request, answer } = same.remove(0);
+                let _ = answer.send(send_one(&self.client, request).await);
+                continue;
+            }
+            let (messages, answers): (Vec<_>, Vec<_>) =
+                same.into_iter().map(|w| (w.request, w.answer)).unzip();
+            let request = pb::SendBatchRequest { topic, messages };
+            let sent = retry_unavailable(|| {
+                let mut client = self.client.clone();
+                let request = request.clone();
+                async move { client.send_batch(request).await }
+            })
+            .await;
+            match sent {
+                Ok(sent) if sent.results.len() == answers.len() => {
+                    for (answer, result) in answers.into_iter().zip(sent.results) {
+                        let _ = answer.send(Ok(result.into()));
+                    }
+                }
+                Ok(sent) => {
+                    let error = Error::Protocol {
+                        message: format!(
+                            "SendBatch of {} messages answered {} results",
+                            answers.len(),
+                            sent.results.len()
+                        ),
+                    };
+                    answers
+                        .into_iter()
+                        .for_each(|a| drop(a.send(Err(error.clone()))));
+                }
+                // One message broke a rule and nothing was stored: each send gets its own
+                // answer from a send of its own.
+                Err(Error::InvalidArgument { .. }) => {
+                    for (request, answer) in request.messages.into_iter().zip(answers) {
+                        let _ = answer.send(send_one(&self.client, request).await);
+                    }
+                }
+                Err(error) => answers
+                    .into_iter()
+                    .for_each(|a| drop(a.send(Err(error.clone())))),
+            }
+        }
     }
 }
 
@@ -568,5 +754,36 @@ mod tests {
         assert!(d.first_time("c"));
         assert!(d.first_time("a"), "a was forgotten when c arrived");
         assert!(!d.first_time("c"));
+    }
+
+    fn waiting(body_bytes: usize) -> Waiting {
+        Waiting {
+            request: pb::SendRequest {
+                body: vec![0; body_bytes].into(),
+                ..Default::default()
+            },
+            answer: oneshot::channel().0,
+        }
+    }
+
+    fn batch_sizes(bodies: impl IntoIterator<Item = usize>) -> Vec<usize> {
+        let mut state = CoalesceState::default();
+        state.waiting.extend(bodies.into_iter().map(waiting));
+        std::iter::from_fn(|| Some(state.next_batch().len()).filter(|&n| n > 0)).collect()
+    }
+
+    #[test]
+    fn a_coalesced_batch_stays_within_the_message_and_byte_limits() {
+        assert_eq!(
+            batch_sizes([10; 300]),
+            [COALESCE_MAX_MESSAGES, 300 - COALESCE_MAX_MESSAGES]
+        );
+        let most = COALESCE_MAX_BYTES / 3;
+        assert_eq!(batch_sizes([most; 4]), [3, 1]);
+        assert_eq!(
+            batch_sizes([1, COALESCE_MAX_BYTES + 1, 1]),
+            [1, 1, 1],
+            "a message over the byte limit leaves alone"
+        );
     }
 }

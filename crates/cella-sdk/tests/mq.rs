@@ -1,5 +1,6 @@
 //! The SDK's broker module against a live `cella up`: a batch of messages goes in one call
-//! and is acknowledged in one call; a bad message refuses its whole batch.
+//! and is acknowledged in one call; a bad message refuses its whole batch; concurrent single
+//! sends through one producer, gathered into shared calls, each get their own answer.
 
 use std::time::Duration;
 
@@ -63,5 +64,67 @@ async fn a_batch_is_sent_in_one_call_and_acked_in_one_call() {
     assert!(
         consumer.ack_all(&deliveries[..1]).await.is_err(),
         "acked already"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_sends_each_get_their_own_answer() {
+    let mut node = Node::embedded(NodeOptions::default()).expect("cella up starts");
+    node.wait_ready(WAIT).await.expect("cella up becomes ready");
+    let client = Client::connect(&node.endpoint()).await.expect("connect");
+    let mq = client.mq();
+    mq.create_topic("events", 4, false, true)
+        .await
+        .expect("topic");
+    let producer = mq.producer();
+
+    const SENDS: usize = 300;
+    const BAD: usize = 117;
+    let sends = (0..SENDS).map(|i| {
+        let producer = producer.clone();
+        let mut message = OutgoingMessage::new("events", format!("e{i}"));
+        if i == BAD {
+            message = message.tag("*");
+        }
+        tokio::spawn(async move { producer.send(message).await })
+    });
+    let answers = futures::future::join_all(sends).await;
+    let mut ids = std::collections::HashSet::new();
+    for (i, answer) in answers.into_iter().enumerate() {
+        let answer = answer.expect("send task");
+        if i == BAD {
+            let error = format!("{answer:?}");
+            assert!(
+                matches!(answer, Err(Error::InvalidArgument { .. })) && error.contains("tag"),
+                "{error}"
+            );
+        } else {
+            let sent = answer.unwrap_or_else(|e| panic!("send {i}: {e}"));
+            assert!(ids.insert(sent.id), "ids are unique");
+        }
+    }
+
+    let mut consumer = Consumer::new(mq.clone(), "audit", "events");
+    let mut bodies = std::collections::HashSet::new();
+    while bodies.len() < SENDS - 1 {
+        let got = consumer
+            .poll(256, Duration::from_secs(2))
+            .await
+            .expect("poll");
+        assert!(!got.is_empty(), "{} of {} stored", bodies.len(), SENDS - 1);
+        consumer.ack_all(&got).await.expect("acked");
+        bodies.extend(
+            got.iter()
+                .map(|d| String::from_utf8_lossy(d.body()).into_owned()),
+        );
+    }
+    assert!(
+        !bodies.contains(&format!("e{BAD}")),
+        "the refused message was not stored"
+    );
+    let lag = mq.lag("audit").await.expect("lag");
+    assert_eq!(
+        lag.iter().map(|q| q.committed).sum::<u64>(),
+        SENDS as u64 - 1
     );
 }

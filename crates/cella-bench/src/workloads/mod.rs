@@ -63,7 +63,7 @@ pub(crate) struct Settings {
     pub beat_batch: u32,
     /// A server process whose CPU share and memory each measured run reports.
     pub server_pid: Option<u32>,
-    /// mq-*: connections to a NATS or RabbitMQ target (Cella's are opened by the caller).
+    /// mq-*: connections to a NATS or RabbitMQ target, and Cella producer connections.
     pub connections: usize,
     /// mq-*: body size of every message.
     pub message_size: usize,

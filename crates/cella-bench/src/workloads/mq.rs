@@ -8,9 +8,12 @@
 //!
 //! - mq-produce: an operation is one message of a `--message-size` body, done when the
 //!   broker acknowledged it (Cella's Send answer, a JetStream publish ack, a publisher
-//!   confirm). With `--batch N` each call sends N messages (Cella: one SendBatch; the peers:
-//!   N publishes, then their N acks or confirms) and each of them counts with the call's
-//!   latency; `--count` and `--rate` still count messages.
+//!   confirm). Each system is driven through its own client as an app uses it: Cella's SDK
+//!   producer (one per connection, shared by the clients on it, so sends made while its
+//!   calls are busy leave together in one SendBatch), async-nats, lapin. With `--batch N`
+//!   each call sends N messages (Cella: one SendBatch; the peers: N publishes, then their N
+//!   acks or confirms) and each of them counts with the call's latency; `--count` and
+//!   `--rate` still count messages.
 //! - mq-consume: `--backlog` messages are sent first (not measured, one per call); each
 //!   client then takes batches (up to [`BATCH`]) and acknowledges the whole batch before its
 //!   next one (Cella: one AckBatch; RabbitMQ: one multiple-ack; NATS: one ack per message,
@@ -28,6 +31,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use cella_proto::cella::mq::v1 as mq;
+use cella_sdk::mq::OutgoingMessage;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use mq::message_queue_client::MessageQueueClient;
@@ -140,9 +144,10 @@ impl Consumer {
     }
 }
 
-/// Cella: the topic of one measurement.
+/// Cella: the topic of one measurement, and one SDK producer per connection.
 pub(super) struct CellaRun {
     conns: Connections,
+    producers: Vec<cella_sdk::mq::Producer>,
     topic: String,
     group: String,
 }
@@ -166,8 +171,16 @@ impl CellaRun {
             })
             .await
             .with_context(|| format!("creating topic {topic}"))?;
+        let mut producers = Vec::with_capacity(settings.connections);
+        for _ in 0..settings.connections.max(1) {
+            let client = cella_sdk::Client::connect(conns.uri())
+                .await
+                .with_context(|| format!("connecting to {}", conns.uri()))?;
+            producers.push(client.mq().producer());
+        }
         Ok(CellaRun {
             conns: conns.clone(),
+            producers,
             group: format!("{topic}-group"),
             topic,
         })
@@ -175,7 +188,7 @@ impl CellaRun {
 
     fn producer(&self, i: usize) -> Producer {
         Producer::Cella(CellaProducer {
-            client: MessageQueueClient::new(self.conns.channel(i)),
+            producer: self.producers[i % self.producers.len()].clone(),
             topic: self.topic.clone(),
         })
     }
@@ -190,37 +203,25 @@ impl CellaRun {
     }
 }
 
-/// Cella: one producer.
+/// Cella: one client's handle on its connection's SDK producer.
 pub(super) struct CellaProducer {
-    client: MessageQueueClient<Channel>,
+    producer: cella_sdk::mq::Producer,
     topic: String,
 }
 
 impl CellaProducer {
-    /// One message with a unary Send, more with one SendBatch.
+    /// One message with the producer's send, more with one SendBatch.
     async fn send(&mut self, mut bodies: Vec<Bytes>) -> anyhow::Result<()> {
-        let message = |body| mq::SendRequest {
-            body,
-            ..Default::default()
-        };
+        let message = |body| OutgoingMessage::new(self.topic.as_str(), body);
         let sent = match bodies.pop() {
-            Some(body) if bodies.is_empty() => {
-                let request = mq::SendRequest {
-                    topic: self.topic.clone(),
-                    ..message(body)
-                };
-                vec![self.client.send(request).await?.into_inner()]
-            }
+            Some(body) if bodies.is_empty() => vec![self.producer.send(message(body)).await?],
             last => {
                 bodies.extend(last);
-                let request = mq::SendBatchRequest {
-                    topic: self.topic.clone(),
-                    messages: bodies.into_iter().map(message).collect(),
-                };
-                self.client.send_batch(request).await?.into_inner().results
+                let messages = bodies.into_iter().map(message).collect();
+                self.producer.send_batch(&self.topic, messages).await?
             }
         };
-        if sent.iter().any(|s| s.message_id.is_empty()) {
+        if sent.iter().any(|s| s.id.is_empty()) {
             bail!("send answered without a message id");
         }
         Ok(())
