@@ -457,6 +457,9 @@ impl Coalescer {
     async fn calls(self: Arc<Self>, mut batch: Vec<Waiting>) {
         loop {
             self.deliver(batch).await;
+            // The senders just answered usually send again at once: let them queue behind
+            // this slot, so they leave together rather than the first alone.
+            tokio::task::yield_now().await;
             let mut state = self.state();
             if state.waiting.is_empty() {
                 state.in_flight -= 1;
