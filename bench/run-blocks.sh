@@ -70,9 +70,9 @@ for block in "${blocks[@]}"; do
         b mq-produce --flush async --batch 64 --targets $mq_t --baseline rabbitmq --clients 1,16 --out "$out"
         b mq-consume --flush async --targets $mq_t --baseline rabbitmq --clients 4 --backlog 50000 --out "$out"
         # End to end at about half of Cella's one-message-per-send peak at 64 clients
-        # (sync ~50k/s, async ~80k/s on the 2-core machines), every system at the same rate.
-        b mq-e2e --flush sync --targets $mq_t --baseline rabbitmq --clients 64 --consumers 4 --rate 25000 --out "$out"
-        b mq-e2e --flush async --targets $mq_t --baseline rabbitmq --clients 64 --consumers 4 --rate 40000 --out "$out"
+        # (sync ~66k/s, async ~110k/s on the 2-core machines), every system at the same rate.
+        b mq-e2e --flush sync --targets $mq_t --baseline rabbitmq --clients 64 --consumers 4 --rate 33000 --out "$out"
+        b mq-e2e --flush async --targets $mq_t --baseline rabbitmq --clients 64 --consumers 4 --rate 55000 --out "$out"
         b mq-produce --flush async --batch 256 --targets $cella_t --clients 4,16 --count 3000000 --out "$out"
         ;;
     *) echo "unknown block $block" >&2; exit 2 ;;
