@@ -29,7 +29,11 @@ stop_all() {
     rm -rf "$data"
 }
 trap stop_all EXIT
-peer() { bench/peers/$1.sh start "$2" >/dev/null; peers+=("$1:$2"); }
+peer() {
+    [[ " ${peers[*]} " == *" $1:$2 "* ]] && return # started by an earlier block
+    bench/peers/$1.sh start "$2" >/dev/null
+    peers+=("$1:$2")
+}
 for _ in $(seq 100); do curl -sf 127.0.0.1:27270/readyz >/dev/null && break; sleep 0.1; done
 
 b() { $cella bench "$@" --duration "$duration"; }
@@ -45,6 +49,10 @@ for block in "${blocks[@]}"; do
         b config-push --targets $cella_t --clients 10000 --rate 2 --server-pid "$cella_pid" --out "$out"
         ;;
     registry)
+        peer rnacos 28870
+        b registry-register --targets $cella_t,rnacos=127.0.0.1:28870 --clients 1,16 --out "$out"
+        b registry-heartbeat --targets $cella_t,rnacos=127.0.0.1:28870 --clients 1,16 --out "$out"
+        b registry-push --targets $cella_t --clients 1000 --rate 10 --out "$out"
         b registry-heartbeat-grpc --targets $cella_t --instances 100000 --beat-batch 100 --rate 200 --clients 4 --server-pid "$cella_pid" --out "$out"
         ;;
     rpc)

@@ -67,6 +67,8 @@ pub struct Sweep {
     pub changes: Vec<ServiceChange>,
     /// Services whose protection alarm is raised after this sweep.
     pub protecting: Vec<ServiceKey>,
+    /// Whether instances are still due because the sweep's budget ran out.
+    pub more: bool,
 }
 
 impl ServiceEntry {
@@ -317,34 +319,44 @@ impl Table {
     /// Marks silent ephemeral instances unhealthy and removes long-silent ones, in the
     /// services `owned` selects — unless, for a service with protection on, more than its
     /// threshold would turn unhealthy at once: then nothing changes for that service and its
-    /// alarm is raised until the silence ends.
-    pub fn sweep(&mut self, now: Duration, owned: impl Fn(&ServiceKey) -> bool) -> Sweep {
+    /// alarm is raised until the silence ends. At most `budget` instances change per call;
+    /// [`Sweep::more`] says when others are still due.
+    pub fn sweep(
+        &mut self,
+        now: Duration,
+        owned: impl Fn(&ServiceKey) -> bool,
+        budget: usize,
+    ) -> Sweep {
         let mut sweep = Sweep::default();
+        let mut budget = budget.max(1);
         for (service, entry) in &mut self.services {
             if !owned(service) {
                 continue;
             }
-            let silent_for = |slot: &Slot| now.saturating_sub(slot.last_beat);
             let settings = entry.settings;
-            let mut to_unhealthy = Vec::new();
-            let mut to_remove = Vec::new();
-            for (id, slot) in &entry.instances {
+            // Silent long enough to be removed, or only to be marked unhealthy.
+            let due = |slot: &Slot| -> Option<bool> {
                 if !slot.instance.ephemeral {
-                    continue;
+                    return None;
                 }
-                let silence = silent_for(slot);
+                let silence = now.saturating_sub(slot.last_beat);
                 if silence > settings.remove_after() {
-                    to_remove.push(id.clone());
+                    Some(true)
                 } else if silence > settings.unhealthy_after() && slot.instance.healthy {
-                    to_unhealthy.push(id.clone());
+                    Some(false)
+                } else {
+                    None
+                }
+            };
+            // Counted before anything is collected, so the protection check allocates nothing.
+            let (mut due_count, mut going) = (0, 0);
+            for slot in entry.instances.values() {
+                if due(slot).is_some() {
+                    due_count += 1;
+                    going += usize::from(slot.instance.healthy);
                 }
             }
             let total = entry.instances.len();
-            let going = to_unhealthy.len()
-                + to_remove
-                    .iter()
-                    .filter(|id| entry.instances.get(*id).is_some_and(|s| s.instance.healthy))
-                    .count();
             let threshold = settings.protect_threshold;
             entry.protecting =
                 threshold > 0.0 && total > 0 && going as f64 / total as f64 > threshold;
@@ -352,19 +364,33 @@ impl Table {
                 sweep.protecting.push(service.clone());
                 continue;
             }
-            if to_unhealthy.is_empty() && to_remove.is_empty() {
+            if due_count == 0 {
                 continue;
             }
-            let mut upserted = Vec::with_capacity(to_unhealthy.len());
-            for id in &to_unhealthy {
-                if let Some(slot) = entry.instances.get_mut(id) {
-                    slot.instance.healthy = false;
-                    upserted.push(slot.instance.clone());
+            if budget == 0 {
+                sweep.more = true;
+                continue;
+            }
+            let mut upserted = Vec::new();
+            let mut to_remove = Vec::new();
+            for (id, slot) in &mut entry.instances {
+                if upserted.len() + to_remove.len() == budget {
+                    sweep.more = true;
+                    break;
+                }
+                match due(slot) {
+                    Some(true) => to_remove.push(id.clone()),
+                    Some(false) => {
+                        slot.instance.healthy = false;
+                        upserted.push(slot.instance.clone());
+                    }
+                    None => {}
                 }
             }
             for id in &to_remove {
                 entry.instances.remove(id);
             }
+            budget -= upserted.len() + to_remove.len();
             sweep
                 .changes
                 .push(entry.change(service, upserted, to_remove));
@@ -412,7 +438,7 @@ mod tests {
 
     impl Table {
         fn sweep_all(&mut self, now: Duration) -> Sweep {
-            self.sweep(now, |_| true)
+            self.sweep(now, |_| true, usize::MAX)
         }
     }
 
@@ -438,11 +464,37 @@ mod tests {
     }
 
     #[test]
+    fn a_sweep_changes_at_most_its_budget_and_says_when_more_are_due() {
+        let mut table = Table::default();
+        for port in 1..=25 {
+            table.register(&key(), instance(port), secs(0));
+        }
+        let mut changed = 0;
+        let mut slices = 0;
+        loop {
+            let sweep = table.sweep(secs(100), |_| true, 10);
+            let n: usize = sweep
+                .changes
+                .iter()
+                .map(|c| c.upserted.len() + c.removed.len())
+                .sum();
+            assert!(n <= 10, "a slice changed {n}");
+            changed += n;
+            slices += 1;
+            if !sweep.more {
+                break;
+            }
+        }
+        assert_eq!((changed, slices), (25, 3));
+        assert!(all(&table).is_empty(), "every silent instance is gone");
+    }
+
+    #[test]
     fn only_owned_services_are_swept() {
         let mut table = Table::default();
         table.register(&key(), instance(1), secs(0));
-        assert!(table.sweep(secs(100), |_| false).changes.is_empty());
-        assert_eq!(table.sweep(secs(100), |_| true).changes.len(), 1);
+        assert!(table.sweep(secs(100), |_| false, 10).changes.is_empty());
+        assert_eq!(table.sweep(secs(100), |_| true, 10).changes.len(), 1);
     }
 
     fn all(table: &Table) -> Vec<Instance> {
