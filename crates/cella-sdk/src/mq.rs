@@ -372,11 +372,12 @@ const COALESCE_MAX_BYTES: usize = 1 << 20;
 /// Coalesced calls one producer keeps in flight at once.
 const COALESCE_IN_FLIGHT: usize = 1;
 
-/// Gathers a producer's concurrent sends into SendBatch calls: a send that finds a free call slot leaves at once (with whatever else
-/// waits), and sends that arrive while [`COALESCE_IN_FLIGHT`] calls are busy wait and leave
-/// together in the next. An idle producer so adds no delay, and a busy one pays one call per
-/// batch instead of one per message. Each send still gets its own answer: a batch that the
-/// broker refuses for one bad message is sent again message by message.
+/// Gathers a producer's concurrent sends into SendBatch calls: a send that finds a free call
+/// slot leaves at once (with whatever else waits), and sends that arrive while
+/// [`COALESCE_IN_FLIGHT`] calls are busy wait and leave together in the next. An idle
+/// producer so adds no delay, and a busy one pays one call per batch instead of one per
+/// message. Each send still gets its own answer: a batch that the broker refuses for one bad
+/// message is sent again message by message.
 #[derive(Debug)]
 struct Coalescer {
     client: MessageQueueClient<Transport>,
