@@ -4,21 +4,27 @@
 
 use std::time::Duration;
 
-use cella_sdk::mq::{Consumer, OutgoingMessage};
+use cella_sdk::mq::{Consumer, Mq, OutgoingMessage};
 use cella_sdk::{Client, Error};
 use cella_testkit::{Node, NodeOptions};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-#[tokio::test]
-async fn a_batch_is_sent_in_one_call_and_acked_in_one_call() {
+/// A running node with a sync-flush `topic` of `queues` queues, and its broker client.
+async fn node_with_topic(topic: &str, queues: u32) -> (Node, Mq) {
     let mut node = Node::embedded(NodeOptions::default()).expect("cella up starts");
     node.wait_ready(WAIT).await.expect("cella up becomes ready");
     let client = Client::connect(&node.endpoint()).await.expect("connect");
     let mq = client.mq();
-    mq.create_topic("orders", 2, false, true)
+    mq.create_topic(topic, queues, false, true)
         .await
         .expect("topic");
+    (node, mq)
+}
+
+#[tokio::test]
+async fn a_batch_is_sent_in_one_call_and_acked_in_one_call() {
+    let (_node, mq) = node_with_topic("orders", 2).await;
     let producer = mq.producer();
 
     let mut bad: Vec<OutgoingMessage> = (0..4)
@@ -69,13 +75,7 @@ async fn a_batch_is_sent_in_one_call_and_acked_in_one_call() {
 
 #[tokio::test]
 async fn concurrent_sends_each_get_their_own_answer() {
-    let mut node = Node::embedded(NodeOptions::default()).expect("cella up starts");
-    node.wait_ready(WAIT).await.expect("cella up becomes ready");
-    let client = Client::connect(&node.endpoint()).await.expect("connect");
-    let mq = client.mq();
-    mq.create_topic("events", 4, false, true)
-        .await
-        .expect("topic");
+    let (_node, mq) = node_with_topic("events", 4).await;
     let producer = mq.producer();
 
     const SENDS: usize = 300;
