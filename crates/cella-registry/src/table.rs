@@ -60,6 +60,15 @@ pub struct ServiceView {
     pub protecting: bool,
 }
 
+/// What a sweep does to a silent ephemeral instance.
+#[derive(Debug, Clone, Copy)]
+enum Due {
+    /// Silent past `remove_after`.
+    Remove,
+    /// Silent past `unhealthy_after`, and still healthy.
+    MarkUnhealthy,
+}
+
 /// What a sweep did.
 #[derive(Debug, Default, PartialEq)]
 pub struct Sweep {
@@ -334,16 +343,15 @@ impl Table {
                 continue;
             }
             let settings = entry.settings;
-            // Silent long enough to be removed, or only to be marked unhealthy.
-            let due = |slot: &Slot| -> Option<bool> {
+            let due = |slot: &Slot| -> Option<Due> {
                 if !slot.instance.ephemeral {
                     return None;
                 }
                 let silence = now.saturating_sub(slot.last_beat);
                 if silence > settings.remove_after() {
-                    Some(true)
+                    Some(Due::Remove)
                 } else if silence > settings.unhealthy_after() && slot.instance.healthy {
-                    Some(false)
+                    Some(Due::MarkUnhealthy)
                 } else {
                     None
                 }
@@ -379,8 +387,8 @@ impl Table {
                     break;
                 }
                 match due(slot) {
-                    Some(true) => to_remove.push(id.clone()),
-                    Some(false) => {
+                    Some(Due::Remove) => to_remove.push(id.clone()),
+                    Some(Due::MarkUnhealthy) => {
                         slot.instance.healthy = false;
                         upserted.push(slot.instance.clone());
                     }
