@@ -553,10 +553,7 @@ impl Registry {
             self.inner
                 .peers
                 .set_members(&members, |addr| self.inner.core.peer_channel(addr));
-            // A single node has no one to compare with; the checksum walks every instance
-            // under the table lock (~100 ms at 400,000 instances), so it is skipped.
-            let checksums =
-                (round % peers::CHECKSUM_EVERY == 0 && members.len() > 1).then(|| self.checksums());
+            let checksums = (round % peers::CHECKSUM_EVERY == 0).then(|| self.checksums());
             let sends = self
                 .inner
                 .peers

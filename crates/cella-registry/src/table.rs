@@ -21,9 +21,35 @@ pub struct Table {
 struct ServiceEntry {
     settings: ServiceSettings,
     version: u64,
+    /// Changed only through [`ServiceEntry::put`], [`ServiceEntry::take`] and
+    /// [`ServiceEntry::set_healthy`] (or with `fingerprint` adjusted beside), so that the
+    /// fingerprint stays exact.
     instances: BTreeMap<String, Slot>,
+    /// Wrapping sum of [`instance_hash`] over the instances: the service's checksum, kept
+    /// as instances change so peers compare services without walking them.
+    fingerprint: u64,
     /// Whether the last sweep held back changes because too many instances went silent.
     protecting: bool,
+}
+
+/// A hash of what peers must agree on about an instance (id, address, health, weight,
+/// labels, metadata). `DefaultHasher::new()` has fixed keys, so every node of one build
+/// agrees.
+fn instance_hash(i: &Instance) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    (
+        &i.id,
+        &i.ip,
+        i.port,
+        i.weight.to_bits(),
+        i.enabled,
+        i.healthy,
+        i.ephemeral,
+    )
+        .hash(&mut hasher);
+    (&i.cluster, &i.labels, &i.metadata).hash(&mut hasher);
+    hasher.finish()
 }
 
 #[derive(Debug)]
@@ -81,6 +107,36 @@ pub struct Sweep {
 }
 
 impl ServiceEntry {
+    /// Adds or replaces the slot of its instance's id.
+    fn put(&mut self, slot: Slot) {
+        self.fingerprint = self.fingerprint.wrapping_add(instance_hash(&slot.instance));
+        if let Some(old) = self.instances.insert(slot.instance.id.clone(), slot) {
+            self.fingerprint = self.fingerprint.wrapping_sub(instance_hash(&old.instance));
+        }
+    }
+
+    /// Removes an instance.
+    fn take(&mut self, id: &str) -> Option<Slot> {
+        let old = self.instances.remove(id)?;
+        self.fingerprint = self.fingerprint.wrapping_sub(instance_hash(&old.instance));
+        Some(old)
+    }
+
+    /// Sets an instance's health; the instance as it is now when that changed it.
+    fn set_healthy(&mut self, id: &str, healthy: bool) -> Option<Instance> {
+        let slot = self.instances.get_mut(id)?;
+        if slot.instance.healthy == healthy {
+            return None;
+        }
+        let before = instance_hash(&slot.instance);
+        slot.instance.healthy = healthy;
+        self.fingerprint = self
+            .fingerprint
+            .wrapping_sub(before)
+            .wrapping_add(instance_hash(&slot.instance));
+        Some(slot.instance.clone())
+    }
+
     fn change(
         &mut self,
         service: &ServiceKey,
@@ -114,20 +170,17 @@ impl Table {
                 return None;
             }
         }
-        entry.instances.insert(
-            id,
-            Slot {
-                instance: instance.clone(),
-                last_beat: now,
-            },
-        );
+        entry.put(Slot {
+            instance: instance.clone(),
+            last_beat: now,
+        });
         Some(entry.change(service, vec![instance], Vec::new()))
     }
 
     /// Removes an instance.
     pub fn deregister(&mut self, service: &ServiceKey, id: &str) -> RegistryResult<ServiceChange> {
         let entry = self.entry_mut(service, id)?;
-        entry.instances.remove(id);
+        entry.take(id);
         Ok(entry.change(service, Vec::new(), vec![id.to_string()]))
     }
 
@@ -147,8 +200,7 @@ impl Table {
         if slot.instance.healthy || !slot.instance.ephemeral {
             return Ok(None);
         }
-        slot.instance.healthy = true;
-        let upserted = vec![slot.instance.clone()];
+        let upserted = entry.set_healthy(id, true).into_iter().collect();
         Ok(Some(entry.change(service, upserted, Vec::new())))
     }
 
@@ -160,12 +212,7 @@ impl Table {
         healthy: bool,
     ) -> Option<ServiceChange> {
         let entry = self.services.get_mut(service)?;
-        let slot = entry.instances.get_mut(id)?;
-        if slot.instance.healthy == healthy {
-            return None;
-        }
-        slot.instance.healthy = healthy;
-        let upserted = vec![slot.instance.clone()];
+        let upserted = vec![entry.set_healthy(id, healthy)?];
         Some(entry.change(service, upserted, Vec::new()))
     }
 
@@ -267,20 +314,17 @@ impl Table {
             .collect();
         let mut upserted = Vec::new();
         for id in &removed {
-            entry.instances.remove(id);
+            entry.take(id);
         }
         for (id, instance) in wanted {
             match entry.instances.get_mut(&id) {
                 Some(slot) if slot.instance == instance => slot.last_beat = now,
                 _ => {
                     upserted.push(instance.clone());
-                    entry.instances.insert(
-                        id,
-                        Slot {
-                            instance,
-                            last_beat: now,
-                        },
-                    );
+                    entry.put(Slot {
+                        instance,
+                        last_beat: now,
+                    });
                 }
             }
         }
@@ -291,28 +335,10 @@ impl Table {
     }
 
     /// A checksum of the service's instances (ids, addresses, health, weights, labels,
-    /// metadata): equal on two nodes when their copies agree.
+    /// metadata): equal on two nodes when their copies agree. Kept as instances change, so
+    /// asking costs nothing.
     pub fn checksum(&self, service: &ServiceKey) -> u64 {
-        use std::hash::{Hash, Hasher};
-        // DefaultHasher::new() has fixed keys, so every node of one build agrees.
-        let mut hasher = std::hash::DefaultHasher::new();
-        if let Some(entry) = self.services.get(service) {
-            for slot in entry.instances.values() {
-                let i = &slot.instance;
-                (
-                    &i.id,
-                    &i.ip,
-                    i.port,
-                    i.weight.to_bits(),
-                    i.enabled,
-                    i.healthy,
-                    i.ephemeral,
-                )
-                    .hash(&mut hasher);
-                (&i.cluster, &i.labels, &i.metadata).hash(&mut hasher);
-            }
-        }
-        hasher.finish()
+        self.services.get(service).map_or(0, |e| e.fingerprint)
     }
 
     /// Every service this node knows.
@@ -320,7 +346,6 @@ impl Table {
         self.services.keys().cloned().collect()
     }
 
-    /// Instances in all services, for metrics.
     pub fn instance_count(&self) -> usize {
         self.services.values().map(|e| e.instances.len()).sum()
     }
@@ -379,26 +404,27 @@ impl Table {
                 sweep.more = true;
                 continue;
             }
-            let mut upserted = Vec::new();
+            let mut to_unhealthy = Vec::new();
             let mut to_remove = Vec::new();
-            for (id, slot) in &mut entry.instances {
-                if upserted.len() + to_remove.len() == budget {
+            for (id, slot) in &entry.instances {
+                if to_unhealthy.len() + to_remove.len() == budget {
                     sweep.more = true;
                     break;
                 }
                 match due(slot) {
                     Some(Due::Remove) => to_remove.push(id.clone()),
-                    Some(Due::MarkUnhealthy) => {
-                        slot.instance.healthy = false;
-                        upserted.push(slot.instance.clone());
-                    }
+                    Some(Due::MarkUnhealthy) => to_unhealthy.push(id.clone()),
                     None => {}
                 }
             }
+            let upserted: Vec<Instance> = to_unhealthy
+                .iter()
+                .filter_map(|id| entry.set_healthy(id, false))
+                .collect();
             for id in &to_remove {
-                entry.instances.remove(id);
+                entry.take(id);
             }
-            budget -= upserted.len() + to_remove.len();
+            budget -= to_unhealthy.len() + to_remove.len();
             sweep
                 .changes
                 .push(entry.change(service, upserted, to_remove));
@@ -495,6 +521,49 @@ mod tests {
         }
         assert_eq!((changed, slices), (25, 3));
         assert!(all(&table).is_empty(), "every silent instance is gone");
+    }
+
+    /// The service's checksum computed from scratch.
+    fn recomputed(table: &Table) -> u64 {
+        table.services.get(&key()).map_or(0, |e| {
+            e.instances.values().fold(0, |sum: u64, s| {
+                sum.wrapping_add(instance_hash(&s.instance))
+            })
+        })
+    }
+
+    #[test]
+    fn the_kept_checksum_equals_one_computed_afresh_after_every_kind_of_change() {
+        let mut table = Table::default();
+        let check = |table: &Table| assert_eq!(table.checksum(&key()), recomputed(table));
+        for port in 1..=6 {
+            table.register(&key(), instance(port), secs(0));
+            check(&table);
+        }
+        let mut heavier = instance(2);
+        heavier.weight = 3.0;
+        table.register(&key(), heavier, secs(1));
+        check(&table);
+        table
+            .deregister(&key(), &instance(3).id)
+            .expect("registered");
+        check(&table);
+        assert!(!table
+            .sweep(secs(20), |_| true, usize::MAX)
+            .changes
+            .is_empty());
+        check(&table);
+        table
+            .beat(&key(), &instance(1).id, secs(21))
+            .expect("known");
+        check(&table);
+        assert!(table.sweep(secs(40), |_| true, 2).more);
+        check(&table);
+        table.replace(&key(), vec![instance(7), instance(1)], secs(41));
+        check(&table);
+        table.set_health(&key(), &instance(7).id, false);
+        check(&table);
+        assert_ne!(table.checksum(&key()), 0);
     }
 
     #[test]
