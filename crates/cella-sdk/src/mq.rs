@@ -127,7 +127,6 @@ impl Mq {
     /// that send.
     pub fn producer(&self) -> Producer {
         Producer {
-            mq: self.clone(),
             coalescer: Arc::new(Coalescer::new(self.client.clone())),
         }
     }
@@ -275,7 +274,6 @@ pub struct Sent {
 /// Sends messages; retries while the broker is unavailable.
 #[derive(Debug, Clone)]
 pub struct Producer {
-    mq: Mq,
     coalescer: Arc<Coalescer>,
 }
 
@@ -323,7 +321,7 @@ impl Producer {
     pub async fn send(&self, message: OutgoingMessage) -> Result<Sent> {
         let request = message.request;
         if request.delay_ms > 0 || !request.transaction_group.is_empty() {
-            return send_one(&self.mq.client, request).await;
+            return send_one(&self.coalescer.client, request).await;
         }
         self.coalescer.send(request).await
     }
@@ -341,14 +339,22 @@ impl Producer {
             topic: topic.into(),
             messages: messages.into_iter().map(|m| m.request).collect(),
         };
-        let sent = retry_unavailable(|| {
-            let mut client = self.mq.client.clone();
-            let request = request.clone();
-            async move { client.send_batch(request).await }
-        })
-        .await?;
+        let sent = send_many(&self.coalescer.client, &request).await?;
         Ok(sent.results.into_iter().map(Sent::from).collect())
     }
+}
+
+/// Sends a batch with one SendBatch.
+async fn send_many(
+    client: &MessageQueueClient<Transport>,
+    request: &pb::SendBatchRequest,
+) -> Result<pb::SendBatchResponse> {
+    retry_unavailable(|| {
+        let mut client = client.clone();
+        let request = request.clone();
+        async move { client.send_batch(request).await }
+    })
+    .await
 }
 
 /// Sends one message with a unary Send.
@@ -491,12 +497,7 @@ impl Coalescer {
             let (messages, answers): (Vec<_>, Vec<_>) =
                 same.into_iter().map(|w| (w.request, w.answer)).unzip();
             let request = pb::SendBatchRequest { topic, messages };
-            let sent = retry_unavailable(|| {
-                let mut client = self.client.clone();
-                let request = request.clone();
-                async move { client.send_batch(request).await }
-            })
-            .await;
+            let sent = send_many(&self.client, &request).await;
             match sent {
                 Ok(sent) if sent.results.len() == answers.len() => {
                     for (answer, result) in answers.into_iter().zip(sent.results) {

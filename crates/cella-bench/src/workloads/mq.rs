@@ -111,7 +111,7 @@ impl Run {
 /// each.
 pub(super) enum Producer {
     Cella(CellaProducer),
-    Nats(super::mq_peers::NatsProducer),
+    Nats(Box<super::mq_peers::NatsProducer>),
     Rabbit(Box<super::mq_peers::RabbitProducer>),
 }
 

@@ -95,10 +95,10 @@ impl NatsRun {
     }
 
     pub(super) fn producer(&self, i: usize) -> anyhow::Result<Producer> {
-        Ok(Producer::Nats(NatsProducer {
+        Ok(Producer::Nats(Box::new(NatsProducer {
             js: self.context(i),
             subject: self.subject.clone(),
-        }))
+        })))
     }
 
     pub(super) async fn consumer(&self, i: usize) -> anyhow::Result<Consumer> {
