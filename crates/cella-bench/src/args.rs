@@ -37,6 +37,12 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub count: u64,
 
+    /// Split each level into N rounds that take turns over the targets (each round gets
+    /// 1/N of the duration, count and warm-up; the rounds of a target are merged), so a
+    /// change in the machine's speed during the run falls on every target alike.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: u32,
+
     /// Unmeasured load run before each level (same clients, same operation); 0s to skip.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub warmup: Duration,

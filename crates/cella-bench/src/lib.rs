@@ -2,7 +2,8 @@
 //!
 //! A run is one workload at one or more client levels against one or more named targets.
 //! At each level every target is measured in turn (the order rotates from level to level so
-//! drift hits all targets alike); each measurement sets up its clients, warms up, then runs
+//! drift hits all targets alike; `--rounds N` splits a level into N such turns, merged per
+//! target, for comparisons on a machine whose speed drifts); each measurement sets up its clients, warms up, then runs
 //! the shared load loop bounded by both time and operation count. The result is a markdown
 //! section (printed, and appended to `--out`) with throughput, latency percentiles and
 //! errors per target and level, and ratios to the baseline target (`etcd` by default).
@@ -140,46 +141,81 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     // Registering many instances (registry-heartbeat --instances) is setup too: 1 ms each.
     let registering = Duration::from_millis(u64::from(args.instances.unwrap_or(0)));
-    let level_limit =
-        settings.warmup + settings.bounds.duration + GRACE + SETUP_ALLOWANCE + registering;
+    // Each round of a level gets its share of the level's bounds (see `--rounds`).
+    let rounds = args.rounds.max(1);
+    let round = Settings {
+        bounds: Bounds {
+            duration: settings.bounds.duration / rounds,
+            count: (settings.bounds.count / u64::from(rounds)).max(1),
+            ..settings.bounds
+        },
+        warmup: settings.warmup / rounds,
+        ..settings.clone()
+    };
+    let round_limit = round.warmup + round.bounds.duration + GRACE + SETUP_ALLOWANCE + registering;
+    let units = measured_units.len();
     let mut results = Vec::new();
     for (li, &clients) in args.clients.0.iter().enumerate() {
-        for k in 0..measured_units.len() {
-            let ti = (li + k) % measured_units.len();
-            let name = &measured_units[ti].0;
-            let label = format!("{} {name} @{clients}", args.workload.name());
-            let progress = Progress::for_terminal(label.clone());
-            let level = async {
-                match &paths {
-                    Some(paths) => {
-                        paths
-                            .run_level(ti, clients, &settings, progress.as_ref())
-                            .await
-                    }
-                    None => {
-                        let conns = &targets[ti].1;
-                        workloads::run_level(
-                            args.workload,
-                            conns,
-                            clients,
-                            &settings,
-                            progress.as_ref(),
-                        )
-                        .await
-                    }
+        let mut merged: Vec<Option<Measurement>> = (0..units).map(|_| None).collect();
+        // A target whose run failed is not run again at this level.
+        let mut failed_at_level = vec![false; units];
+        for r in 0..rounds as usize {
+            for k in 0..units {
+                // Who goes first rotates with the level and the round, so drift hits all alike.
+                let ti = (li + r + k) % units;
+                if failed_at_level[ti] {
+                    continue;
                 }
-            };
-            let measured = match tokio::time::timeout(level_limit, level).await {
-                Ok(Ok(m)) => m,
-                Ok(Err(e)) => failed(stats::describe(&e)),
-                Err(_) => failed(format!(
-                    "did not finish within {}",
-                    format_duration(level_limit)
-                )),
-            };
+                let name = &measured_units[ti].0;
+                let progress =
+                    Progress::for_terminal(format!("{} {name} @{clients}", args.workload.name()));
+                let level = async {
+                    match &paths {
+                        Some(paths) => {
+                            paths
+                                .run_level(ti, clients, &round, progress.as_ref())
+                                .await
+                        }
+                        None => {
+                            let conns = &targets[ti].1;
+                            workloads::run_level(
+                                args.workload,
+                                conns,
+                                clients,
+                                &round,
+                                progress.as_ref(),
+                            )
+                            .await
+                        }
+                    }
+                };
+                let measured = match tokio::time::timeout(round_limit, level).await {
+                    Ok(Ok(m)) => m,
+                    Ok(Err(e)) => {
+                        failed_at_level[ti] = true;
+                        failed(stats::describe(&e))
+                    }
+                    Err(_) => {
+                        failed_at_level[ti] = true;
+                        failed(format!(
+                            "did not finish within {}",
+                            format_duration(round_limit)
+                        ))
+                    }
+                };
+                match &mut merged[ti] {
+                    Some(earlier) => earlier.merge(&measured),
+                    empty => *empty = Some(measured),
+                }
+            }
+        }
+        for (ti, measured) in merged.into_iter().enumerate() {
+            let name = &measured_units[ti].0;
+            let measured = measured.unwrap_or_else(|| failed("never ran".into()));
             let result = LevelResult::from_measurement(name, clients, &measured);
             eprintln!(
-                "{label}: {:.0} ops/s, p50 {} µs, p99 {} µs, p99.9 {} µs, {} errors",
+                "{} {name} @{clients}: {:.0} ops/s, p50 {} µs, p99 {} µs, p99.9 {} µs, {} errors",
+                args.workload.name(),
                 result.ops_per_sec,
                 result.latency.p50,
                 result.latency.p99,
@@ -230,6 +266,7 @@ fn settings_shown(args: &BenchArgs, settings: &Settings) -> Vec<(String, String)
         ("duration".to_string(), format_duration(args.duration)),
         ("count cap".to_string(), args.count.to_string()),
         ("warm-up".to_string(), format_duration(args.warmup)),
+        ("rounds".to_string(), args.rounds.to_string()),
         ("connections".to_string(), args.connections.to_string()),
     ];
     let rate = match (args.rate, args.workload) {

@@ -163,6 +163,25 @@ impl Measurement {
     pub(crate) fn ops(&self) -> u64 {
         self.latencies.len()
     }
+
+    /// Adds a later run of the same target and level (a round): times and samples add up,
+    /// the server's CPU share is averaged over both and its memory is the later one's.
+    pub(crate) fn merge(&mut self, later: &Measurement) {
+        self.server = match (self.server, later.server) {
+            (Some(a), Some(b)) => {
+                let (ta, tb) = (self.elapsed.as_secs_f64(), later.elapsed.as_secs_f64());
+                let total = (ta + tb).max(f64::MIN_POSITIVE);
+                Some(ServerUsage {
+                    cpu_percent: (a.cpu_percent * ta + b.cpu_percent * tb) / total,
+                    rss_bytes: b.rss_bytes,
+                })
+            }
+            (a, b) => b.or(a),
+        };
+        self.elapsed += later.elapsed;
+        self.latencies.merge(&later.latencies);
+        self.errors.merge(&later.errors);
+    }
 }
 
 /// The row of the result table for one target at one client level.

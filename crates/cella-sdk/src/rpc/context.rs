@@ -2,10 +2,11 @@
 //! W3C `traceparent`, deadline, transaction id, route hints, lane and fault tag.
 //!
 //! Application code reads and writes a typed [`Context`]; on the wire it travels as headers
-//! ([`headers`]). The deadline travels as gRPC's relative `grpc-timeout` (for HTTP calls too),
-//! so no two machines need to agree on the wall clock. [`ContextLayer`] is the outermost
-//! layer of the client stack: it writes the context of each request (the one attached as a
-//! request extension, or a fresh one) into its headers.
+//! ([`headers`]). The deadline (the context's own, not the stack's per-call timeout) travels
+//! as gRPC's relative `grpc-timeout` (for HTTP calls too), so no two machines need to agree
+//! on the wall clock. [`ContextLayer`] is the outermost layer of the client stack: it writes
+//! the context of each request (the one attached as a request extension, or a fresh one)
+//! into its headers.
 
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};

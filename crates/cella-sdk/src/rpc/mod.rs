@@ -98,7 +98,8 @@ pub struct RpcSettings {
     pub locality: Locality,
     /// The caller's place (compared with the instances' `region`/`zone`/`cell` labels).
     pub caller: Topology,
-    /// Per-call timeout when the context sets no sooner deadline.
+    /// Per-call timeout when the context sets no sooner deadline; enforced by this caller
+    /// and not sent (only a context's deadline travels on).
     pub timeout: Option<Duration>,
     /// Tries per idempotent call, the first included (1 = no retries).
     pub max_attempts: u32,
@@ -215,7 +216,8 @@ where
     let stack = ServiceBuilder::new()
         // Request id, traceparent, xid, route hints, lane, fault tag → headers.
         .layer(ContextLayer)
-        // The sooner of the context's deadline and the per-call timeout; enforced here.
+        // The context's deadline → `grpc-timeout`; the sooner of it and the per-call timeout
+        // is enforced here.
         .layer(DeadlineLayer::new(settings.timeout))
         // Calls in flight, then calls per second.
         .option_layer(settings.max_concurrency.map(ConcurrencyLimitLayer::new))
