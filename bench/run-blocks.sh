@@ -8,7 +8,7 @@
 #
 #   bench/run-blocks.sh [BLOCK...]   # blocks: config registry rpc lock idgen mq (default: all)
 #
-# Environment: DURATION (5s per level).
+# Environment: DURATION (5s per level), ROUNDS (5: turns per level in side-by-side ratios).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,31 +37,34 @@ peer() {
 for _ in $(seq 100); do curl -sf 127.0.0.1:27270/readyz >/dev/null && break; sleep 0.1; done
 
 b() { $cella bench "$@" --duration "$duration"; }
+# Side-by-side ratios at one client swing by ±10% between runs on a shared 2-core machine;
+# alternating the targets in rounds within a level (--rounds) steadies them.
+rounds=(--rounds "${ROUNDS:-5}")
 cella_t=cella=127.0.0.1:27270
 for block in "${blocks[@]}"; do
     out=bench/results/$block-$day.md
     case $block in
     config)
         peer rnacos 28870
-        b config-publish-nacos --targets $cella_t,rnacos=127.0.0.1:28870 --baseline rnacos --clients 1,16 --out "$out"
-        b config-read-nacos --targets $cella_t,rnacos=127.0.0.1:28870 --baseline rnacos --clients 1,16 --key-space 1000 --out "$out"
+        b config-publish-nacos --targets $cella_t,rnacos=127.0.0.1:28870 --baseline rnacos --clients 1,16 "${rounds[@]}" --out "$out"
+        b config-read-nacos --targets $cella_t,rnacos=127.0.0.1:28870 --baseline rnacos --clients 1,16 --key-space 1000 "${rounds[@]}" --out "$out"
         b config-push --targets $cella_t --clients 1000 --rate 5 --server-pid "$cella_pid" --out "$out"
         b config-push --targets $cella_t --clients 10000 --rate 2 --server-pid "$cella_pid" --out "$out"
         ;;
     registry)
         peer rnacos 28870
-        b registry-register --targets $cella_t,rnacos=127.0.0.1:28870 --clients 1,16 --out "$out"
-        b registry-heartbeat --targets $cella_t,rnacos=127.0.0.1:28870 --clients 1,16 --out "$out"
+        b registry-register --targets $cella_t,rnacos=127.0.0.1:28870 --clients 1,16 "${rounds[@]}" --out "$out"
+        b registry-heartbeat --targets $cella_t,rnacos=127.0.0.1:28870 --clients 1,16 "${rounds[@]}" --out "$out"
         b registry-push --targets $cella_t --clients 1000 --rate 10 --out "$out"
         b registry-heartbeat-grpc --targets $cella_t --instances 100000 --beat-batch 100 --rate 200 --clients 4 --server-pid "$cella_pid" --out "$out"
         ;;
     rpc)
-        b rpc-overhead --targets $cella_t --clients 1,16 --out "$out"
-        b sidecar-hop --targets $cella_t --clients 1,16 --out "$out"
+        b rpc-overhead --targets $cella_t --clients 1,16 "${rounds[@]}" --out "$out"
+        b sidecar-hop --targets $cella_t --clients 1,16 "${rounds[@]}" --out "$out"
         ;;
     lock)
         peer etcd 27390
-        b lock-cycle --targets $cella_t,etcd=127.0.0.1:27390 --clients 1,16 --out "$out"
+        b lock-cycle --targets $cella_t,etcd=127.0.0.1:27390 --clients 1,16 "${rounds[@]}" --out "$out"
         b lock-cycle --one-lock --targets $cella_t,etcd=127.0.0.1:27390 --clients 16 --out "$out"
         ;;
     idgen)
