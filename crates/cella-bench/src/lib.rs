@@ -3,8 +3,8 @@
 //! A run is one workload at one or more client levels against one or more named targets.
 //! At each level every target is measured in turn (the order rotates from level to level so
 //! drift hits all targets alike; `--rounds N` splits a level into N such turns, merged per
-//! target, for comparisons on a machine whose speed drifts); each measurement sets up its clients, warms up, then runs
-//! the shared load loop bounded by both time and operation count. The result is a markdown
+//! target, for comparisons on a machine whose speed drifts); each measurement sets up its
+//! clients, warms up, then runs the shared load loop bounded by both time and operation count. The result is a markdown
 //! section (printed, and appended to `--out`) with throughput, latency percentiles and
 //! errors per target and level, and ratios to the baseline target (`etcd` by default).
 //!
@@ -169,40 +169,27 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 let name = &measured_units[ti].0;
                 let progress =
                     Progress::for_terminal(format!("{} {name} @{clients}", args.workload.name()));
-                let level = async {
+                let progress = progress.as_ref();
+                let run = async {
                     match &paths {
-                        Some(paths) => {
-                            paths
-                                .run_level(ti, clients, &round, progress.as_ref())
-                                .await
-                        }
+                        Some(paths) => paths.run_level(ti, clients, &round, progress).await,
                         None => {
                             let conns = &targets[ti].1;
-                            workloads::run_level(
-                                args.workload,
-                                conns,
-                                clients,
-                                &round,
-                                progress.as_ref(),
-                            )
-                            .await
+                            workloads::run_level(args.workload, conns, clients, &round, progress)
+                                .await
                         }
                     }
                 };
-                let measured = match tokio::time::timeout(round_limit, level).await {
+                let measured = match tokio::time::timeout(round_limit, run).await {
                     Ok(Ok(m)) => m,
-                    Ok(Err(e)) => {
-                        failed_at_level[ti] = true;
-                        failed(stats::describe(&e))
-                    }
-                    Err(_) => {
-                        failed_at_level[ti] = true;
-                        failed(format!(
-                            "did not finish within {}",
-                            format_duration(round_limit)
-                        ))
-                    }
+                    Ok(Err(e)) => failed(stats::describe(&e)),
+                    Err(_) => failed(format!(
+                        "did not finish within {}",
+                        format_duration(round_limit)
+                    )),
                 };
+                // Only a failed run takes no time (see `failed`).
+                failed_at_level[ti] = measured.elapsed.is_zero();
                 match &mut merged[ti] {
                     Some(earlier) => earlier.merge(&measured),
                     empty => *empty = Some(measured),
@@ -211,7 +198,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         for (ti, measured) in merged.into_iter().enumerate() {
             let name = &measured_units[ti].0;
-            let measured = measured.unwrap_or_else(|| failed("never ran".into()));
+            let measured = measured.expect("the first round runs every target");
             let result = LevelResult::from_measurement(name, clients, &measured);
             eprintln!(
                 "{} {name} @{clients}: {:.0} ops/s, p50 {} µs, p99 {} µs, p99.9 {} µs, {} errors",

@@ -280,6 +280,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn rounds_merge_into_one_measurement() {
+        let round = |us: u64, secs: u64, cpu: f64, rss: u64| {
+            let mut latencies = Latencies::new();
+            latencies.record(Duration::from_micros(us));
+            Measurement {
+                elapsed: Duration::from_secs(secs),
+                latencies,
+                errors: ErrorTally::default(),
+                server: Some(ServerUsage {
+                    cpu_percent: cpu,
+                    rss_bytes: rss,
+                }),
+            }
+        };
+        let mut merged = round(100, 1, 50.0, 10);
+        let mut failing = round(300, 3, 100.0, 20);
+        failing.errors.add("refused", 2);
+        merged.merge(&failing);
+        assert_eq!(merged.ops(), 2);
+        assert_eq!(merged.elapsed, Duration::from_secs(4));
+        assert_eq!(merged.errors.total(), 2);
+        let server = merged.server.expect("both rounds sampled the server");
+        assert!((server.cpu_percent - 87.5).abs() < 1e-9, "{server:?}");
+        assert_eq!(server.rss_bytes, 20);
+    }
+
+    #[test]
     fn percentiles_of_a_uniform_spread() {
         let mut h = Latencies::new();
         for us in 1..=1000u64 {

@@ -125,5 +125,26 @@ async fn mq_workloads_measure_cella_without_errors() {
     );
     assert_eq!(got[0].3, 0, "every message sent was received: {text}");
 
+    // Rounds: one row per level still, merging the level's three turns.
+    let out = dir.path().join("rounds.md");
+    let args = [
+        "mq-produce",
+        "--clients",
+        "2",
+        "--rounds",
+        "3",
+        "--duration",
+        "900ms",
+        "--warmup",
+        "0s",
+        "--count",
+        "3000",
+    ];
+    let text = bench(&node, &out, &args).await;
+    assert!(text.contains("rounds 3"), "{text}");
+    let got = rows(&text);
+    assert_eq!(got.len(), 1, "{text}");
+    assert!(got[0].2 > 0 && got[0].3 == 0, "{text}");
+
     node.stop().await.expect("cella up stops cleanly");
 }
