@@ -117,7 +117,7 @@ fn enum_field<T>(
 
 /// The operations, shared by gRPC and REST.
 #[derive(Clone)]
-struct Api(Broker);
+pub(crate) struct Api(Broker);
 
 impl Api {
     async fn create_topic(&self, req: pb::CreateTopicRequest) -> MqResult<pb::Topic> {
@@ -148,11 +148,14 @@ impl Api {
         Ok(pb::ListTopicsResponse { topics })
     }
 
-    async fn send(&self, req: pb::SendRequest) -> MqResult<pb::SendResponse> {
+    pub(crate) async fn send(&self, req: pb::SendRequest) -> MqResult<pb::SendResponse> {
         Ok(sent_to_pb(self.0.send(send_from_pb(req)).await?))
     }
 
-    async fn send_batch(&self, req: pb::SendBatchRequest) -> MqResult<pb::SendBatchResponse> {
+    pub(crate) async fn send_batch(
+        &self,
+        req: pb::SendBatchRequest,
+    ) -> MqResult<pb::SendBatchResponse> {
         let messages = req.messages.into_iter().map(send_from_pb).collect();
         let results = self.0.send_batch(&req.topic, messages).await?;
         Ok(pb::SendBatchResponse {
@@ -453,6 +456,7 @@ pub fn router(broker: Broker) -> Router {
     // JSON carries bodies in base64: 4/3 of their size.
     let body_limit = broker.config().max_request_bytes() * 2;
     Router::new()
+        .route(cella_proto::mq_wire::PATH, get(crate::wire::upgrade))
         .route(
             "/v1/mq/topics",
             post(|State(api): State<Api>, body: Bytes| {

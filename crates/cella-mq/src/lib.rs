@@ -4,6 +4,7 @@
 //!   group commit, crash recovery, retention. Messages live here, not in the core.
 //! - [`Broker`]: produce and consume; topic and group metadata live in the core.
 //! - [`api`]: the gRPC service and REST routes over a [`Broker`].
+//! - `wire`: the producer wire, framed sends on an upgraded connection (`cella_proto::mq_wire`).
 //! - `timer`: the timing wheel behind delayed messages.
 //! - `group`: the consumer-group decisions (assignment, cursors, redelivery), no I/O.
 //! - [`metrics`]: the `cella_mq_*` Prometheus metrics.
@@ -19,6 +20,7 @@ pub mod resources;
 pub mod storage;
 mod timer;
 mod txn;
+mod wire;
 
 pub use broker::{format_id, Broker, Delivery, PullRequest, QueueLag, SendRequest, SendResult};
 pub use config::MqConfig;

@@ -93,3 +93,7 @@ pub mod cella {
         }
     }
 }
+
+// Hand-written, so linted like the rest of the workspace.
+#[warn(missing_docs, clippy::all)]
+pub mod mq_wire;

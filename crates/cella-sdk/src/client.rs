@@ -36,6 +36,9 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct Client {
     transport: Transport,
+    /// `HOST:PORT`, for connections of their own (the broker's producer wire).
+    address: String,
+    connect_timeout: Duration,
 }
 
 impl Client {
@@ -105,7 +108,11 @@ impl Client {
 
     /// The message broker: topics, producers, consumers.
     pub fn mq(&self) -> Mq {
-        Mq::new(self.transport.clone())
+        Mq::new(
+            self.transport.clone(),
+            self.address.clone(),
+            self.connect_timeout,
+        )
     }
 
     /// Resources: apply, get, list and delete declarative objects (topics, groups, …).
@@ -139,7 +146,7 @@ impl ClientBuilder {
     pub async fn connect(self) -> Result<Client> {
         let credentials = Credentials::bearer(self.token.as_deref())?;
         let uri = endpoint_uri(&self.endpoint)?;
-        let endpoint = Endpoint::from_shared(uri)
+        let endpoint = Endpoint::from_shared(uri.clone())
             .map_err(|error| Error::InvalidEndpoint {
                 endpoint: self.endpoint.clone(),
                 reason: error.to_string(),
@@ -150,8 +157,14 @@ impl ClientBuilder {
             .connect()
             .await
             .map_err(|error| Error::connect_failed(&self.endpoint, &error))?;
+        let address = uri
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
         Ok(Client {
             transport: stack(channel, credentials),
+            address,
+            connect_timeout: self.connect_timeout,
         })
     }
 }

@@ -19,6 +19,7 @@
 
 mod client;
 mod error;
+mod mq_wire;
 mod types;
 
 pub mod cluster;

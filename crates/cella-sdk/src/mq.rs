@@ -34,6 +34,7 @@ pub use cella_proto::cella::mq::v1 as pb;
 use pb::message_queue_client::MessageQueueClient;
 
 use crate::client::Transport;
+use crate::mq_wire::WireLink;
 use crate::{Error, Result};
 
 /// Sends retried on an unavailable broker, with this first pause (doubling).
@@ -69,12 +70,17 @@ impl From<pb::Topic> for Topic {
 #[derive(Debug, Clone)]
 pub struct Mq {
     client: MessageQueueClient<Transport>,
+    /// The node's `HOST:PORT` and connect timeout, for producers' wires.
+    address: String,
+    connect_timeout: Duration,
 }
 
 impl Mq {
-    pub(crate) fn new(transport: Transport) -> Self {
+    pub(crate) fn new(transport: Transport, address: String, connect_timeout: Duration) -> Self {
         Mq {
             client: MessageQueueClient::new(transport),
+            address,
+            connect_timeout,
         }
     }
 
@@ -122,12 +128,14 @@ impl Mq {
             .collect())
     }
 
-    /// A producer sending through this connection. Its clones gather their concurrent sends
-    /// into shared calls (see [`Producer::send`]): create one and hand clones to the tasks
-    /// that send.
+    /// A producer. It sends over a connection of its own, opened on its first send, that
+    /// speaks the broker's lean producer wire (`cella_proto::mq_wire`) instead of gRPC. Its
+    /// clones share it and gather their concurrent sends into shared calls (see
+    /// [`Producer::send`]): create one and hand clones to the tasks that send.
     pub fn producer(&self) -> Producer {
+        let link = WireLink::new(self.address.clone(), self.connect_timeout);
         Producer {
-            coalescer: Arc::new(Coalescer::new(self.client.clone())),
+            coalescer: Arc::new(Coalescer::new(link)),
         }
     }
 
@@ -293,13 +301,13 @@ impl From<pb::SendResponse> for Sent {
 /// doubling pause.
 async fn retry_unavailable<T, Fut>(mut call: impl FnMut() -> Fut) -> Result<T>
 where
-    Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
 {
     let mut pause = SEND_RETRY_PAUSE;
     let mut attempt = 1;
     loop {
         match call().await {
-            Ok(r) => return Ok(r.into_inner()),
+            Ok(r) => return Ok(r),
             Err(status) if status.code() == tonic::Code::Unavailable && attempt < SEND_ATTEMPTS => {
                 tracing::debug!(attempt, error = %status.message(), "mq send: broker unavailable, retrying");
                 tokio::time::sleep(pause).await;
@@ -321,7 +329,7 @@ impl Producer {
     pub async fn send(&self, message: OutgoingMessage) -> Result<Sent> {
         let request = message.request;
         if request.delay_ms > 0 || !request.transaction_group.is_empty() {
-            return send_one(&self.coalescer.client, request).await;
+            return send_one(&self.coalescer.link, request).await;
         }
         self.coalescer.send(request).await
     }
@@ -339,36 +347,22 @@ impl Producer {
             topic: topic.into(),
             messages: messages.into_iter().map(|m| m.request).collect(),
         };
-        let sent = send_many(&self.coalescer.client, &request).await?;
+        let sent = send_many(&self.coalescer.link, &request).await?;
         Ok(sent.results.into_iter().map(Sent::from).collect())
     }
 }
 
 /// Sends a batch with one SendBatch.
 async fn send_many(
-    client: &MessageQueueClient<Transport>,
+    link: &WireLink,
     request: &pb::SendBatchRequest,
 ) -> Result<pb::SendBatchResponse> {
-    retry_unavailable(|| {
-        let mut client = client.clone();
-        let request = request.clone();
-        async move { client.send_batch(request).await }
-    })
-    .await
+    retry_unavailable(|| link.send_batch(request)).await
 }
 
-/// Sends one message with a unary Send.
-async fn send_one(
-    client: &MessageQueueClient<Transport>,
-    request: pb::SendRequest,
-) -> Result<Sent> {
-    let sent = retry_unavailable(|| {
-        let mut client = client.clone();
-        let request = request.clone();
-        async move { client.send(request).await }
-    })
-    .await?;
-    Ok(sent.into())
+/// Sends one message with one Send.
+async fn send_one(link: &WireLink, request: pb::SendRequest) -> Result<Sent> {
+    Ok(retry_unavailable(|| link.send(&request)).await?.into())
 }
 
 /// Most messages one coalesced SendBatch carries.
@@ -386,7 +380,7 @@ const COALESCE_IN_FLIGHT: usize = 1;
 /// message is sent again message by message.
 #[derive(Debug)]
 struct Coalescer {
-    client: MessageQueueClient<Transport>,
+    link: WireLink,
     state: Mutex<CoalesceState>,
 }
 
@@ -424,9 +418,9 @@ impl CoalesceState {
 }
 
 impl Coalescer {
-    fn new(client: MessageQueueClient<Transport>) -> Self {
+    fn new(link: WireLink) -> Self {
         Coalescer {
-            client,
+            link,
             state: Mutex::default(),
         }
     }
@@ -450,14 +444,35 @@ impl Coalescer {
             })
         };
         if let Some(batch) = batch {
-            // A task of its own, so a caller that stops waiting abandons no one's message.
-            tokio::spawn(Arc::clone(self).calls(batch));
+            // The caller makes its own call (an idle producer's send so passes through no
+            // other task); the slot then goes on to a task of its own, even if the caller
+            // stops waiting, for whatever queued meanwhile.
+            let slot = Slot(Arc::clone(self));
+            self.deliver(batch).await;
+            drop(slot);
         }
         answered.await.unwrap_or_else(|_| {
             Err(Error::Protocol {
                 message: "the producer's send task ended without an answer".into(),
             })
         })
+    }
+
+    /// Gives up a call slot: to a task that sends what waits, or, if nothing does, back.
+    fn pass_on(self: &Arc<Self>) {
+        let mut state = self.state();
+        let runtime = tokio::runtime::Handle::try_current();
+        match runtime {
+            Ok(runtime) if !state.waiting.is_empty() => {
+                let batch = state.next_batch();
+                runtime.spawn(Arc::clone(self).calls(batch));
+            }
+            // Outside a runtime nothing can be sent: waiting sends get "ended without an answer".
+            _ => {
+                state.waiting.clear();
+                state.in_flight -= 1;
+            }
+        }
     }
 
     /// Sends `batch`, then whatever waits meanwhile, until nothing does; holds one slot.
@@ -491,13 +506,13 @@ impl Coalescer {
         for (topic, mut same) in by_topic {
             if same.len() == 1 {
                 let Waiting { request, answer } = same.remove(0);
-                let _ = answer.send(send_one(&self.client, request).await);
+                let _ = answer.send(send_one(&self.link, request).await);
                 continue;
             }
             let (messages, answers): (Vec<_>, Vec<_>) =
                 same.into_iter().map(|w| (w.request, w.answer)).unzip();
             let request = pb::SendBatchRequest { topic, messages };
-            let sent = send_many(&self.client, &request).await;
+            let sent = send_many(&self.link, &request).await;
             match sent {
                 Ok(sent) if sent.results.len() == answers.len() => {
                     for (answer, result) in answers.into_iter().zip(sent.results) {
@@ -520,7 +535,7 @@ impl Coalescer {
                 // answer from a send of its own.
                 Err(Error::InvalidArgument { .. }) => {
                     for (request, answer) in request.messages.into_iter().zip(answers) {
-                        let _ = answer.send(send_one(&self.client, request).await);
+                        let _ = answer.send(send_one(&self.link, request).await);
                     }
                 }
                 Err(error) => answers
@@ -528,6 +543,15 @@ impl Coalescer {
                     .for_each(|a| drop(a.send(Err(error.clone())))),
             }
         }
+    }
+}
+
+/// A call slot held by a caller making its own call; passed on when dropped.
+struct Slot(Arc<Coalescer>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.pass_on();
     }
 }
 

@@ -1,18 +1,29 @@
 //! The SDK's broker module against a live `cella up`: a batch of messages goes in one call
 //! and is acknowledged in one call; a bad message refuses its whole batch; concurrent single
-//! sends through one producer, gathered into shared calls, each get their own answer.
+//! sends through one producer, gathered into shared calls, each get their own answer; a
+//! producer outlives a node restart. The producer wire itself, frame by frame: pipelined
+//! answers, refusals that name the rule and store nothing, a bad frame closing the connection.
 
 use std::time::Duration;
 
-use cella_sdk::mq::{Consumer, Mq, OutgoingMessage};
+use bytes::BytesMut;
+use cella_proto::mq_wire::{self, Frame, Kind};
+use cella_sdk::mq::{pb, Consumer, Mq, OutgoingMessage};
 use cella_sdk::{Client, Error};
 use cella_testkit::{Node, NodeOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(20);
 
 /// A running node with a sync-flush `topic` of `queues` queues, and its broker client.
 async fn node_with_topic(topic: &str, queues: u32) -> (Node, Mq) {
-    let mut node = Node::embedded(NodeOptions::default()).expect("cella up starts");
+    let node = Node::embedded(NodeOptions::default()).expect("cella up starts");
+    with_topic(node, topic, queues).await
+}
+
+/// `node`, once ready, with a sync-flush `topic` of `queues` queues, and its broker client.
+async fn with_topic(mut node: Node, topic: &str, queues: u32) -> (Node, Mq) {
     node.wait_ready(WAIT).await.expect("cella up becomes ready");
     let client = Client::connect(&node.endpoint()).await.expect("connect");
     let mq = client.mq();
@@ -127,4 +138,184 @@ async fn concurrent_sends_each_get_their_own_answer() {
         lag.iter().map(|q| q.committed).sum::<u64>(),
         SENDS as u64 - 1
     );
+}
+
+#[tokio::test]
+async fn a_producer_outlives_a_node_restart() {
+    let (mut node, mq) = node_with_topic("restarts", 1).await;
+    let producer = mq.producer();
+    let first = producer
+        .send(OutgoingMessage::new("restarts", "before"))
+        .await
+        .expect("sent");
+
+    node.kill9().expect("kill -9");
+    let down = producer
+        .send(OutgoingMessage::new("restarts", "while down"))
+        .await;
+    assert!(
+        matches!(&down, Err(Error::Unavailable { message }) if message.contains("producer wire")),
+        "{down:?}"
+    );
+
+    node.restart().expect("restart");
+    node.wait_ready(WAIT).await.expect("ready again");
+    let after = producer
+        .send(OutgoingMessage::new("restarts", "after"))
+        .await
+        .expect("the producer reconnects");
+    assert_eq!(
+        (after.queue_id, after.queue_offset),
+        (first.queue_id, first.queue_offset + 1),
+        "the acknowledged message survived, the refused one was not stored"
+    );
+}
+
+/// A raw producer-wire connection, upgraded from HTTP/1.1.
+struct RawWire {
+    stream: TcpStream,
+    input: BytesMut,
+}
+
+impl RawWire {
+    async fn open(node: &Node) -> RawWire {
+        let mut stream = TcpStream::connect(node.addr()).await.expect("connect");
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: {}\r\n\r\n",
+            mq_wire::PATH,
+            mq_wire::PROTOCOL
+        );
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut input = BytesMut::new();
+        let end = loop {
+            if let Some(end) = input.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            assert!(stream.read_buf(&mut input).await.expect("read") > 0);
+        };
+        let head = input.split_to(end);
+        assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+        RawWire { stream, input }
+    }
+
+    async fn write(&mut self, frames: &BytesMut) {
+        self.stream.write_all(frames).await.expect("write");
+    }
+
+    /// The next frame, or None when the server closed the connection.
+    async fn read(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(frame) = mq_wire::decode(&mut self.input).expect("a valid frame") {
+                return Some(frame);
+            }
+            let read = tokio::time::timeout(WAIT, self.stream.read_buf(&mut self.input))
+                .await
+                .expect("an answer in time")
+                .expect("read");
+            if read == 0 {
+                return None;
+            }
+        }
+    }
+}
+
+fn send_frame(out: &mut BytesMut, id: u64, body: &str) {
+    let request = pb::SendRequest {
+        topic: "wire".into(),
+        body: body.as_bytes().to_vec().into(),
+        ..Default::default()
+    };
+    mq_wire::encode(out, id, Kind::Send, &request);
+}
+
+fn refusal(frame: &Frame) -> pb::WireError {
+    assert_eq!(frame.kind, Some(Kind::Error), "{frame:?}");
+    frame.decode().expect("a WireError")
+}
+
+#[tokio::test]
+async fn the_producer_wire_pipelines_and_refuses_frame_by_frame() {
+    let (node, _mq) = node_with_topic("wire", 1).await;
+
+    // Without the protocol's upgrade header: a plain refusal that says what to send.
+    let mut plain = TcpStream::connect(node.addr()).await.expect("connect");
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        mq_wire::PATH
+    );
+    plain.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = String::new();
+    plain.read_to_string(&mut answer).await.expect("read");
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("upgrade"),
+        "{answer}"
+    );
+
+    let mut wire = RawWire::open(&node).await;
+    // 50 sends in one write; every answer carries its request's id.
+    let mut frames = BytesMut::new();
+    for id in 1..=50 {
+        send_frame(&mut frames, id, &format!("m{id}"));
+    }
+    wire.write(&frames).await;
+    let mut offsets = std::collections::BTreeMap::new();
+    for _ in 0..50 {
+        let frame = wire.read().await.expect("an answer");
+        assert_eq!(frame.kind, Some(Kind::Send), "{frame:?}");
+        let sent: pb::SendResponse = frame.decode().expect("a SendResponse");
+        offsets.insert(frame.id, sent.queue_offset);
+    }
+    assert_eq!(
+        offsets.keys().copied().collect::<Vec<_>>(),
+        (1..=50).collect::<Vec<_>>()
+    );
+    let mut stored: Vec<u64> = offsets.values().copied().collect();
+    stored.sort();
+    assert_eq!(stored, (0..50).collect::<Vec<_>>());
+
+    // Refusals name the rule, and store nothing: the next good send takes offset 50.
+    let mut frames = BytesMut::new();
+    send_frame(&mut frames, 51, &"x".repeat(5 << 20));
+    mq_wire::encode(
+        &mut frames,
+        52,
+        Kind::Send,
+        &pb::WireError {
+            code: 3,
+            message: "not a send".into(),
+        },
+    );
+    frames.extend_from_slice(&{
+        let mut unknown = BytesMut::new();
+        mq_wire::encode(
+            &mut unknown,
+            53,
+            Kind::SendBatch,
+            &pb::SendBatchRequest::default(),
+        );
+        unknown[12] = 9; // the kind byte, after length and id
+        unknown
+    });
+    send_frame(&mut frames, 54, "good");
+    wire.write(&frames).await;
+    let mut answers = std::collections::BTreeMap::new();
+    for _ in 0..4 {
+        let frame = wire.read().await.expect("an answer");
+        answers.insert(frame.id, frame);
+    }
+    let too_big = refusal(&answers[&51]);
+    assert_eq!(too_big.code, tonic::Code::InvalidArgument as i32);
+    assert!(too_big.message.contains("body"), "{too_big:?}");
+    let garbled = refusal(&answers[&52]);
+    assert!(garbled.message.contains("SendRequest"), "{garbled:?}");
+    let unknown = refusal(&answers[&53]);
+    assert!(unknown.message.contains("kind"), "{unknown:?}");
+    let good: pb::SendResponse = answers[&54].decode().expect("a SendResponse");
+    assert_eq!(good.queue_offset, 50);
+
+    // A length out of range: the stream cannot be followed, so the server says why and closes.
+    wire.write(&BytesMut::from(&[0u8, 0, 0, 2, 1, 2][..])).await;
+    let last = wire.read().await.expect("a refusal before closing");
+    assert!(refusal(&last).message.contains("frame length"), "{last:?}");
+    assert!(wire.read().await.is_none(), "closed");
 }

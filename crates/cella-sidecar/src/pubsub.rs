@@ -25,7 +25,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use cella_sdk::mq::{Consumer, Delivery, Mq, OutgoingMessage};
+use cella_sdk::mq::{Consumer, Delivery, Mq, OutgoingMessage, Producer};
 use serde::Deserialize;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -263,6 +263,8 @@ pub(crate) struct PubSub {
     served: Vec<String>,
     app_id: String,
     mq: Mq,
+    /// One producer for every publish, so they share its connection.
+    producer: Producer,
     app: AppChannel,
     member: String,
     active: RwLock<Vec<AppSubscription>>,
@@ -275,6 +277,7 @@ impl PubSub {
             served,
             member,
             app_id,
+            producer: mq.producer(),
             mq,
             app,
             active: RwLock::new(Vec::new()),
@@ -334,7 +337,7 @@ impl PubSub {
         for (name, value) in options.properties {
             message = message.property(name, value);
         }
-        match self.mq.producer().send(message).await {
+        match self.producer.send(message).await {
             Ok(_) => Ok(()),
             Err(
                 e @ (cella_sdk::Error::InvalidArgument { .. }
