@@ -16,12 +16,15 @@
 //!
 //! # Writes and flushing
 //!
-//! One writer thread owns the tail. It takes every append waiting for it as one batch,
-//! `pwrite`s the batch's records, and — if any append in the batch asked for a sync flush —
-//! calls `fdatasync` once before acknowledging the whole batch (group commit). Async appends
-//! are acknowledged after the `pwrite` and fsynced within `flush_interval`. The messages of
-//! one [`Store::append_batch`] reach the writer as one command, so they are written in order,
-//! contiguously, and covered by one group commit. Consume-queue and index entries are written
+//! The tail is one `Writer` behind a lock. A writer thread takes every append queued for it
+//! as one batch, `pwrite`s the batch's records, and — if any append in the batch asked for a
+//! sync flush — calls `fdatasync` once, still holding the lock, before acknowledging the
+//! whole batch (group commit). An async append that finds the lock free writes itself, on
+//! the caller's thread, and is acknowledged at once: a lone async producer's message so
+//! crosses no thread (when the lock is busy it queues for the writer thread like a sync
+//! append). Async appends are fsynced within `flush_interval` by the thread. The messages of
+//! one [`Store::append_batch`] are one write, so they are written in order, contiguously,
+//! and covered by one group commit. Consume-queue and index entries are written
 //! after the records; readers see a message only once its entry is written, which is after
 //! its fsync for sync appends.
 //!
@@ -148,7 +151,7 @@ enum Command {
     },
 }
 
-/// State readers share with the writer thread.
+/// State readers share with the writer.
 struct Shared {
     config: StoreConfig,
     segments: RwLock<BTreeMap<u64, Arc<File>>>,
@@ -163,8 +166,10 @@ struct Shared {
 /// The message store. Cheap to share behind an `Arc`; closes its threads on drop.
 pub struct Store {
     shared: Arc<Shared>,
+    /// The tail; see "Writes and flushing".
+    writer: Arc<Mutex<Writer>>,
     commands: Mutex<Option<mpsc::Sender<Command>>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -413,14 +418,19 @@ impl Store {
             writer.warm_ahead();
         }
         writer.checkpoint()?;
+        let writer = Arc::new(Mutex::new(writer));
         let thread = std::thread::Builder::new()
             .name("mq-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn({
+                let writer = Arc::clone(&writer);
+                move || Writer::run(&writer, rx)
+            })
             .map_err(MqError::io("starting the writer thread"))?;
         Ok(Store {
             shared,
+            writer,
             commands: Mutex::new(Some(tx)),
-            writer: Mutex::new(Some(thread)),
+            thread: Mutex::new(Some(thread)),
         })
     }
 
@@ -455,12 +465,38 @@ impl Store {
                 ((Box::new(message), reply), rx)
             })
             .unzip();
-        self.send(Command::Append { messages, mode })?;
+        if let Some(messages) = self.append_here(messages, mode) {
+            self.send(Command::Append { messages, mode })?;
+        }
         let mut appended = Vec::with_capacity(replies.len());
         for rx in replies {
             appended.push(rx.await.map_err(|_| MqError::Stopped)??);
         }
         Ok(appended)
+    }
+
+    /// Writes async appends on the caller's thread, answering them, if the writer is free;
+    /// gives the appends back for the writer thread otherwise.
+    fn append_here(
+        &self,
+        messages: Vec<(Box<StoredMessage>, Reply)>,
+        mode: FlushMode,
+    ) -> Option<Vec<(Box<StoredMessage>, Reply)>> {
+        let open = self
+            .commands
+            .lock()
+            .expect("commands lock poisoned")
+            .is_some();
+        if mode != FlushMode::Async || !open {
+            return Some(messages);
+        }
+        match self.writer.try_lock() {
+            Ok(mut writer) => {
+                writer.append_batch(with_mode(messages, mode).collect());
+                None
+            }
+            Err(_) => Some(messages),
+        }
     }
 
     /// Fsyncs everything and writes the checkpoint.
@@ -645,7 +681,7 @@ impl Store {
     /// Stops the writer after it has flushed and checkpointed.
     pub fn close(&self) {
         self.commands.lock().expect("commands lock poisoned").take();
-        if let Some(t) = self.writer.lock().expect("writer lock poisoned").take() {
+        if let Some(t) = self.thread.lock().expect("thread lock poisoned").take() {
             let _ = t.join();
         }
     }
@@ -855,9 +891,22 @@ struct Placed {
 
 type Reply = oneshot::Sender<MqResult<Appended>>;
 
+/// The writer's form of a command's appends: each with the command's flush mode.
+fn with_mode(
+    messages: Vec<(Box<StoredMessage>, Reply)>,
+    mode: FlushMode,
+) -> impl Iterator<Item = (Box<StoredMessage>, FlushMode, Reply)> {
+    messages
+        .into_iter()
+        .map(move |(message, reply)| (message, mode, reply))
+}
+
 impl Writer {
-    fn run(mut self, commands: mpsc::Receiver<Command>) {
-        let config = self.shared.config.clone();
+    /// The writer thread: serves queued commands in batches, flushes async appends every
+    /// `flush_interval` and writes a checkpoint every `checkpoint_interval`.
+    fn run(writer: &Mutex<Writer>, commands: mpsc::Receiver<Command>) {
+        let lock = || writer.lock().expect("mq writer lock poisoned");
+        let config = lock().shared.config.clone();
         loop {
             let first = match commands.recv_timeout(config.flush_interval) {
                 Ok(c) => Some(c),
@@ -871,37 +920,36 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let mut this = lock();
             let mut appends = Vec::new();
             for command in batch {
                 match command {
-                    Command::Append { messages, mode } => appends.extend(
-                        messages
-                            .into_iter()
-                            .map(|(message, reply)| (message, mode, reply)),
-                    ),
+                    Command::Append { messages, mode } => {
+                        appends.extend(with_mode(messages, mode));
+                    }
                     Command::Retain { now_ms, reply } => {
-                        let _ = reply.send(self.retain(now_ms));
+                        let _ = reply.send(this.retain(now_ms));
                     }
                     Command::Checkpoint { reply } => {
-                        let _ = reply.send(self.checkpoint());
+                        let _ = reply.send(this.checkpoint());
                     }
                 }
             }
             if !appends.is_empty() {
-                self.append_batch(appends);
+                this.append_batch(appends);
             }
-            if self.dirty && self.last_flush.elapsed() >= config.flush_interval {
-                if let Err(e) = self.flush() {
+            if this.dirty && this.last_flush.elapsed() >= config.flush_interval {
+                if let Err(e) = this.flush() {
                     tracing::error!(error = %e, "mq: async flush failed");
                 }
             }
-            if self.last_checkpoint.elapsed() >= config.checkpoint_interval {
-                if let Err(e) = self.checkpoint() {
+            if this.last_checkpoint.elapsed() >= config.checkpoint_interval {
+                if let Err(e) = this.checkpoint() {
                     tracing::error!(error = %e, "mq: checkpoint failed");
                 }
             }
         }
-        if let Err(e) = self.checkpoint() {
+        if let Err(e) = lock().checkpoint() {
             tracing::error!(error = %e, "mq: final checkpoint failed");
         }
     }
