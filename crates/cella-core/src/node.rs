@@ -121,6 +121,12 @@ fn internal(e: impl std::fmt::Display) -> CoreError {
     CoreError::Internal(e.to_string())
 }
 
+/// Whether `id` is the only voter of membership `m` (not in a joint change).
+fn is_sole_voter(m: &openraft::StoredMembership<NodeId, BasicNode>, id: NodeId) -> bool {
+    let configs = m.membership().get_joint_config();
+    configs.len() == 1 && configs[0].len() == 1 && configs[0].contains(&id)
+}
+
 /// FNV-1a, for a stable cluster id from the cluster name.
 fn stable_hash(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
@@ -203,6 +209,7 @@ impl Core {
             tokio::spawn(core.clone().expire_leases()),
             tokio::spawn(core.clone().run_proposals(proposal_queue)),
             tokio::spawn(core.clone().run_elections()),
+            tokio::spawn(core.clone().track_sole_voter()),
         ];
         core.inner
             .background
@@ -556,13 +563,27 @@ impl Core {
     /// covers every write acknowledged before the read. `None` in any other configuration.
     fn sole_voter_read_index(&self) -> Option<u64> {
         let m = self.inner.metrics.borrow();
-        let configs = m.membership_config.membership().get_joint_config();
-        let sole = configs.len() == 1
-            && configs[0].len() == 1
-            && configs[0].contains(&self.inner.id)
+        let sole = is_sole_voter(&m.membership_config, self.inner.id)
             && m.state == ServerState::Leader
             && m.current_leader == Some(self.inner.id);
         sole.then(|| m.last_log_index.unwrap_or(0))
+    }
+
+    /// Keeps the log told whether this member is the only voter (see
+    /// [`LogStore::set_sole_voter`]), as membership changes.
+    async fn track_sole_voter(self) {
+        // Server metrics change with membership and leadership only, not with every write.
+        let mut metrics = self.inner.raft.server_metrics();
+        loop {
+            let sole = is_sole_voter(
+                &metrics.borrow_and_update().membership_config,
+                self.inner.id,
+            );
+            self.inner.log.set_sole_voter(sole);
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Waits until this member has applied the log up to `index`.
