@@ -38,7 +38,7 @@ fn to_status(error: BoxError) -> BoxError {
         .downcast_ref::<hyper_util::client::legacy::Error>()
         .is_some_and(|e| e.is_connect());
     let code = match error.downcast_ref::<Error>() {
-        Some(Error::NoEndpoints { .. }) => tonic::Code::Unavailable,
+        Some(Error::NoEndpoints { .. } | Error::Unavailable { .. }) => tonic::Code::Unavailable,
         Some(Error::RateLimited) => tonic::Code::ResourceExhausted,
         Some(Error::DeadlineExceeded { .. }) => tonic::Code::DeadlineExceeded,
         _ if unreachable => tonic::Code::Unavailable,
