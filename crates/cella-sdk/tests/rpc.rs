@@ -143,6 +143,37 @@ async fn a_failing_instance_is_ejected() {
 }
 
 #[tokio::test]
+async fn an_endpoint_nobody_listens_on_is_unavailable_naming_its_address() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let instance = cella_sdk::registry::pb::Instance {
+        id: "gone".into(),
+        ip: "127.0.0.1".into(),
+        port: u32::from(port),
+        healthy: true,
+        ..Default::default()
+    };
+    let discover = rpc::fixed(&[instance], &GrpcConnect).expect("valid instance");
+    let stack = rpc::stack(
+        "test",
+        discover,
+        &RpcSettings::default(),
+        Arc::new(SystemClock::new()),
+    )
+    .expect("valid settings");
+    let status = echo(GrpcChannel::new(stack), request("x"))
+        .await
+        .expect_err("nobody listens");
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(
+        status.message().contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
 async fn an_ejected_instance_is_readmitted_after_its_backoff() {
     let good = Upstream::http("good").await.unwrap();
     let flaky = Upstream::http("flaky").await.unwrap();

@@ -34,14 +34,10 @@ impl GrpcChannel {
 /// The stack's own failures, and endpoints that cannot be reached, as gRPC statuses; other
 /// errors pass unchanged (tonic reads HTTP/2 errors itself).
 fn to_status(error: BoxError) -> BoxError {
-    let unreachable = error
-        .downcast_ref::<hyper_util::client::legacy::Error>()
-        .is_some_and(|e| e.is_connect());
     let code = match error.downcast_ref::<Error>() {
         Some(Error::NoEndpoints { .. } | Error::Unavailable { .. }) => tonic::Code::Unavailable,
         Some(Error::RateLimited) => tonic::Code::ResourceExhausted,
         Some(Error::DeadlineExceeded { .. }) => tonic::Code::DeadlineExceeded,
-        _ if unreachable => tonic::Code::Unavailable,
         _ => return error,
     };
     Box::new(tonic::Status::new(code, error.to_string()))
