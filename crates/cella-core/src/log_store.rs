@@ -106,6 +106,10 @@ fn storage_err(e: io::Error) -> StorageError<NodeId> {
     StorageIOError::write_logs(&e).into()
 }
 
+fn writer_stopped() -> StorageError<NodeId> {
+    storage_err(io_err("raft log writer stopped"))
+}
+
 impl LogStore {
     /// Opens (or creates) the log in `dir`, recovering from a torn tail, and starts its
     /// writer thread.
@@ -193,16 +197,15 @@ impl LogStore {
     ) -> Result<(), StorageError<NodeId>> {
         let (tx, rx) = oneshot::channel();
         self.send(op(tx))?;
-        rx.await
-            .map_err(|_| storage_err(io_err("raft log writer stopped")))?
-            .map_err(storage_err)
+        rx.await.map_err(|_| writer_stopped())?.map_err(storage_err)
     }
 
+    /// Hands `op` to the writer thread, counted in `queued` until the thread has done it.
     fn send(&self, op: WriteOp) -> Result<(), StorageError<NodeId>> {
         self.queued.fetch_add(1, Ordering::AcqRel);
         self.writer.send(op).map_err(|_| {
             self.queued.fetch_sub(1, Ordering::AcqRel);
-            storage_err(io_err("raft log writer stopped"))
+            writer_stopped()
         })
     }
 
@@ -724,8 +727,9 @@ mod tests {
         }
     }
 
-    async fn append(store: &mut LogStore, entries: Vec<Entry>) {
-        let (tx, rx) = tokio::sync::oneshot::channel();
+    /// Queues `entries`; the receiver answers after the fsync that covers them.
+    fn queue(store: &LogStore, entries: Vec<Entry>) -> oneshot::Receiver<io::Result<()>> {
+        let (tx, rx) = oneshot::channel();
         store
             .queue_append(
                 entries,
@@ -734,7 +738,14 @@ mod tests {
                 }),
             )
             .expect("append queued");
-        rx.await.expect("flushed").expect("no io error");
+        rx
+    }
+
+    async fn append(store: &mut LogStore, entries: Vec<Entry>) {
+        queue(store, entries)
+            .await
+            .expect("flushed")
+            .expect("no io error");
     }
 
     #[tokio::test]
@@ -785,15 +796,9 @@ mod tests {
         let mut store = LogStore::open(dir.path()).expect("open");
         store.set_sole_voter(true);
         for i in 1..=3 {
-            let (tx, mut rx) = tokio::sync::oneshot::channel();
-            let done = Box::new(move |result| {
-                let _ = tx.send(result);
-            });
-            store
-                .queue_append(vec![entry(i, "k")], done)
-                .expect("append");
             // Flushed before queue_append returned: no thread was involved.
-            rx.try_recv()
+            queue(&store, vec![entry(i, "k")])
+                .try_recv()
                 .expect("flushed in place")
                 .expect("no io error");
         }
