@@ -5,10 +5,12 @@
 
 mod backoff;
 mod clock;
+mod hash;
 mod keys;
 mod utc;
 
 pub use backoff::Backoff;
 pub use clock::{Clock, ManualClock, SystemClock, UnixClock};
+pub use hash::fnv1a64;
 pub use keys::prefix_end;
 pub use utc::UtcTime;

@@ -148,6 +148,18 @@ impl Api {
         Ok(pb::ListTopicsResponse { topics })
     }
 
+    async fn route(&self, req: pb::RouteRequest) -> MqResult<pb::TopicRoute> {
+        let (topic, brokers) = self.0.route(&req.topic).await?;
+        Ok(pb::TopicRoute {
+            topic: Some(topic_to_pb(topic)),
+            brokers: brokers
+                .into_iter()
+                .map(|(node_id, address)| pb::BrokerNode { node_id, address })
+                .collect(),
+            answered_by: self.0.node_id(),
+        })
+    }
+
     pub(crate) async fn send(&self, req: pb::SendRequest) -> MqResult<pb::SendResponse> {
         Ok(sent_to_pb(self.0.send(send_from_pb(req)).await?))
     }
@@ -325,6 +337,14 @@ impl MessageQueue for Api {
     ) -> Result<tonic::Response<pb::ListTopicsResponse>, Status> {
         Ok(tonic::Response::new(Api::list_topics(self).await?))
     }
+    async fn route(
+        &self,
+        r: Request<pb::RouteRequest>,
+    ) -> Result<tonic::Response<pb::TopicRoute>, Status> {
+        Ok(tonic::Response::new(
+            Api::route(self, r.into_inner()).await?,
+        ))
+    }
     async fn send(
         &self,
         r: Request<pb::SendRequest>,
@@ -467,6 +487,14 @@ pub fn router(broker: Broker) -> Router {
                 )
             })
             .get(|State(api): State<Api>| async move { reply(api.list_topics().await) }),
+        )
+        .route(
+            "/v1/mq/topics/{topic}/route",
+            get(
+                |State(api): State<Api>, Path(topic): Path<String>| async move {
+                    reply(api.route(pb::RouteRequest { topic }).await)
+                },
+            ),
         )
         .route(
             "/v1/mq/topics/{topic}/messages",
@@ -621,6 +649,12 @@ pub fn openapi() -> serde_json::Value {
         "LagResponse",
     );
     lag_path["parameters"] = path_param("group");
+    let mut route_path = op(
+        "Where a topic's queues are: the members whose brokers serve them",
+        None,
+        "TopicRoute",
+    );
+    route_path["parameters"] = path_param("topic");
     let mut sub_path = op(
         "Declare a subscription's maximum backlog per queue and overflow policy",
         Some("Subscription"),
@@ -652,6 +686,7 @@ pub fn openapi() -> serde_json::Value {
                 "post": op("Create a topic (idempotent with the same settings)", Some("Topic"), "Topic"),
                 "get": op("List topics", None, "ListTopicsResponse")
             },
+            "/v1/mq/topics/{topic}/route": { "get": route_path },
             "/v1/mq/topics/{topic}/messages": { "post": send_path },
             "/v1/mq/topics/{topic}/messages/batch": { "post": batch_path },
             "/v1/mq/pull": { "post": op("Take messages for a group member, long-polling up to wait_ms", Some("PullRequest"), "PullResponse") },
@@ -666,7 +701,8 @@ pub fn openapi() -> serde_json::Value {
         },
         "components": { "schemas": {
             "mq.Topic": topic.clone(),
-            "mq.ListTopicsResponse": object(serde_json::json!({ "topics": { "type": "array", "items": topic } })),
+            "mq.ListTopicsResponse": object(serde_json::json!({ "topics": { "type": "array", "items": topic.clone() } })),
+            "mq.TopicRoute": object(serde_json::json!({ "topic": topic, "brokers": { "type": "array", "items": object(serde_json::json!({ "node_id": u64s, "address": s("string") })) }, "answered_by": u64s })),
             "mq.SendRequest": send_request.clone(),
             "mq.SendResponse": send_response.clone(),
             "mq.SendBatchRequest": object(serde_json::json!({ "messages": { "type": "array", "items": send_request } })),

@@ -346,6 +346,29 @@ impl Broker {
         self.inner.meta.topics().await
     }
 
+    /// Where `name`'s queues are: the topic's settings and the members whose brokers serve
+    /// it. Every member's broker serves every queue of every topic from its own commitlog, so
+    /// producers spread over the members and skip one that fails. A missing topic that a send
+    /// would create is described as it would be created; nothing is created here.
+    pub async fn route(&self, name: &str) -> MqResult<(TopicMeta, Vec<(u64, String)>)> {
+        validate_consumed_topic(name)?;
+        let topic = match self.topic(name).await? {
+            Some(topic) => topic,
+            None if self.inner.config.auto_create_topics => self.auto_created(name),
+            None => {
+                return Err(MqError::TopicNotFound {
+                    topic: name.to_string(),
+                })
+            }
+        };
+        Ok((topic, self.inner.meta.brokers()))
+    }
+
+    /// This member's node id.
+    pub fn node_id(&self) -> u64 {
+        self.inner.meta.node_id()
+    }
+
     /// A topic's settings, from the cache or the core; `None` if it does not exist.
     pub async fn topic(&self, name: &str) -> MqResult<Option<TopicMeta>> {
         if let Some(t) = internal_topic(name) {
@@ -365,6 +388,16 @@ impl Broker {
         Ok(found)
     }
 
+    /// The settings a topic gets when a send creates it.
+    fn auto_created(&self, name: &str) -> TopicMeta {
+        TopicMeta {
+            name: name.to_string(),
+            queues: self.inner.config.default_queues.max(1),
+            ordered: false,
+            flush: FlushPolicy::Sync,
+        }
+    }
+
     async fn topic_for_send(&self, name: &str) -> MqResult<TopicMeta> {
         if let Some(t) = self.topic(name).await? {
             return Ok(t);
@@ -374,13 +407,11 @@ impl Broker {
                 topic: name.to_string(),
             });
         }
-        let wanted = TopicMeta {
-            name: name.to_string(),
-            queues: self.inner.config.default_queues.max(1),
-            ordered: false,
-            flush: FlushPolicy::Sync,
-        };
-        let (stored, _) = self.inner.meta.create_topic(&wanted).await?;
+        let (stored, _) = self
+            .inner
+            .meta
+            .create_topic(&self.auto_created(name))
+            .await?;
         self.inner
             .topics
             .write()

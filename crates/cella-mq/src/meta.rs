@@ -134,6 +134,28 @@ impl Metadata {
         Self { core }
     }
 
+    /// The members whose brokers serve topics, as `(node id, HOST:PORT)` by id: every member
+    /// of the core, at the address its clients use.
+    pub(crate) fn brokers(&self) -> Vec<(u64, String)> {
+        let mut brokers: Vec<(u64, String)> = self
+            .core
+            .members()
+            .into_iter()
+            .filter_map(|member| {
+                let url = member.client_ur_ls.into_iter().next()?;
+                let address = url.strip_prefix("http://").unwrap_or(&url).to_string();
+                Some((member.id, address))
+            })
+            .collect();
+        brokers.sort();
+        brokers
+    }
+
+    /// This member's node id.
+    pub(crate) fn node_id(&self) -> u64 {
+        self.core.node_id()
+    }
+
     async fn get<T: for<'de> Deserialize<'de>>(&self, key: String) -> MqResult<Option<T>> {
         let resp = self
             .core

@@ -39,6 +39,8 @@ pub struct Client {
     /// `HOST:PORT`, for connections of their own (the broker's producer wire).
     address: String,
     connect_timeout: Duration,
+    /// For connections to the other members a block's route names (the broker's).
+    credentials: Credentials,
 }
 
 impl Client {
@@ -112,6 +114,7 @@ impl Client {
             self.transport.clone(),
             self.address.clone(),
             self.connect_timeout,
+            self.credentials.clone(),
         )
     }
 
@@ -146,14 +149,7 @@ impl ClientBuilder {
     pub async fn connect(self) -> Result<Client> {
         let credentials = Credentials::bearer(self.token.as_deref())?;
         let uri = endpoint_uri(&self.endpoint)?;
-        let endpoint = Endpoint::from_shared(uri.clone())
-            .map_err(|error| Error::InvalidEndpoint {
-                endpoint: self.endpoint.clone(),
-                reason: error.to_string(),
-            })?
-            .connect_timeout(self.connect_timeout)
-            .tcp_nodelay(true);
-        let channel = endpoint
+        let channel = endpoint(&self.endpoint, &uri, self.connect_timeout)?
             .connect()
             .await
             .map_err(|error| Error::connect_failed(&self.endpoint, &error))?;
@@ -162,11 +158,35 @@ impl ClientBuilder {
             .trim_end_matches('/')
             .to_owned();
         Ok(Client {
-            transport: stack(channel, credentials),
+            transport: stack(channel, credentials.clone()),
             address,
             connect_timeout: self.connect_timeout,
+            credentials,
         })
     }
+}
+
+/// The channel settings every connection shares, for `uri` (given by the user as `given`).
+fn endpoint(given: &str, uri: &str, connect_timeout: Duration) -> Result<Endpoint> {
+    Ok(Endpoint::from_shared(uri.to_owned())
+        .map_err(|error| Error::InvalidEndpoint {
+            endpoint: given.to_owned(),
+            reason: error.to_string(),
+        })?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true))
+}
+
+/// The request path to another member at `address` (`HOST:PORT`), connected on first use,
+/// with the same credentials and timeouts as the client's own.
+pub(crate) fn lazy_transport(
+    address: &str,
+    connect_timeout: Duration,
+    credentials: Credentials,
+) -> Result<Transport> {
+    let uri = endpoint_uri(address)?;
+    let channel = endpoint(address, &uri, connect_timeout)?.connect_lazy();
+    Ok(stack(channel, credentials))
 }
 
 /// `HOST:PORT` becomes `http://HOST:PORT`; `http://` URIs pass; anything else is refused.

@@ -19,6 +19,7 @@
 
 mod client;
 mod error;
+mod mq_route;
 mod mq_wire;
 mod types;
 

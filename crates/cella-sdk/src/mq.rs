@@ -22,10 +22,13 @@
 //! # let _ = sent; Ok(()) }
 //! ```
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -33,14 +36,23 @@ use tokio::sync::oneshot;
 pub use cella_proto::cella::mq::v1 as pb;
 use pb::message_queue_client::MessageQueueClient;
 
-use crate::client::Transport;
+use crate::client::{lazy_transport, Credentials, Transport};
+use crate::mq_route::{key_slot, next_member, Health, RouteInfo, ROUTE_TTL};
 use crate::mq_wire::WireLink;
 use crate::{Error, Result};
 
-/// Sends retried on an unavailable broker, with this first pause (doubling).
+/// Sends retried on an unreachable member, with this first pause (doubling).
 const SEND_RETRY_PAUSE: Duration = Duration::from_millis(100);
-/// Attempts per send when the broker is unavailable.
+/// Attempts per send while members cannot be reached.
 const SEND_ATTEMPTS: u32 = 3;
+
+/// Locks `mutex`; its values change in single steps, so they stay consistent even if a
+/// holder panicked.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// A topic's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,22 +78,69 @@ impl From<pb::Topic> for Topic {
     }
 }
 
-/// The broker service of one node.
+/// The broker service, reached through one member; producers and consumers also reach the
+/// other members a topic's route names.
 #[derive(Debug, Clone)]
 pub struct Mq {
     client: MessageQueueClient<Transport>,
-    /// The node's `HOST:PORT` and connect timeout, for producers' wires.
+    /// The member's `HOST:PORT`, connect timeout and credentials, for producers' wires and
+    /// for connections to the other members.
     address: String,
     connect_timeout: Duration,
+    credentials: Credentials,
 }
 
 impl Mq {
-    pub(crate) fn new(transport: Transport, address: String, connect_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        transport: Transport,
+        address: String,
+        connect_timeout: Duration,
+        credentials: Credentials,
+    ) -> Self {
         Mq {
             client: MessageQueueClient::new(transport),
             address,
             connect_timeout,
+            credentials,
         }
+    }
+
+    /// The broker of the member at `address` (`HOST:PORT`), connected on first use.
+    fn member(&self, address: &str) -> Result<Mq> {
+        if address == self.address {
+            return Ok(self.clone());
+        }
+        let transport = lazy_transport(address, self.connect_timeout, self.credentials.clone())?;
+        Ok(Mq::new(
+            transport,
+            address.to_owned(),
+            self.connect_timeout,
+            self.credentials.clone(),
+        ))
+    }
+
+    /// Where `topic`'s queues are. The answering member is listed at this client's address
+    /// (its own listed address may be a wildcard such as `0.0.0.0`).
+    async fn route(&self, topic: &str) -> Result<RouteInfo> {
+        let request = pb::RouteRequest {
+            topic: topic.into(),
+        };
+        let route = self.client.clone().route(request).await?.into_inner();
+        let queues = route.topic.map(|t| t.queues).unwrap_or_default();
+        if route.brokers.is_empty() || queues == 0 {
+            return Err(Error::Protocol {
+                message: format!("the route of topic {topic:?} names no member or no queue"),
+            });
+        }
+        let addresses = route
+            .brokers
+            .into_iter()
+            .map(|broker| match broker.node_id == route.answered_by {
+                true => self.address.clone(),
+                false => broker.address,
+            })
+            .collect();
+        Ok(RouteInfo { queues, addresses })
     }
 
     /// Creates a topic with `queues` queues (0: the broker's default); succeeds unchanged if
@@ -128,14 +187,18 @@ impl Mq {
             .collect())
     }
 
-    /// A producer. It sends over a connection of its own, opened on its first send, that
-    /// speaks the broker's lean producer wire (`cella_proto::mq_wire`) instead of gRPC. Its
-    /// clones share it and gather their concurrent sends into shared calls (see
+    /// A producer. It sends over connections of its own, one per member, opened on first
+    /// use, that speak the broker's lean producer wire (`cella_proto::mq_wire`) instead of
+    /// gRPC. Its clones share them and gather their concurrent sends into shared calls (see
     /// [`Producer::send`]): create one and hand clones to the tasks that send.
     pub fn producer(&self) -> Producer {
-        let link = WireLink::new(self.address.clone(), self.connect_timeout);
         Producer {
-            coalescer: Arc::new(Coalescer::new(link)),
+            routing: Arc::new(Routing {
+                mq: self.clone(),
+                links: Mutex::default(),
+                routes: Mutex::default(),
+                turn: AtomicU64::new(rand::random::<u32>().into()),
+            }),
         }
     }
 
@@ -277,44 +340,152 @@ pub struct Sent {
     pub delayed: bool,
     /// Whether it is a half message waiting for its transaction's decision.
     pub half: bool,
+    /// The member that stored it (`HOST:PORT`); its queues are that member's.
+    pub member: String,
 }
 
-/// Sends messages; retries while the broker is unavailable.
+/// Sends messages over the members of each topic's route (fetched on first use, asked for
+/// again every 30 s): round robin passes over a member that lately could not be reached and
+/// retries at once on another; a sharding key keeps its member and queue, so per-key order
+/// holds, and waits for it. Delayed and transactional messages go to the member the client
+/// connected to, which also ends transactions.
 #[derive(Debug, Clone)]
 pub struct Producer {
-    coalescer: Arc<Coalescer>,
+    routing: Arc<Routing>,
 }
 
-impl From<pb::SendResponse> for Sent {
-    fn from(r: pb::SendResponse) -> Self {
+impl Sent {
+    /// The broker's answer `r`, from `member`.
+    fn stored(r: pb::SendResponse, member: &str) -> Sent {
         Sent {
             id: r.message_id,
             queue_id: r.queue_id,
             queue_offset: r.queue_offset,
             delayed: r.delayed,
             half: r.half,
+            member: member.to_owned(),
         }
     }
 }
 
-/// Runs `call` again while the broker is unavailable, up to [`SEND_ATTEMPTS`] times with a
-/// doubling pause.
-async fn retry_unavailable<T, Fut>(mut call: impl FnMut() -> Fut) -> Result<T>
+/// What a producer and its clones share: a wire per member, the routes last fetched, and
+/// the round-robin turn.
+#[derive(Debug)]
+struct Routing {
+    mq: Mq,
+    links: Mutex<HashMap<String, Arc<MemberLink>>>,
+    routes: Mutex<HashMap<String, Arc<ProducerRoute>>>,
+    turn: AtomicU64,
+}
+
+/// A producer's wire to one member, its sends gathered, and whether it lately failed.
+#[derive(Debug)]
+struct MemberLink {
+    coalescer: Arc<Coalescer>,
+    health: Health,
+}
+
+/// A topic's route with each member's link.
+#[derive(Debug)]
+struct ProducerRoute {
+    queues: u32,
+    members: Vec<Arc<MemberLink>>,
+    fetched: Instant,
+}
+
+impl ProducerRoute {
+    /// The member for `request` and whether it is pinned there: a sharding key's slot (its
+    /// queue set on the request), or round-robin `turn`'s member past those lately failed
+    /// (the member then picks the queue).
+    fn place(&self, mut request: pb::SendRequest, turn: u64) -> (usize, bool, pb::SendRequest) {
+        if request.sharding_key.is_empty() || request.queue_id.is_some() {
+            let now = Instant::now();
+            let member = next_member(turn, self.members.len(), |m| {
+                self.members[m].health.skipped(now)
+            });
+            return (member, false, request);
+        }
+        let (member, queue) = key_slot(&request.sharding_key, self.members.len(), self.queues);
+        request.queue_id = Some(queue);
+        (member, true, request)
+    }
+}
+
+impl Routing {
+    /// The link to the member at `address`, made on first use.
+    fn link(&self, address: &str) -> Arc<MemberLink> {
+        let mut links = lock(&self.links);
+        let link = links.entry(address.to_owned()).or_insert_with(|| {
+            let wire = WireLink::new(address.to_owned(), self.mq.connect_timeout);
+            Arc::new(MemberLink {
+                coalescer: Arc::new(Coalescer::new(wire)),
+                health: Health::default(),
+            })
+        });
+        Arc::clone(link)
+    }
+
+    /// `topic`'s route: cached, or fetched when older than [`ROUTE_TTL`]. A route that
+    /// cannot be fetched again (the member the client uses is down) is used as it was.
+    async fn route(&self, topic: &str) -> Result<Arc<ProducerRoute>> {
+        let cached = lock(&self.routes).get(topic).cloned();
+        if let Some(route) = cached.as_ref().filter(|r| r.fetched.elapsed() < ROUTE_TTL) {
+            return Ok(Arc::clone(route));
+        }
+        match self.mq.route(topic).await {
+            Ok(info) => {
+                let route = Arc::new(ProducerRoute {
+                    queues: info.queues,
+                    members: info.addresses.iter().map(|a| self.link(a)).collect(),
+                    fetched: Instant::now(),
+                });
+                lock(&self.routes).insert(topic.to_owned(), Arc::clone(&route));
+                Ok(route)
+            }
+            Err(error) => cached.ok_or(error),
+        }
+    }
+
+    fn next_turn(&self) -> u64 {
+        self.turn.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Calls `call` on `members[first]`. A member that cannot be reached is marked; unless the
+/// call is `pinned` to it, the next member not passed over is tried at once. Pinned calls,
+/// and calls with every member passed over, wait (doubling from [`SEND_RETRY_PAUSE`]) before
+/// trying again; [`SEND_ATTEMPTS`] calls in all.
+async fn failover<T, Fut>(
+    members: &[Arc<MemberLink>],
+    first: usize,
+    pinned: bool,
+    call: impl Fn(Arc<MemberLink>) -> Fut,
+) -> Result<T>
 where
-    Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+    Fut: Future<Output = Result<T>>,
 {
+    let mut member = first;
     let mut pause = SEND_RETRY_PAUSE;
     let mut attempt = 1;
     loop {
-        match call().await {
-            Ok(r) => return Ok(r),
-            Err(status) if status.code() == tonic::Code::Unavailable && attempt < SEND_ATTEMPTS => {
-                tracing::debug!(attempt, error = %status.message(), "mq send: broker unavailable, retrying");
-                tokio::time::sleep(pause).await;
-                pause *= 2;
+        let link = Arc::clone(&members[member]);
+        match call(Arc::clone(&link)).await {
+            Err(Error::Unavailable { message }) if attempt < SEND_ATTEMPTS => {
+                tracing::debug!(attempt, error = %message, "mq send: member unreachable, retrying");
+                link.health.failed();
+                let now = Instant::now();
+                let skipped = |m: usize| members[m].health.skipped(now);
+                let next = next_member(u64::from(attempt), members.len(), skipped);
+                if pinned || skipped(next) {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                if !pinned {
+                    member = next;
+                }
                 attempt += 1;
             }
-            Err(status) => return Err(status.into()),
+            result => return result,
         }
     }
 }
@@ -323,32 +494,100 @@ impl Producer {
     /// Sends `message` and returns once the broker made it durable under the topic's policy.
     /// A retried send may store the message twice; consumers dedupe by key or id.
     ///
-    /// Sends made while this producer's (and its clones') earlier calls are in flight wait
-    /// and leave together in one SendBatch, as Kafka's and RocketMQ's producers batch; an
-    /// idle producer sends at once. Delayed and transactional messages travel alone.
+    /// Sends made while this producer's (and its clones') earlier calls to the same member
+    /// are in flight wait and leave together in one SendBatch, as Kafka's and RocketMQ's
+    /// producers batch; an idle producer sends at once. Delayed and transactional messages
+    /// travel alone.
     pub async fn send(&self, message: OutgoingMessage) -> Result<Sent> {
         let request = message.request;
         if request.delay_ms > 0 || !request.transaction_group.is_empty() {
-            return send_one(&self.coalescer.link, request).await;
+            let home = [self.routing.link(&self.routing.mq.address)];
+            return failover(&home, 0, true, |link| {
+                let request = request.clone();
+                async move { send_one(&link.coalescer.link, request).await }
+            })
+            .await;
         }
-        self.coalescer.send(request).await
+        let route = self.routing.route(&request.topic).await?;
+        let (member, pinned, request) = route.place(request, self.routing.next_turn());
+        failover(&route.members, member, pinned, |link| {
+            let request = request.clone();
+            async move { link.coalescer.send(request).await }
+        })
+        .await
     }
 
-    /// Sends `messages` to `topic` in one call with one group commit, and returns once all
-    /// are durable; results are in the messages' order. Each message's topic must be empty
-    /// or `topic`, with no delay or transaction. A message that breaks a rule refuses the
-    /// whole batch (the error names it, e.g. `messages[3].body`) and nothing is stored.
+    /// Sends `messages` to `topic` and returns once all are durable; results are in the
+    /// messages' order. Each message's topic must be empty or `topic`, with no delay or
+    /// transaction. The messages go to one member in one call with one group commit, except
+    /// that messages with a sharding key go to their key's member: one call per member then.
+    /// A message that breaks a rule refuses its call whole (the error names it within the
+    /// call, e.g. `messages[3].body`), and that call stores nothing.
     pub async fn send_batch(
         &self,
         topic: &str,
         messages: Vec<OutgoingMessage>,
     ) -> Result<Vec<Sent>> {
-        let request = pb::SendBatchRequest {
-            topic: topic.into(),
-            messages: messages.into_iter().map(|m| m.request).collect(),
-        };
-        let sent = send_many(&self.coalescer.link, &request).await?;
-        Ok(sent.results.into_iter().map(Sent::from).collect())
+        let route = self.routing.route(topic).await?;
+        let turn = self.routing.next_turn();
+        let count = messages.len();
+        // Per member: pinned?, the messages' places in the batch, the messages.
+        let mut calls: Vec<(usize, bool, Vec<usize>, Vec<pb::SendRequest>)> = Vec::new();
+        for (index, message) in messages.into_iter().enumerate() {
+            let (member, pinned, request) = route.place(message.request, turn);
+            match calls.iter_mut().find(|call| call.0 == member) {
+                Some(call) => {
+                    call.1 |= pinned;
+                    call.2.push(index);
+                    call.3.push(request);
+                }
+                None => calls.push((member, pinned, vec![index], vec![request])),
+            }
+        }
+        if calls.is_empty() {
+            // The broker's answer to an empty batch, whatever it is.
+            calls.push((
+                route.place(Default::default(), turn).0,
+                false,
+                vec![],
+                vec![],
+            ));
+        }
+        let route = &route;
+        let answers = futures::future::try_join_all(calls.into_iter().map(
+            |(member, pinned, places, messages)| async move {
+                let request = pb::SendBatchRequest {
+                    topic: topic.into(),
+                    messages,
+                };
+                let (sent, member) = failover(&route.members, member, pinned, |link| {
+                    let request = &request;
+                    async move {
+                        let wire = &link.coalescer.link;
+                        Ok((send_many(wire, request).await?, wire.address().to_owned()))
+                    }
+                })
+                .await?;
+                Ok::<_, Error>((places, sent.results, member))
+            },
+        ))
+        .await?;
+        let mut results = vec![None; count];
+        for (places, sent, member) in answers {
+            if sent.len() != places.len() {
+                return Err(Error::Protocol {
+                    message: format!(
+                        "SendBatch of {} messages answered {} results",
+                        places.len(),
+                        sent.len()
+                    ),
+                });
+            }
+            for (place, result) in places.into_iter().zip(sent) {
+                results[place] = Some(Sent::stored(result, &member));
+            }
+        }
+        Ok(results.into_iter().flatten().collect())
     }
 }
 
@@ -357,12 +596,12 @@ async fn send_many(
     link: &WireLink,
     request: &pb::SendBatchRequest,
 ) -> Result<pb::SendBatchResponse> {
-    retry_unavailable(|| link.send_batch(request)).await
+    Ok(link.send_batch(request).await?)
 }
 
 /// Sends one message with one Send.
 async fn send_one(link: &WireLink, request: pb::SendRequest) -> Result<Sent> {
-    Ok(retry_unavailable(|| link.send(&request)).await?.into())
+    Ok(Sent::stored(link.send(&request).await?, link.address()))
 }
 
 /// Most messages one coalesced SendBatch carries.
@@ -426,10 +665,7 @@ impl Coalescer {
     }
 
     fn state(&self) -> MutexGuard<'_, CoalesceState> {
-        // The state stays consistent across a panic elsewhere: every change is one step.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.state)
     }
 
     /// Queues `request` and waits for its answer, starting a call if a slot is free.
@@ -516,7 +752,7 @@ impl Coalescer {
             match sent {
                 Ok(sent) if sent.results.len() == answers.len() => {
                     for (answer, result) in answers.into_iter().zip(sent.results) {
-                        let _ = answer.send(Ok(result.into()));
+                        let _ = answer.send(Ok(Sent::stored(result, self.link.address())));
                     }
                 }
                 Ok(sent) => {
@@ -561,6 +797,8 @@ impl Drop for Slot {
 pub struct Delivery {
     /// The message as stored.
     pub message: pb::Message,
+    /// The member that delivered it (its `HOST:PORT`), which takes its ack.
+    member: Arc<str>,
 }
 
 impl Delivery {
@@ -570,7 +808,9 @@ impl Delivery {
     }
 }
 
-/// A member of a consumer group on one topic. Polling is its heartbeat; drop it (or call
+/// A member of a consumer group on one topic. It pulls from every member of the topic's
+/// route (each member's broker holds its own share of the messages and hands its queues out
+/// among the consumers that pull from it). Polling is its heartbeat; drop it (or call
 /// [`Consumer::leave`]) to hand its queues to the others.
 #[derive(Debug)]
 pub struct Consumer {
@@ -581,6 +821,35 @@ pub struct Consumer {
     tags: Vec<String>,
     broadcasting: bool,
     from_latest: bool,
+    /// The route's members, pulled from; empty until the first poll.
+    sources: Vec<Source>,
+    /// When the route was last fetched.
+    routed: Option<Instant>,
+    /// Deliveries pulled beyond what the last poll could return.
+    ready: VecDeque<Delivery>,
+}
+
+/// A pull whose answer has not been taken yet. The mutex only makes it `Sync`, as a
+/// consumer's `&self` methods need: it is reached through `&mut` alone, without locking.
+type PendingPull = Mutex<Pin<Box<dyn Future<Output = Result<Vec<pb::Message>>> + Send>>>;
+
+/// One member of a topic's route as a consumer pulls from it.
+struct Source {
+    mq: Mq,
+    address: Arc<str>,
+    health: Health,
+    /// The pull in flight, kept across polls so that nothing it takes is dropped.
+    pull: Option<PendingPull>,
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source")
+            .field("address", &self.address)
+            .field("health", &self.health)
+            .field("pulling", &self.pull.is_some())
+            .finish()
+    }
 }
 
 fn member_name() -> String {
@@ -607,6 +876,9 @@ impl Consumer {
             tags: Vec::new(),
             broadcasting: false,
             from_latest: false,
+            sources: Vec::new(),
+            routed: None,
+            ready: VecDeque::new(),
         }
     }
 
@@ -640,7 +912,55 @@ impl Consumer {
     }
 
     /// Takes up to `max` messages, waiting up to `wait` (at most 30 s) when none is ready.
+    /// With several members, one pull to each is in flight and the first to answer with
+    /// messages ends the wait; a member that cannot be reached is passed over for a while.
     pub async fn poll(&mut self, max: u32, wait: Duration) -> Result<Vec<Delivery>> {
+        if self.ready.is_empty() {
+            self.refresh_route().await?;
+            self.start_pulls(max, wait);
+            self.take_pulls().await?;
+        }
+        let count = self.ready.len().min(max.max(1) as usize);
+        Ok(self.ready.drain(..count).collect())
+    }
+
+    /// Fetches the topic's route when it is older than [`ROUTE_TTL`]; sources that stay
+    /// keep their pulls in flight. If it cannot be fetched, the known sources serve on.
+    async fn refresh_route(&mut self) -> Result<()> {
+        if self.routed.is_some_and(|at| at.elapsed() < ROUTE_TTL) {
+            return Ok(());
+        }
+        let info = match self.mq.route(&self.topic).await {
+            Ok(info) => info,
+            Err(error) if self.sources.is_empty() => return Err(error),
+            Err(error) => {
+                tracing::debug!(error = %error, topic = %self.topic, "mq consumer: route not refreshed");
+                self.routed = Some(Instant::now());
+                return Ok(());
+            }
+        };
+        let mut known = std::mem::take(&mut self.sources);
+        for address in info.addresses {
+            let source = match known.iter().position(|s| *s.address == *address) {
+                Some(at) => known.swap_remove(at),
+                None => Source {
+                    mq: self.mq.member(&address)?,
+                    address: address.into(),
+                    health: Health::default(),
+                    pull: None,
+                },
+            };
+            self.sources.push(source);
+        }
+        // Members gone from the route: their pulls are dropped; anything those took is
+        // delivered again after its ack deadline.
+        self.routed = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Starts a pull on every source without one, passing over sources that lately failed
+    /// (unless all did).
+    fn start_pulls(&mut self, max: u32, wait: Duration) {
         let request = pb::PullRequest {
             group: self.group.clone(),
             topic: self.topic.clone(),
@@ -659,13 +979,81 @@ impl Consumer {
                 pb::StartFrom::Unspecified
             } as i32,
         };
-        let response = self.mq.client.clone().pull(request).await?;
-        Ok(response
-            .into_inner()
-            .messages
-            .into_iter()
-            .map(|message| Delivery { message })
-            .collect())
+        let now = Instant::now();
+        let all_failed = self.sources.iter().all(|s| s.health.skipped(now));
+        for source in &mut self.sources {
+            if source.pull.is_some() || (source.health.skipped(now) && !all_failed) {
+                continue;
+            }
+            let mut client = source.mq.client.clone();
+            let request = request.clone();
+            source.pull = Some(Mutex::new(Box::pin(async move {
+                Ok(client.pull(request).await?.into_inner().messages)
+            })));
+        }
+    }
+
+    /// Waits for pulls to answer and keeps what they took. Returns when a member answered
+    /// (even with nothing). A member that cannot be reached is marked and the others are
+    /// waited for; its error is returned when none is left to wait for.
+    async fn take_pulls(&mut self) -> Result<()> {
+        loop {
+            let sources = &mut self.sources;
+            let answers = std::future::poll_fn(|cx| {
+                let mut answers = Vec::new();
+                for (index, source) in sources.iter_mut().enumerate() {
+                    let pull = source.pull.as_mut().map(|pull| {
+                        let pull = pull.get_mut().unwrap_or_else(|p| p.into_inner());
+                        pull.as_mut().poll(cx)
+                    });
+                    if let Some(Poll::Ready(answer)) = pull {
+                        source.pull = None;
+                        answers.push((index, answer));
+                    }
+                }
+                match answers.is_empty() {
+                    true => Poll::Pending,
+                    false => Poll::Ready(answers),
+                }
+            })
+            .await;
+            let mut answered = false;
+            let mut unreachable = None;
+            for (index, answer) in answers {
+                let source = &self.sources[index];
+                match answer {
+                    Ok(messages) => {
+                        answered = true;
+                        self.ready
+                            .extend(messages.into_iter().map(|message| Delivery {
+                                message,
+                                member: Arc::clone(&source.address),
+                            }));
+                    }
+                    Err(error @ Error::Unavailable { .. }) => {
+                        tracing::debug!(member = %source.address, error = %error, "mq consumer: member unreachable");
+                        source.health.failed();
+                        unreachable = Some(error);
+                    }
+                    // What other answers took stays in `ready` for the next poll.
+                    Err(refused) => return Err(refused),
+                }
+            }
+            let pending = self.sources.iter().any(|s| s.pull.is_some());
+            match unreachable {
+                Some(error) if !answered && !pending => return Err(error),
+                _ if answered => return Ok(()),
+                _ => {}
+            }
+        }
+    }
+
+    /// The broker of `member` (`HOST:PORT`), which delivered something.
+    fn source(&self, member: &str) -> Result<Mq> {
+        match self.sources.iter().find(|s| *s.address == *member) {
+            Some(source) => Ok(source.mq.clone()),
+            None => self.mq.member(member),
+        }
     }
 
     fn ack_request(&self, delivery: &Delivery) -> pb::AckRequest {
@@ -680,58 +1068,75 @@ impl Consumer {
 
     /// Marks a delivery handled.
     pub async fn ack(&self, delivery: &Delivery) -> Result<()> {
-        self.mq
-            .client
-            .clone()
-            .ack(self.ack_request(delivery))
-            .await?;
+        let mut client = self.source(&delivery.member)?.client;
+        client.ack(self.ack_request(delivery)).await?;
         Ok(())
     }
 
-    /// Marks every delivery of `deliveries` handled in one call. If one is not an unacked
-    /// delivery to this member (acked already, or past its ack deadline), none is acked and
-    /// the error names it (e.g. `deliveries[2]`).
+    /// Marks every delivery of `deliveries` handled, in one call per member that delivered
+    /// them. If one is not an unacked delivery to this member (acked already, or past its
+    /// ack deadline), none of its call is acked and the error names it within the call
+    /// (e.g. `deliveries[2]`).
     pub async fn ack_all(&self, deliveries: &[Delivery]) -> Result<()> {
-        if deliveries.is_empty() {
-            return Ok(());
+        let mut calls: Vec<(&Arc<str>, Vec<pb::Delivery>)> = Vec::new();
+        for d in deliveries {
+            let entry = pb::Delivery {
+                topic: d.message.topic.clone(),
+                queue_id: d.message.queue_id,
+                queue_offset: d.message.queue_offset,
+            };
+            match calls.iter_mut().find(|(member, _)| **member == d.member) {
+                Some((_, same)) => same.push(entry),
+                None => calls.push((&d.member, vec![entry])),
+            }
         }
-        let request = pb::AckBatchRequest {
-            group: self.group.clone(),
-            member: self.member.clone(),
-            deliveries: deliveries
-                .iter()
-                .map(|d| pb::Delivery {
-                    topic: d.message.topic.clone(),
-                    queue_id: d.message.queue_id,
-                    queue_offset: d.message.queue_offset,
-                })
-                .collect(),
-        };
-        self.mq.client.clone().ack_batch(request).await?;
+        let calls = calls.into_iter().map(|(member, deliveries)| {
+            let request = pb::AckBatchRequest {
+                group: self.group.clone(),
+                member: self.member.clone(),
+                deliveries,
+            };
+            let source = self.source(member);
+            async move {
+                source?.client.ack_batch(request).await?;
+                Ok::<_, Error>(())
+            }
+        });
+        futures::future::try_join_all(calls).await?;
         Ok(())
     }
 
     /// Hands a delivery back: it will be delivered again.
     pub async fn nack(&self, delivery: &Delivery) -> Result<()> {
-        self.mq
-            .client
-            .clone()
-            .nack(self.ack_request(delivery))
-            .await?;
+        let mut client = self.source(&delivery.member)?.client;
+        client.nack(self.ack_request(delivery)).await?;
         Ok(())
     }
 
-    /// Leaves the group now, so its queues and unacknowledged deliveries go to the others.
+    /// Leaves the group on every member now, so its queues and unacknowledged deliveries go
+    /// to the others.
     pub async fn leave(&self) -> Result<()> {
         let request = pb::LeaveRequest {
             group: self.group.clone(),
             member: self.member.clone(),
         };
-        match self.mq.client.clone().leave(request).await {
-            Ok(_) => Ok(()),
-            Err(status) if status.code() == tonic::Code::NotFound => Ok(()),
-            Err(status) => Err(Error::from(status)),
-        }
+        let home = [self.mq.clone()];
+        let members: Vec<Mq> = match self.sources.is_empty() {
+            true => home.to_vec(),
+            false => self.sources.iter().map(|s| s.mq.clone()).collect(),
+        };
+        let calls = members.into_iter().map(|mq| {
+            let request = request.clone();
+            async move {
+                match mq.client.clone().leave(request).await {
+                    Ok(_) => Ok(()),
+                    Err(status) if status.code() == tonic::Code::NotFound => Ok(()),
+                    Err(status) => Err(Error::from(status)),
+                }
+            }
+        });
+        futures::future::try_join_all(calls).await?;
+        Ok(())
     }
 }
 

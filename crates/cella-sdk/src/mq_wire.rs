@@ -45,6 +45,11 @@ impl WireLink {
         }
     }
 
+    /// The member's `HOST:PORT`.
+    pub(crate) fn address(&self) -> &str {
+        &self.address
+    }
+
     /// Sends one message.
     pub(crate) async fn send(&self, request: &pb::SendRequest) -> Result<pb::SendResponse, Status> {
         self.call(Kind::Send, request).await

@@ -3,6 +3,8 @@
 //! sends through one producer, gathered into shared calls, each get their own answer; a
 //! producer outlives a node restart. The producer wire itself, frame by frame: pipelined
 //! answers, refusals that name the rule and store nothing, a bad frame closing the connection.
+//! In a three-member cluster: sends spread over the members and pass one that is killed,
+//! sharding keys keep their member and queue, and a consumer takes from every member.
 
 use std::time::Duration;
 
@@ -10,7 +12,7 @@ use bytes::BytesMut;
 use cella_proto::mq_wire::{self, Frame, Kind};
 use cella_sdk::mq::{pb, Consumer, Mq, OutgoingMessage};
 use cella_sdk::{Client, Error};
-use cella_testkit::{Node, NodeOptions};
+use cella_testkit::{Cluster, Node, NodeOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -169,6 +171,114 @@ async fn a_producer_outlives_a_node_restart() {
         (first.queue_id, first.queue_offset + 1),
         "the acknowledged message survived, the refused one was not stored"
     );
+}
+
+/// Polls until every body of `wanted` arrived (acking each), failing after [`WAIT`].
+async fn consume_all(consumer: &mut Consumer, wanted: &std::collections::HashSet<String>) {
+    let mut seen = std::collections::HashSet::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !wanted.is_subset(&seen) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "missing: {:?}",
+            wanted.difference(&seen).collect::<Vec<_>>()
+        );
+        let got = consumer
+            .poll(64, Duration::from_millis(500))
+            .await
+            .expect("a poll with a member down still answers");
+        consumer.ack_all(&got).await.expect("acked");
+        seen.extend(
+            got.iter()
+                .map(|d| String::from_utf8_lossy(d.body()).into_owned()),
+        );
+    }
+}
+
+#[tokio::test]
+async fn in_a_cluster_sends_spread_over_the_members_and_pass_one_that_is_down() {
+    let mut cluster = Cluster::start(3).expect("cluster starts");
+    cluster.wait_ready(WAIT).await.expect("ready");
+    cluster.wait_leader(WAIT).await.expect("a leader");
+    let client = Client::connect(&cluster.member(1).endpoint())
+        .await
+        .expect("connect");
+    let mq = client.mq();
+    mq.create_topic("spread", 4, false, true)
+        .await
+        .expect("topic");
+    let producer = mq.producer();
+    let mut consumer = Consumer::new(mq.clone(), "audit", "spread");
+    let mut wanted = std::collections::HashSet::new();
+
+    let mut members = std::collections::HashMap::<String, usize>::new();
+    for i in 0..30 {
+        let body = format!("round-robin {i}");
+        let sent = producer
+            .send(OutgoingMessage::new("spread", body.clone()))
+            .await
+            .expect("sent");
+        *members.entry(sent.member).or_default() += 1;
+        wanted.insert(body);
+    }
+    assert_eq!(members.len(), 3, "every member took sends: {members:?}");
+    assert!(members.values().all(|&n| n == 10), "in turn: {members:?}");
+
+    let mut slots = std::collections::HashMap::new();
+    for key in (0..12).map(|k| format!("key-{k}")) {
+        let body = format!("{key} first");
+        let sent = producer
+            .send(OutgoingMessage::new("spread", body.clone()).sharding_key(&key))
+            .await
+            .expect("sent");
+        slots.insert(key, (sent.member, sent.queue_id));
+        wanted.insert(body);
+    }
+    consume_all(&mut consumer, &wanted).await;
+
+    let down = cluster.member(2).addr().to_string();
+    cluster.kill9(2).expect("kill -9");
+    let mut wanted = std::collections::HashSet::new();
+    for i in 0..30 {
+        let body = format!("member 2 down {i}");
+        let sent = producer
+            .send(OutgoingMessage::new("spread", body.clone()))
+            .await
+            .expect("a round-robin send passes the member that is down");
+        assert_ne!(sent.member, down);
+        wanted.insert(body);
+    }
+    for (key, (member, queue)) in &slots {
+        let body = format!("{key} again");
+        let sent = producer
+            .send(OutgoingMessage::new("spread", body.clone()).sharding_key(key))
+            .await;
+        if *member == down {
+            assert!(
+                matches!(&sent, Err(Error::Unavailable { .. })),
+                "a keyed send waits for its member rather than move: {sent:?}"
+            );
+        } else {
+            let sent = sent.expect("sent");
+            assert_eq!((&sent.member, sent.queue_id), (member, *queue), "{key}");
+            wanted.insert(body);
+        }
+    }
+    consume_all(&mut consumer, &wanted).await;
+
+    cluster.restart(2).expect("restart");
+    cluster.wait_ready(WAIT).await.expect("ready again");
+    let (key, (member, queue)) = slots
+        .iter()
+        .find(|(_, (member, _))| *member == down)
+        .expect("some key lives on member 2");
+    let body = format!("{key} after the restart");
+    let sent = producer
+        .send(OutgoingMessage::new("spread", body.clone()).sharding_key(key))
+        .await
+        .expect("the member is back");
+    assert_eq!((&sent.member, sent.queue_id), (member, *queue));
+    consume_all(&mut consumer, &std::collections::HashSet::from([body])).await;
 }
 
 /// A raw producer-wire connection, upgraded from HTTP/1.1.

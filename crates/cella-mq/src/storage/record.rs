@@ -100,14 +100,7 @@ pub(crate) fn hash64(bytes: &[u8]) -> u64 {
 }
 
 /// [`hash64`] of the concatenation of `parts`, without building it.
-pub(crate) fn hash64_parts(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in parts.iter().flat_map(|part| part.iter()) {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
+pub(crate) use cella_base::fnv1a64 as hash64_parts;
 
 #[cfg(test)]
 mod tests {
