@@ -173,10 +173,13 @@ impl Render for MessageView {
 #[derive(Serialize)]
 struct LagView {
     queues: Vec<LagRow>,
+    /// Members whose lag could not be asked for.
+    unreachable: Vec<u64>,
 }
 
 #[derive(Serialize)]
 struct LagRow {
+    node: u64,
     topic: String,
     queue_id: u32,
     member: String,
@@ -192,6 +195,7 @@ impl Render for LagView {
             .iter()
             .map(|q| {
                 vec![
+                    q.node.to_string(),
                     q.topic.clone(),
                     q.queue_id.to_string(),
                     q.member.clone(),
@@ -203,9 +207,26 @@ impl Render for LagView {
             .collect();
         write_columns(
             out,
-            &["TOPIC", "QUEUE", "MEMBER", "COMMITTED", "END", "LAG"],
+            &[
+                "NODE",
+                "TOPIC",
+                "QUEUE",
+                "MEMBER",
+                "COMMITTED",
+                "END",
+                "LAG",
+            ],
             &rows,
-        )
+        )?;
+        if !self.unreachable.is_empty() {
+            let ids: Vec<String> = self.unreachable.iter().map(u64::to_string).collect();
+            writeln!(
+                out,
+                "not reached (down or partitioned): node {}",
+                ids.join(", ")
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -307,11 +328,12 @@ pub async fn run(command: MqCommand, remote: &Remote, format: Format) -> anyhow:
             Ok(())
         }
         MqCommand::Lag { group } => {
-            let queues = mq
-                .lag(&group)
-                .await?
+            let lag = mq.lag(&group).await?;
+            let queues = lag
+                .queues
                 .into_iter()
                 .map(|q| LagRow {
+                    node: q.node_id,
                     topic: q.topic,
                     queue_id: q.queue_id,
                     member: q.member,
@@ -320,7 +342,14 @@ pub async fn run(command: MqCommand, remote: &Remote, format: Format) -> anyhow:
                     lag: q.lag,
                 })
                 .collect();
-            emit(format, &LagView { queues })
+            let unreachable = lag.unreachable;
+            emit(
+                format,
+                &LagView {
+                    queues,
+                    unreachable,
+                },
+            )
         }
     }
 }

@@ -6,12 +6,13 @@
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use cella_proto::cella::mq::v1 as pb;
+use pb::message_queue_client::MessageQueueClient;
 use pb::message_queue_server::{MessageQueue, MessageQueueServer};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -27,6 +28,8 @@ use crate::storage::StoredMessage;
 const MAX_WAIT_MS: u64 = 30_000;
 /// Messages per pull when the request does not say.
 const DEFAULT_PULL: u32 = 32;
+/// How long a member waits for another's lag before listing it unreachable.
+const PEER_LAG_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn topic_to_pb(t: TopicMeta) -> pb::Topic {
     pb::Topic {
@@ -55,8 +58,9 @@ fn message_to_pb(m: StoredMessage) -> pb::Message {
     }
 }
 
-fn lag_to_pb(l: QueueLag) -> pb::QueueLag {
+fn lag_to_pb(l: QueueLag, node_id: u64) -> pb::QueueLag {
     pb::QueueLag {
+        node_id,
         topic: l.topic,
         queue_id: l.queue_id,
         member: l.member,
@@ -309,14 +313,40 @@ impl Api {
     }
 
     async fn lag(&self, req: pb::LagRequest) -> MqResult<pb::LagResponse> {
+        let node_id = self.0.node_id();
+        let mut queues: Vec<pb::QueueLag> = self
+            .0
+            .lag(&req.group)
+            .await?
+            .into_iter()
+            .map(|lag| lag_to_pb(lag, node_id))
+            .collect();
+        let mut unreachable = Vec::new();
+        if !req.local {
+            let asks = self.0.other_members().into_iter().map(|(id, channel)| {
+                let request = pb::LagRequest {
+                    group: req.group.clone(),
+                    local: true,
+                };
+                async move {
+                    let Some(channel) = channel else {
+                        return (id, None);
+                    };
+                    let mut client = MessageQueueClient::new(channel);
+                    let answer = tokio::time::timeout(PEER_LAG_TIMEOUT, client.lag(request)).await;
+                    (id, answer.ok().and_then(Result::ok))
+                }
+            });
+            for (id, answer) in futures::future::join_all(asks).await {
+                match answer {
+                    Some(answer) => queues.extend(answer.into_inner().queues),
+                    None => unreachable.push(id),
+                }
+            }
+        }
         Ok(pb::LagResponse {
-            queues: self
-                .0
-                .lag(&req.group)
-                .await?
-                .into_iter()
-                .map(lag_to_pb)
-                .collect(),
+            queues,
+            unreachable,
         })
     }
 }
@@ -471,6 +501,13 @@ where
     })
 }
 
+/// `GET /v1/mq/groups/{group}/lag?local=true`: only the answering member's queues.
+#[derive(Debug, Default, serde::Deserialize)]
+struct LagQuery {
+    #[serde(default)]
+    local: bool,
+}
+
 /// The broker's REST routes under `/v1/mq`.
 pub fn router(broker: Broker) -> Router {
     // JSON carries bodies in base64: 4/3 of their size.
@@ -561,8 +598,11 @@ pub fn router(broker: Broker) -> Router {
         .route(
             "/v1/mq/groups/{group}/lag",
             get(
-                |State(api): State<Api>, Path(group): Path<String>| async move {
-                    reply(api.lag(pb::LagRequest { group }).await)
+                |State(api): State<Api>,
+                 Path(group): Path<String>,
+                 Query(query): Query<LagQuery>| async move {
+                    let local = query.local;
+                    reply(api.lag(pb::LagRequest { group, local }).await)
                 },
             ),
         )
@@ -644,11 +684,14 @@ pub fn openapi() -> serde_json::Value {
     );
     batch_path["parameters"] = path_param("topic");
     let mut lag_path = op(
-        "A group's committed offset and backlog per queue",
+        "A group's committed offset and backlog per queue, on every member (local=true: this one)",
         None,
         "LagResponse",
     );
-    lag_path["parameters"] = path_param("group");
+    lag_path["parameters"] = serde_json::json!([
+        { "name": "group", "in": "path", "required": true, "schema": { "type": "string" } },
+        { "name": "local", "in": "query", "required": false, "schema": { "type": "boolean" } }
+    ]);
     let mut route_path = op(
         "Where a topic's queues are: the members whose brokers serve them",
         None,
@@ -728,8 +771,8 @@ pub fn openapi() -> serde_json::Value {
                 "overflow": { "type": "string", "enum": ["OVERFLOW_DROP_OLDEST", "OVERFLOW_DEAD_LETTER"] }
             })),
             "mq.LagResponse": object(serde_json::json!({ "queues": { "type": "array", "items": object(serde_json::json!({
-                "topic": s("string"), "queue_id": s("integer"), "member": s("string"), "committed": u64s, "end": u64s, "lag": u64s
-            })) } }))
+                "topic": s("string"), "queue_id": s("integer"), "member": s("string"), "committed": u64s, "end": u64s, "lag": u64s, "node_id": u64s
+            })) }, "unreachable": { "type": "array", "items": u64s } }))
         } }
     })
 }

@@ -369,6 +369,19 @@ impl Broker {
         self.inner.meta.node_id()
     }
 
+    /// The other members' brokers, by node id, each with a channel to it (`None` when its
+    /// address is malformed).
+    pub fn other_members(&self) -> Vec<(u64, Option<tonic::transport::Channel>)> {
+        let me = self.node_id();
+        self.inner
+            .meta
+            .brokers()
+            .into_iter()
+            .filter(|(id, _)| *id != me)
+            .map(|(id, address)| (id, self.inner.meta.peer_channel(&address)))
+            .collect()
+    }
+
     /// A topic's settings, from the cache or the core; `None` if it does not exist.
     pub async fn topic(&self, name: &str) -> MqResult<Option<TopicMeta>> {
         if let Some(t) = internal_topic(name) {

@@ -156,6 +156,11 @@ impl Metadata {
         self.core.node_id()
     }
 
+    /// A shared channel to the member at `address`; `None` when the address is malformed.
+    pub(crate) fn peer_channel(&self, address: &str) -> Option<tonic::transport::Channel> {
+        self.core.peer_channel(address)
+    }
+
     async fn get<T: for<'de> Deserialize<'de>>(&self, key: String) -> MqResult<Option<T>> {
         let resp = self
             .core

@@ -257,16 +257,14 @@ impl Mq {
             .messages)
     }
 
-    /// A group's committed offset and backlog per queue.
-    pub async fn lag(&self, group: &str) -> Result<Vec<pb::QueueLag>> {
-        let response = self
-            .client
-            .clone()
-            .lag(pb::LagRequest {
-                group: group.into(),
-            })
-            .await?;
-        Ok(response.into_inner().queues)
+    /// A group's committed offset and backlog per queue of every member, and the members
+    /// that could not be asked.
+    pub async fn lag(&self, group: &str) -> Result<pb::LagResponse> {
+        let request = pb::LagRequest {
+            group: group.into(),
+            local: false,
+        };
+        Ok(self.client.clone().lag(request).await?.into_inner())
     }
 }
 

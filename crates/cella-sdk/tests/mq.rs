@@ -79,7 +79,7 @@ async fn a_batch_is_sent_in_one_call_and_acked_in_one_call() {
     assert_eq!(deliveries.len(), 10, "the refused batch stored nothing");
     consumer.ack_all(&deliveries).await.expect("acked");
     let lag = mq.lag("billing").await.expect("lag");
-    assert_eq!(lag.iter().map(|q| q.committed).sum::<u64>(), 10);
+    assert_eq!(lag.queues.iter().map(|q| q.committed).sum::<u64>(), 10);
     assert!(
         consumer.ack_all(&deliveries[..1]).await.is_err(),
         "acked already"
@@ -137,7 +137,7 @@ async fn concurrent_sends_each_get_their_own_answer() {
     );
     let lag = mq.lag("audit").await.expect("lag");
     assert_eq!(
-        lag.iter().map(|q| q.committed).sum::<u64>(),
+        lag.queues.iter().map(|q| q.committed).sum::<u64>(),
         SENDS as u64 - 1
     );
 }
@@ -265,6 +265,10 @@ async fn in_a_cluster_sends_spread_over_the_members_and_pass_one_that_is_down() 
         }
     }
     consume_all(&mut consumer, &wanted).await;
+    let lag = mq.lag("audit").await.expect("lag with a member down");
+    assert_eq!(lag.unreachable, [2]);
+    let nodes: std::collections::BTreeSet<u64> = lag.queues.iter().map(|q| q.node_id).collect();
+    assert_eq!(nodes, [1, 3].into());
 
     cluster.restart(2).expect("restart");
     cluster.wait_ready(WAIT).await.expect("ready again");
@@ -279,6 +283,16 @@ async fn in_a_cluster_sends_spread_over_the_members_and_pass_one_that_is_down() 
         .expect("the member is back");
     assert_eq!((&sent.member, sent.queue_id), (member, *queue));
     consume_all(&mut consumer, &std::collections::HashSet::from([body])).await;
+    let lag = mq.lag("audit").await.expect("lag");
+    assert!(lag.unreachable.is_empty());
+    let per_node = |node: u64| -> u64 {
+        let queues = lag.queues.iter().filter(|q| q.node_id == node);
+        queues.map(|q| q.committed).sum()
+    };
+    assert!(
+        (1..=3).all(|node| per_node(node) > 0),
+        "each member's queues were consumed: {lag:?}"
+    );
 }
 
 /// A raw producer-wire connection, upgraded from HTTP/1.1.

@@ -119,7 +119,10 @@ async fn grpc_send_pull_ack_and_lag_survive_a_restart() {
         "the acked message stays acked"
     );
     let lag = c
-        .lag(mq::LagRequest { group: "g".into() })
+        .lag(mq::LagRequest {
+            group: "g".into(),
+            local: false,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -151,6 +154,27 @@ async fn rest_routes_work_and_bad_input_gets_a_clear_error() {
     let (status, body) = http(&addr, "GET", "/v1/mq/topics", "").await.unwrap();
     assert_eq!(status, 200);
     assert!(body.contains(r#""name":"t""#), "{body}");
+    let (status, body) = http(&addr, "GET", "/v1/mq/topics/t/route", "")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let route: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(route["topic"]["queues"], 1, "{body}");
+    assert_eq!(route["brokers"].as_array().map(Vec::len), Some(1), "{body}");
+    assert_eq!(route["brokers"][0]["address"], addr.as_str(), "{body}");
+    assert_eq!(route["answered_by"], "1", "{body}");
+    let (status, body) = http(&addr, "GET", "/v1/mq/topics/ghost/route", "")
+        .await
+        .unwrap();
+    assert_eq!(
+        status, 404,
+        "no route for a topic a send may not create: {body}"
+    );
+    let (status, body) = http(&addr, "GET", "/v1/mq/topics/bad%20name/route", "")
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("`topic`"), "{body}");
 
     let big = format!(r#"{{"body":"{}"}}"#, "QUFB".repeat(2000));
     let (status, body) = http(&addr, "POST", "/v1/mq/topics/t/messages", &big)
