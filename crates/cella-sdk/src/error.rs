@@ -143,8 +143,12 @@ pub enum Error {
 impl From<tonic::Status> for Error {
     fn from(status: tonic::Status) -> Self {
         let message = status_message(&status);
+        // A status with a cause was made by tonic from a transport failure during the call
+        // (the connection broke), not sent by the server: the server may be gone.
+        let broke = std::error::Error::source(&status).is_some();
         match status.code() {
             tonic::Code::Unavailable => Error::Unavailable { message },
+            tonic::Code::Unknown if broke => Error::Unavailable { message },
             tonic::Code::InvalidArgument => Error::InvalidArgument { message },
             tonic::Code::NotFound => Error::NotFound { message },
             tonic::Code::FailedPrecondition => Error::FailedPrecondition { message },
@@ -204,6 +208,18 @@ mod tests {
             error.to_string(),
             "not found: etcdserver: requested lease not found"
         );
+    }
+
+    #[test]
+    fn a_connection_that_broke_during_the_call_is_unavailable() {
+        let broken = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "broken pipe");
+        let status = tonic::Status::from_error(Box::new(broken));
+        assert_eq!(status.code(), tonic::Code::Unknown);
+        let error = Error::from(status);
+        assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
+        assert!(error.to_string().contains("broken pipe"), "{error}");
+        let sent_by_the_server = Error::from(tonic::Status::unknown("handler failed"));
+        assert!(matches!(sent_by_the_server, Error::Server { .. }));
     }
 
     #[test]

@@ -909,16 +909,21 @@ impl Consumer {
         &self.member
     }
 
-    /// Takes up to `max` messages, waiting up to `wait` (at most 30 s) when none is ready.
-    /// With several members, one pull to each is in flight and the first to answer with
-    /// messages ends the wait; a member that cannot be reached is passed over for a while.
+    /// Takes up to `max` messages (0: the broker's default, 32), waiting up to `wait` (at most
+    /// 30 s) when none is ready. With several members a pull to each is in flight at once;
+    /// the first answer ends the wait, and what later answers take is kept for the next poll.
+    /// A member that cannot be reached is passed over for a while.
     pub async fn poll(&mut self, max: u32, wait: Duration) -> Result<Vec<Delivery>> {
         if self.ready.is_empty() {
             self.refresh_route().await?;
             self.start_pulls(max, wait);
             self.take_pulls().await?;
         }
-        let count = self.ready.len().min(max.max(1) as usize);
+        // `max` 0 asks for the broker's default batch: all that the pulls took.
+        let count = match max {
+            0 => self.ready.len(),
+            max => self.ready.len().min(max as usize),
+        };
         Ok(self.ready.drain(..count).collect())
     }
 
