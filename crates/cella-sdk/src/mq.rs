@@ -424,24 +424,33 @@ impl Routing {
     }
 
     /// `topic`'s route: cached, or fetched when older than [`ROUTE_TTL`]. A route that
-    /// cannot be fetched again (the member the client uses is down) is used as it was.
+    /// cannot be fetched again (the member the client uses is down) is used as it was; with
+    /// none yet, an unreachable member is asked again as a send would be.
     async fn route(&self, topic: &str) -> Result<Arc<ProducerRoute>> {
         let cached = lock(&self.routes).get(topic).cloned();
         if let Some(route) = cached.as_ref().filter(|r| r.fetched.elapsed() < ROUTE_TTL) {
             return Ok(Arc::clone(route));
         }
-        match self.mq.route(topic).await {
-            Ok(info) => {
-                let route = Arc::new(ProducerRoute {
-                    queues: info.queues,
-                    members: info.addresses.iter().map(|a| self.link(a)).collect(),
-                    fetched: Instant::now(),
-                });
-                lock(&self.routes).insert(topic.to_owned(), Arc::clone(&route));
-                Ok(route)
+        let mut pause = SEND_RETRY_PAUSE;
+        let mut attempt = 1;
+        let info = loop {
+            match self.mq.route(topic).await {
+                Ok(info) => break info,
+                Err(Error::Unavailable { .. }) if cached.is_none() && attempt < SEND_ATTEMPTS => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    attempt += 1;
+                }
+                Err(error) => return cached.ok_or(error),
             }
-            Err(error) => cached.ok_or(error),
-        }
+        };
+        let route = Arc::new(ProducerRoute {
+            queues: info.queues,
+            members: info.addresses.iter().map(|a| self.link(a)).collect(),
+            fetched: Instant::now(),
+        });
+        lock(&self.routes).insert(topic.to_owned(), Arc::clone(&route));
+        Ok(route)
     }
 
     fn next_turn(&self) -> u64 {
