@@ -1141,18 +1141,64 @@ impl Broker {
         req: &PullRequest,
         wait: Duration,
     ) -> MqResult<Vec<StoredMessage>> {
-        let mut changes = self.inner.store.subscribe();
         let give_up = tokio::time::Instant::now() + wait;
         loop {
-            changes.borrow_and_update();
+            // Subscribed before the pull, so that a message stored after it ends the wait.
+            let mut signals = self
+                .held_queue_signals(req)
+                .unwrap_or_else(|| vec![self.inner.store.subscribe()]);
             let got = self.pull(req).await?;
             if !got.is_empty() || tokio::time::Instant::now() >= give_up {
                 return Ok(got);
             }
             // Wake on new messages, or after a short while for redeliveries and rebalances.
             let nap = give_up.min(tokio::time::Instant::now() + Duration::from_millis(500));
-            let _ = tokio::time::timeout_at(nap, changes.changed()).await;
+            if signals.is_empty() {
+                tokio::time::sleep_until(nap).await;
+                continue;
+            }
+            let changed = signals.iter_mut().map(|s| Box::pin(s.changed()));
+            let _ = tokio::time::timeout_at(nap, futures::future::select_all(changed)).await;
         }
+    }
+
+    /// Signals of the queues `req`'s member holds now, so its long poll wakes for them
+    /// alone (not for every message of every consumer); `None` while the topic, group or
+    /// member is not known yet (the caller then watches the whole store).
+    fn held_queue_signals(
+        &self,
+        req: &PullRequest,
+    ) -> Option<Vec<tokio::sync::watch::Receiver<u64>>> {
+        let topic = match internal_topic(&req.topic) {
+            Some(topic) => topic,
+            None => self
+                .inner
+                .topics
+                .read()
+                .expect("topics lock")
+                .get(&req.topic)?
+                .clone(),
+        };
+        let groups = self.inner.groups.lock().expect("groups lock");
+        let runtime = groups.get(&req.group)?;
+        let members = runtime.members.names();
+        if !members.contains(&req.member) {
+            return None;
+        }
+        let mut signals = Vec::new();
+        let mut hold = |topic: &TopicMeta| {
+            let queues = assigned_queues(runtime.meta.mode, &members, &req.member, topic.queues);
+            for queue in queues {
+                signals.push(self.inner.store.subscribe_queue(&topic.name, queue));
+            }
+        };
+        hold(&topic);
+        // A pull also takes the group's retries (see `pull`).
+        let retry_topic = format!("{RETRY_PREFIX}{}", runtime.meta.name);
+        if topic.name != retry_topic {
+            hold(&internal_topic(&retry_topic)?);
+        }
+        Some(signals)
     }
 
     /// Runs `op` on `group`'s runtime (after expiring silent members) with the cursor owner

@@ -22,9 +22,11 @@
 //! whole batch (group commit). An async append that finds the lock free writes itself, on
 //! the caller's thread, and is acknowledged at once: a lone async producer's message so
 //! crosses no thread (when the lock is busy it queues for the writer thread like a sync
-//! append). Async appends are fsynced within `flush_interval` by the thread. The messages of
-//! one [`Store::append_batch`] are one write, so they are written in order, contiguously,
-//! and covered by one group commit. Consume-queue and index entries are written
+//! append). Async appends are fsynced within `flush_interval` by the thread, and checkpoints
+//! made every `checkpoint_interval`; both take what to sync under the lock and sync it after
+//! releasing it, so appends do not wait behind a flush of everything written since the last.
+//! The messages of one [`Store::append_batch`] are one write, so they are written in order,
+//! contiguously, and covered by one group commit. Consume-queue and index entries are written
 //! after the records; readers see a message only once its entry is written, which is after
 //! its fsync for sync appends.
 //!
@@ -160,6 +162,9 @@ struct Shared {
     lookup: Mutex<LookupIndex>,
     /// The visible end of the log; bumped after each batch (for long polls).
     published: watch::Sender<u64>,
+    /// Per-queue signals for long polls, made when first asked for: bumped after a batch
+    /// that appended to the queue, so a poller wakes only for its own queues.
+    queue_signals: Mutex<HashMap<QueueKey, watch::Sender<u64>>>,
     failed: AtomicBool,
 }
 
@@ -397,6 +402,7 @@ impl Store {
             queues: RwLock::new(queues),
             lookup: Mutex::new(lookup),
             published,
+            queue_signals: Mutex::default(),
             failed: AtomicBool::new(false),
             config,
         });
@@ -408,7 +414,7 @@ impl Store {
             active,
             position: end - end_base,
             warmed: end - end_base,
-            lookup_file,
+            lookup_file: Arc::new(lookup_file),
             dirty: false,
             last_flush: Instant::now(),
             last_checkpoint: Instant::now(),
@@ -516,6 +522,20 @@ impl Store {
     /// A receiver that changes whenever new messages become readable.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.shared.published.subscribe()
+    }
+
+    /// A receiver that changes whenever new messages of `topic`'s queue `queue_id` become
+    /// readable (the queue need not exist yet).
+    pub fn subscribe_queue(&self, topic: &str, queue_id: u32) -> watch::Receiver<u64> {
+        let mut signals = self
+            .shared
+            .queue_signals
+            .lock()
+            .expect("signals lock poisoned");
+        signals
+            .entry((topic.to_string(), queue_id))
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
     }
 
     /// The first retained commitlog offset and the end of the log.
@@ -877,10 +897,36 @@ struct Writer {
     position: u64,
     /// How far into the active segment pages were asked to be read ahead.
     warmed: u64,
-    lookup_file: EntryFile,
+    lookup_file: Arc<EntryFile>,
     dirty: bool,
     last_flush: Instant,
     last_checkpoint: Instant,
+}
+
+/// A checkpoint taken under the writer lock and finished after it: the log end, and the
+/// files that hold everything before it (the active segment, the consume queues and the
+/// index; earlier segments were synced when they were sealed).
+struct Checkpoint {
+    segment: Option<Arc<File>>,
+    derived: Vec<Arc<EntryFile>>,
+    dir: PathBuf,
+    end: u64,
+}
+
+impl Checkpoint {
+    /// Syncs the files, then records the end: recovery starts from it.
+    fn finish(self) -> MqResult<()> {
+        if let Some(segment) = &self.segment {
+            segment
+                .sync_data()
+                .map_err(MqError::io("syncing the commitlog"))?;
+        }
+        for file in &self.derived {
+            file.sync()?;
+        }
+        sync_dir(&self.dir.join("cq"))?;
+        write_checkpoint(&self.dir, self.end)
+    }
 }
 
 /// An append placed in the current batch.
@@ -938,15 +984,23 @@ impl Writer {
             if !appends.is_empty() {
                 this.append_batch(appends);
             }
-            if this.dirty && this.last_flush.elapsed() >= config.flush_interval {
-                if let Err(e) = this.flush() {
+            let flush = (this.dirty && this.last_flush.elapsed() >= config.flush_interval)
+                .then(|| this.start_flush());
+            let checkpoint = (this.last_checkpoint.elapsed() >= config.checkpoint_interval)
+                .then(|| this.start_checkpoint());
+            // The periodic fsyncs run without the lock, so appends (inline async ones too)
+            // go on meanwhile instead of waiting milliseconds for a flush of everything
+            // written since the last; each covers what its file held when it was taken.
+            drop(this);
+            if let Some(Some(segment)) = flush {
+                if let Err(e) = segment.sync_data() {
                     tracing::error!(error = %e, "mq: async flush failed");
+                    lock().dirty = true;
                 }
             }
-            if this.last_checkpoint.elapsed() >= config.checkpoint_interval {
-                if let Err(e) = this.checkpoint() {
-                    tracing::error!(error = %e, "mq: checkpoint failed");
-                }
+            if let Some(Err(e)) = checkpoint.map(|c| c.finish()) {
+                tracing::error!(error = %e, "mq: checkpoint failed");
+                lock().dirty = true;
             }
         }
         if let Err(e) = lock().checkpoint() {
@@ -954,21 +1008,18 @@ impl Writer {
         }
     }
 
-    fn flush(&mut self) -> MqResult<()> {
-        if let Some(active) = &self.active {
-            active
-                .sync_data()
-                .map_err(MqError::io("syncing the commitlog"))?;
-        }
+    /// Marks the async appends written so far flushed and returns the segment to
+    /// `fdatasync` for them (the caller syncs it, with or without the lock).
+    fn start_flush(&mut self) -> Option<Arc<File>> {
         self.dirty = false;
         self.last_flush = Instant::now();
-        Ok(())
+        self.active.clone()
     }
 
-    fn checkpoint(&mut self) -> MqResult<()> {
-        self.flush()?;
-        let end = self.active_base + self.position;
-        let queues: Vec<_> = self
+    /// What a checkpoint at the current log end must make durable before it is recorded.
+    fn start_checkpoint(&mut self) -> Checkpoint {
+        self.last_checkpoint = Instant::now();
+        let mut derived: Vec<_> = self
             .shared
             .queues
             .read()
@@ -976,14 +1027,17 @@ impl Writer {
             .values()
             .cloned()
             .collect();
-        for q in queues {
-            q.sync()?;
+        derived.push(Arc::clone(&self.lookup_file));
+        Checkpoint {
+            segment: self.start_flush(),
+            derived,
+            dir: self.shared.config.dir.clone(),
+            end: self.active_base + self.position,
         }
-        self.lookup_file.sync()?;
-        sync_dir(&self.shared.config.dir.join("cq"))?;
-        write_checkpoint(&self.shared.config.dir, end)?;
-        self.last_checkpoint = Instant::now();
-        Ok(())
+    }
+
+    fn checkpoint(&mut self) -> MqResult<()> {
+        self.start_checkpoint().finish()
     }
 
     fn append_batch(&mut self, appends: Vec<(Box<StoredMessage>, FlushMode, Reply)>) {
@@ -1148,9 +1202,18 @@ impl Writer {
                 lookup.add(hash, offset);
             }
         }
-        self.shared
-            .published
-            .send_replace(self.active_base + self.position);
+        let end = self.active_base + self.position;
+        self.shared.published.send_replace(end);
+        {
+            let signals = self
+                .shared
+                .queue_signals
+                .lock()
+                .expect("signals lock poisoned");
+            for signal in cq.keys().filter_map(|key| signals.get(key)) {
+                signal.send_replace(end);
+            }
+        }
         for (topic, (messages, bytes)) in per_topic {
             crate::metrics::count_appended(&topic, messages, bytes);
         }
