@@ -70,6 +70,17 @@ fn lag_to_pb(l: QueueLag, node_id: u64) -> pb::QueueLag {
     }
 }
 
+fn deliveries_from_pb(deliveries: Vec<pb::Delivery>) -> Vec<Delivery> {
+    deliveries
+        .into_iter()
+        .map(|d| Delivery {
+            topic: d.topic,
+            queue_id: d.queue_id,
+            queue_offset: d.queue_offset,
+        })
+        .collect()
+}
+
 fn send_from_pb(req: pb::SendRequest) -> SendRequest {
     SendRequest {
         topic: req.topic,
@@ -196,6 +207,12 @@ impl Api {
             pb::StartFrom::Earliest => Some(StartFrom::Earliest),
             pb::StartFrom::Latest => Some(StartFrom::Latest),
         };
+        if !req.acks.is_empty() {
+            let acks = deliveries_from_pb(req.acks);
+            self.0
+                .ack_listed(&req.group, &req.member, &acks, "acks")
+                .await?;
+        }
         let pull = PullRequest {
             group: req.group,
             topic: req.topic,
@@ -244,15 +261,7 @@ impl Api {
     }
 
     async fn ack_batch(&self, req: pb::AckBatchRequest) -> MqResult<pb::AckResponse> {
-        let deliveries: Vec<Delivery> = req
-            .deliveries
-            .into_iter()
-            .map(|d| Delivery {
-                topic: d.topic,
-                queue_id: d.queue_id,
-                queue_offset: d.queue_offset,
-            })
-            .collect();
+        let deliveries = deliveries_from_pb(req.deliveries);
         self.0
             .ack_batch(&req.group, &req.member, &deliveries)
             .await?;
@@ -754,7 +763,8 @@ pub fn openapi() -> serde_json::Value {
                 "group": s("string"), "topic": s("string"), "member": s("string"),
                 "tags": { "type": "array", "items": s("string") }, "max_messages": s("integer"), "wait_ms": u64s,
                 "mode": { "type": "string", "enum": ["GROUP_MODE_CLUSTERING", "GROUP_MODE_BROADCASTING"] },
-                "start": { "type": "string", "enum": ["START_FROM_EARLIEST", "START_FROM_LATEST"] }
+                "start": { "type": "string", "enum": ["START_FROM_EARLIEST", "START_FROM_LATEST"] },
+                "acks": { "type": "array", "items": object(serde_json::json!({ "topic": s("string"), "queue_id": s("integer"), "queue_offset": u64s })) }
             })),
             "mq.PullResponse": object(serde_json::json!({ "messages": { "type": "array", "items": object(message_props) } })),
             "mq.AckRequest": ack,

@@ -1287,15 +1287,27 @@ impl Broker {
         member: &str,
         deliveries: &[Delivery],
     ) -> MqResult<()> {
+        self.ack_listed(group, member, deliveries, "deliveries")
+            .await
+    }
+
+    /// [`Broker::ack_batch`] of deliveries sent in the request field `list` (named in errors).
+    pub async fn ack_listed(
+        &self,
+        group: &str,
+        member: &str,
+        deliveries: &[Delivery],
+        list: &'static str,
+    ) -> MqResult<()> {
         let max = self.inner.config.max_batch as usize;
         if deliveries.len() > max {
             return Err(MqError::InvalidField {
-                field: "deliveries",
+                field: list,
                 rule: format!("must hold at most {max} (got {})", deliveries.len()),
             });
         }
         let in_batch = |index, e| MqError::InBatch {
-            list: "deliveries",
+            list,
             index,
             source: Box::new(e),
         };

@@ -834,6 +834,8 @@ pub struct Consumer {
     routed: Option<Instant>,
     /// Deliveries pulled beyond what the last poll could return.
     ready: VecDeque<Delivery>,
+    /// Acks that travel with the next pull to the member that delivered them.
+    deferred: HashMap<Arc<str>, Vec<pb::Delivery>>,
 }
 
 /// A pull whose answer has not been taken yet. The mutex only makes it `Sync`, as a
@@ -886,6 +888,7 @@ impl Consumer {
             sources: Vec::new(),
             routed: None,
             ready: VecDeque::new(),
+            deferred: HashMap::new(),
         }
     }
 
@@ -990,6 +993,7 @@ impl Consumer {
             } else {
                 pb::StartFrom::Unspecified
             } as i32,
+            acks: Vec::new(),
         };
         let now = Instant::now();
         let all_failed = self.sources.iter().all(|s| s.health.skipped(now));
@@ -998,7 +1002,8 @@ impl Consumer {
                 continue;
             }
             let mut client = source.mq.client.clone();
-            let request = request.clone();
+            let mut request = request.clone();
+            request.acks = self.deferred.remove(&source.address).unwrap_or_default();
             source.pull = Some(Mutex::new(Box::pin(async move {
                 Ok(client.pull(request).await?.into_inner().messages)
             })));
@@ -1116,6 +1121,24 @@ impl Consumer {
         });
         futures::future::try_join_all(calls).await?;
         Ok(())
+    }
+
+    /// Acknowledges `deliveries` with the next poll's pull to the member that delivered
+    /// each (one call per batch instead of two, as RocketMQ's pulls carry their offset
+    /// commits). If that pull finds one not an unacked delivery to this member (past its
+    /// ack deadline), the poll fails and none of that member's is acked; if the member
+    /// cannot be reached, they are delivered again after their deadline.
+    pub fn ack_with_next_poll(&mut self, deliveries: &[Delivery]) {
+        for d in deliveries {
+            self.deferred
+                .entry(Arc::clone(&d.member))
+                .or_default()
+                .push(pb::Delivery {
+                    topic: d.message.topic.clone(),
+                    queue_id: d.message.queue_id,
+                    queue_offset: d.message.queue_offset,
+                });
+        }
     }
 
     /// Hands a delivery back: it will be delivered again.

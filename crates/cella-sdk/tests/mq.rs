@@ -3,7 +3,7 @@
 //! sends through one producer, gathered into shared calls, each get their own answer; a
 //! producer outlives a node restart. The producer wire itself, frame by frame: pipelined
 //! answers, refusals that name the rule and store nothing, a bad frame closing the connection.
-//! In a three-member cluster: sends spread over the members and pass one that is killed,
+//! Acks can ride with the next poll. In a three-member cluster: sends spread over the members and pass one that is killed,
 //! sharding keys keep their member and queue, and a consumer takes from every member.
 
 use std::time::Duration;
@@ -83,6 +83,37 @@ async fn a_batch_is_sent_in_one_call_and_acked_in_one_call() {
     assert!(
         consumer.ack_all(&deliveries[..1]).await.is_err(),
         "acked already"
+    );
+}
+
+#[tokio::test]
+async fn acks_can_travel_with_the_next_poll() {
+    let (_node, mq) = node_with_topic("later", 1).await;
+    let producer = mq.producer();
+    for i in 0..5 {
+        let message = OutgoingMessage::new("later", format!("m{i}"));
+        producer.send(message).await.expect("sent");
+    }
+    let mut consumer = Consumer::new(mq.clone(), "lazy", "later");
+    let got = consumer
+        .poll(16, Duration::from_secs(2))
+        .await
+        .expect("poll");
+    assert_eq!(got.len(), 5);
+    consumer.ack_with_next_poll(&got);
+    let none = consumer
+        .poll(16, Duration::from_millis(100))
+        .await
+        .expect("the acks ride along");
+    assert!(none.is_empty(), "{none:?}");
+    let lag = mq.lag("lazy").await.expect("lag");
+    assert_eq!(lag.queues.iter().map(|q| q.committed).sum::<u64>(), 5);
+
+    consumer.ack_with_next_poll(&got[3..]);
+    let refused = consumer.poll(16, Duration::from_millis(100)).await;
+    assert!(
+        format!("{refused:?}").contains("acks[0]"),
+        "acked already, named by its place: {refused:?}"
     );
 }
 

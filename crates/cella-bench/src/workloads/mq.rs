@@ -199,7 +199,7 @@ impl CellaRun {
             topic: self.topic.clone(),
             group: self.group.clone(),
             member: format!("bench-consumer-{i}"),
-            acking: None,
+            acks: Vec::new(),
         })
     }
 }
@@ -229,15 +229,14 @@ impl CellaProducer {
     }
 }
 
-/// Cella: one member of the run's consumer group. A batch's AckBatch is in flight while the
-/// next pull waits (its answer is checked after that pull), as RabbitMQ's acks are frames
-/// its client does not wait on: one round trip per receive, as the peers have.
+/// Cella: one member of the run's consumer group. A batch is acknowledged by the next pull
+/// (`PullRequest.acks`): one call per receive, as the peers' acks cost no call of their own.
 pub(super) struct CellaConsumer {
     client: MessageQueueClient<Channel>,
     topic: String,
     group: String,
     member: String,
-    acking: Option<tokio::task::JoinHandle<Result<(), tonic::Status>>>,
+    acks: Vec<mq::Delivery>,
 }
 
 impl CellaConsumer {
@@ -253,29 +252,19 @@ impl CellaConsumer {
                 wait_ms: RECEIVE_WAIT.as_millis() as u64,
                 mode: mq::GroupMode::Clustering as i32,
                 start: mq::StartFrom::Earliest as i32,
+                acks: std::mem::take(&mut self.acks),
             })
             .await?
             .into_inner()
             .messages;
-        if let Some(acking) = self.acking.take() {
-            acking.await??;
-        }
-        if !pulled.is_empty() {
-            let deliveries = pulled.iter().map(|m| mq::Delivery {
+        self.acks = pulled
+            .iter()
+            .map(|m| mq::Delivery {
                 topic: m.topic.clone(),
                 queue_id: m.queue_id,
                 queue_offset: m.queue_offset,
-            });
-            let request = mq::AckBatchRequest {
-                group: self.group.clone(),
-                member: self.member.clone(),
-                deliveries: deliveries.collect(),
-            };
-            let mut client = self.client.clone();
-            self.acking = Some(tokio::spawn(async move {
-                client.ack_batch(request).await.map(drop)
-            }));
-        }
+            })
+            .collect();
         Ok(pulled.into_iter().map(|m| m.body).collect())
     }
 }
@@ -531,9 +520,9 @@ pub(crate) fn settings_shown(settings: &Settings) -> Vec<(String, String)> {
     shown.push((
         "receive batch".to_string(),
         format!(
-            "up to {BATCH}, all acked (cella: one AckBatch, answered while the next pull \
-             waits; rabbitmq: one multiple-ack frame, never answered; nats: one double-ack \
-             per message, answered before the next fetch)"
+            "up to {BATCH}, all acked (cella: by the next pull, which carries them; \
+             rabbitmq: one multiple-ack frame, never answered; nats: one double-ack per \
+             message, answered before the next fetch)"
         ),
     ));
     shown.push((
