@@ -36,13 +36,18 @@ use tokio::sync::oneshot;
 pub use cella_proto::cella::mq::v1 as pb;
 use pb::message_queue_client::MessageQueueClient;
 
+use cella_base::Backoff;
+
 use crate::client::{lazy_transport, Credentials, Transport};
 use crate::mq_route::{key_slot, next_member, Health, RouteInfo, ROUTE_TTL};
 use crate::mq_wire::WireLink;
 use crate::{Error, Result};
 
-/// Sends retried on an unreachable member, with this first pause (doubling).
-const SEND_RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// Pauses before retrying a send on an unreachable member: 100 ms, then 200 ms.
+const SEND_BACKOFF: Backoff = Backoff {
+    first: Duration::from_millis(100),
+    max: Duration::from_millis(400),
+};
 /// Attempts per send while members cannot be reached.
 const SEND_ATTEMPTS: u32 = 3;
 
@@ -431,14 +436,12 @@ impl Routing {
         if let Some(route) = cached.as_ref().filter(|r| r.fetched.elapsed() < ROUTE_TTL) {
             return Ok(Arc::clone(route));
         }
-        let mut pause = SEND_RETRY_PAUSE;
         let mut attempt = 1;
         let info = loop {
             match self.mq.route(topic).await {
                 Ok(info) => break info,
                 Err(Error::Unavailable { .. }) if cached.is_none() && attempt < SEND_ATTEMPTS => {
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
+                    tokio::time::sleep(SEND_BACKOFF.pause(attempt)).await;
                     attempt += 1;
                 }
                 Err(error) => return cached.ok_or(error),
@@ -460,8 +463,8 @@ impl Routing {
 
 /// Calls `call` on `members[first]`. A member that cannot be reached is marked; unless the
 /// call is `pinned` to it, the next member not passed over is tried at once. Pinned calls,
-/// and calls with every member passed over, wait (doubling from [`SEND_RETRY_PAUSE`]) before
-/// trying again; [`SEND_ATTEMPTS`] calls in all.
+/// and calls with every member passed over, wait ([`SEND_BACKOFF`]) before trying again;
+/// [`SEND_ATTEMPTS`] calls in all.
 async fn failover<T, Fut>(
     members: &[Arc<MemberLink>],
     first: usize,
@@ -472,7 +475,6 @@ where
     Fut: Future<Output = Result<T>>,
 {
     let mut member = first;
-    let mut pause = SEND_RETRY_PAUSE;
     let mut attempt = 1;
     loop {
         let link = Arc::clone(&members[member]);
@@ -484,8 +486,7 @@ where
                 let skipped = |m: usize| members[m].health.skipped(now);
                 let next = next_member(u64::from(attempt), members.len(), skipped);
                 if pinned || skipped(next) {
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
+                    tokio::time::sleep(SEND_BACKOFF.pause(attempt)).await;
                 }
                 if !pinned {
                     member = next;
