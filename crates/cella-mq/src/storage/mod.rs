@@ -984,15 +984,19 @@ impl Writer {
             if !appends.is_empty() {
                 this.append_batch(appends);
             }
-            let flush = (this.dirty && this.last_flush.elapsed() >= config.flush_interval)
-                .then(|| this.start_flush());
+            // A checkpoint due flushes too.
             let checkpoint = (this.last_checkpoint.elapsed() >= config.checkpoint_interval)
                 .then(|| this.start_checkpoint());
+            let flush = (checkpoint.is_none()
+                && this.dirty
+                && this.last_flush.elapsed() >= config.flush_interval)
+                .then(|| this.start_flush())
+                .flatten();
             // The periodic fsyncs run without the lock, so appends (inline async ones too)
             // go on meanwhile instead of waiting milliseconds for a flush of everything
             // written since the last; each covers what its file held when it was taken.
             drop(this);
-            if let Some(Some(segment)) = flush {
+            if let Some(segment) = flush {
                 if let Err(e) = segment.sync_data() {
                     tracing::error!(error = %e, "mq: async flush failed");
                     lock().dirty = true;
