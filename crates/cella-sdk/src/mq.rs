@@ -814,6 +814,25 @@ impl Delivery {
     pub fn body(&self) -> &[u8] {
         &self.message.body
     }
+
+    /// Where the message sits, as an ack names it.
+    fn position(&self) -> pb::Delivery {
+        pb::Delivery {
+            topic: self.message.topic.clone(),
+            queue_id: self.message.queue_id,
+            queue_offset: self.message.queue_offset,
+        }
+    }
+}
+
+/// `deliveries`' positions grouped by the member that delivered them, in order.
+fn by_member(deliveries: &[Delivery]) -> HashMap<Arc<str>, Vec<pb::Delivery>> {
+    let mut grouped: HashMap<Arc<str>, Vec<pb::Delivery>> = HashMap::new();
+    for d in deliveries {
+        let member = grouped.entry(Arc::clone(&d.member)).or_default();
+        member.push(d.position());
+    }
+    grouped
 }
 
 /// A member of a consumer group on one topic. It pulls from every member of the topic's
@@ -1075,12 +1094,17 @@ impl Consumer {
     }
 
     fn ack_request(&self, delivery: &Delivery) -> pb::AckRequest {
+        let pb::Delivery {
+            topic,
+            queue_id,
+            queue_offset,
+        } = delivery.position();
         pb::AckRequest {
             group: self.group.clone(),
             member: self.member.clone(),
-            topic: delivery.message.topic.clone(),
-            queue_id: delivery.message.queue_id,
-            queue_offset: delivery.message.queue_offset,
+            topic,
+            queue_id,
+            queue_offset,
         }
     }
 
@@ -1096,30 +1120,20 @@ impl Consumer {
     /// ack deadline), none of its call is acked and the error names it within the call
     /// (e.g. `deliveries[2]`).
     pub async fn ack_all(&self, deliveries: &[Delivery]) -> Result<()> {
-        let mut calls: Vec<(&Arc<str>, Vec<pb::Delivery>)> = Vec::new();
-        for d in deliveries {
-            let entry = pb::Delivery {
-                topic: d.message.topic.clone(),
-                queue_id: d.message.queue_id,
-                queue_offset: d.message.queue_offset,
-            };
-            match calls.iter_mut().find(|(member, _)| **member == d.member) {
-                Some((_, same)) => same.push(entry),
-                None => calls.push((&d.member, vec![entry])),
-            }
-        }
-        let calls = calls.into_iter().map(|(member, deliveries)| {
-            let request = pb::AckBatchRequest {
-                group: self.group.clone(),
-                member: self.member.clone(),
-                deliveries,
-            };
-            let source = self.source(member);
-            async move {
-                source?.client.ack_batch(request).await?;
-                Ok::<_, Error>(())
-            }
-        });
+        let calls = by_member(deliveries)
+            .into_iter()
+            .map(|(member, deliveries)| {
+                let request = pb::AckBatchRequest {
+                    group: self.group.clone(),
+                    member: self.member.clone(),
+                    deliveries,
+                };
+                let source = self.source(&member);
+                async move {
+                    source?.client.ack_batch(request).await?;
+                    Ok::<_, Error>(())
+                }
+            });
         futures::future::try_join_all(calls).await?;
         Ok(())
     }
@@ -1130,15 +1144,8 @@ impl Consumer {
     /// ack deadline), the poll fails and none of that member's is acked; if the member
     /// cannot be reached, they are delivered again after their deadline.
     pub fn ack_with_next_poll(&mut self, deliveries: &[Delivery]) {
-        for d in deliveries {
-            self.deferred
-                .entry(Arc::clone(&d.member))
-                .or_default()
-                .push(pb::Delivery {
-                    topic: d.message.topic.clone(),
-                    queue_id: d.message.queue_id,
-                    queue_offset: d.message.queue_offset,
-                });
+        for (member, positions) in by_member(deliveries) {
+            self.deferred.entry(member).or_default().extend(positions);
         }
     }
 
