@@ -1,4 +1,4 @@
-//! `cella mq`: topics, sending, consuming (acking each message) and group lag.
+//! `cella mq`: topics, sending, consuming (acking each batch once printed) and group lag.
 
 use std::io::{self, Write};
 use std::time::Duration;
@@ -36,7 +36,8 @@ pub enum MqCommand {
         /// The message body.
         body: String,
     },
-    /// Receive messages as a group member, printing one body per line and acking each.
+    /// Receive messages as a group member, printing one body per line; each batch is acked
+    /// once printed.
     Consume {
         /// The topic.
         #[arg(long)]
@@ -377,7 +378,7 @@ async fn consume(
                 Some(_) => continue,
             }
         }
-        for delivery in deliveries {
+        for delivery in &deliveries {
             let m = &delivery.message;
             emit(
                 format,
@@ -389,9 +390,10 @@ async fn consume(
                     body: Text::from(&m.body[..]),
                 },
             )?;
-            consumer.ack(&delivery).await?;
             printed += 1;
         }
+        // Acked once printed: a crash before this line redelivers, never loses.
+        consumer.ack_all(&deliveries).await?;
         if count.is_some_and(|c| printed >= c) {
             return Ok(());
         }

@@ -452,6 +452,46 @@ fn id_next_batch_decode_as_documented() {
 }
 
 #[test]
+fn consume_prints_each_body_and_acks_what_it_printed() {
+    let server = Server::start();
+    let endpoint = server.endpoint();
+    succeed(
+        &endpoint,
+        &["mq", "topic", "create", "orders", "--queues", "1"],
+    );
+    for body in ["created", "paid", "shipped"] {
+        succeed(
+            &endpoint,
+            &["mq", "send", "--topic", "orders", "--key", "o-1", body],
+        );
+    }
+    let consume = ["mq", "consume", "--topic", "orders", "--group", "billing"];
+    let out = succeed(&endpoint, &[&consume[..], &["--count", "2"]].concat());
+    assert_eq!(out, "created\npaid\n");
+    let out = succeed(&endpoint, &consume);
+    assert_eq!(
+        out, "shipped\n",
+        "the printed two were acked, not redelivered"
+    );
+
+    // Everything printed was acked: the group's committed offset is the queue's end.
+    let lag = json(&endpoint, &["mq", "lag", "--group", "billing"]);
+    let queue = &lag["queues"][0];
+    assert_eq!(
+        (queue["committed"].as_u64(), queue["lag"].as_u64()),
+        (Some(3), Some(0)),
+        "{lag}"
+    );
+    fails_with(
+        &endpoint,
+        &[&consume[..], &["--count", "1", "--timeout-ms", "1500"]].concat(),
+        1,
+        "received 0 of 1 messages",
+    );
+    server.stop();
+}
+
+#[test]
 fn apply_get_and_delete_resources_from_a_yaml_file() {
     let server = Server::start();
     let endpoint = server.endpoint();
