@@ -596,6 +596,13 @@ impl Store {
         live.iter().all(|r| compare_one(c, target, r))
     }
 
+    /// The keys changed at `from_revision` or later, by revision (a key once per change).
+    pub fn changed_since(&self, from_revision: i64) -> impl Iterator<Item = &Bytes> {
+        self.changes
+            .range(from_revision..)
+            .flat_map(|(_, keys)| keys)
+    }
+
     /// Events after `from_revision - 1` for keys in the range, whole revisions at a time,
     /// stopping once `max_events` is reached. Returns the events and the last revision read.
     pub fn events_since(

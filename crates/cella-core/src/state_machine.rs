@@ -26,7 +26,6 @@ use openraft::{
     StoredMembership,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 
 use crate::error::CoreError;
 use crate::lease::LeaseTimer;
@@ -35,6 +34,7 @@ use crate::metrics;
 use crate::mvcc::{Store, StoreImage};
 use crate::node::fill_txn_headers;
 use crate::types::{Applied, Entry, LogId, NodeId, TypeConfig};
+use crate::watch::Interests;
 
 type Membership = StoredMembership<NodeId, openraft::BasicNode>;
 
@@ -42,8 +42,8 @@ type Membership = StoredMembership<NodeId, openraft::BasicNode>;
 pub(crate) struct Shared {
     pub store: RwLock<Store>,
     pub leases: Mutex<LeaseTimer>,
-    /// The store's revision after each applied batch; watchers wait on it.
-    pub revision: watch::Sender<i64>,
+    /// What running watchers wait on; woken by the batches that change their ranges.
+    pub watchers: Arc<Interests>,
     applied: Mutex<(Option<LogId>, Membership)>,
 }
 
@@ -120,11 +120,10 @@ impl StateMachine {
             }
             Err(e) => return Err(read_err(e)),
         };
-        let (revision, _) = watch::channel(store.revision());
         let shared = Arc::new(Shared {
             store: RwLock::new(store),
             leases: Mutex::new(leases),
-            revision,
+            watchers: Arc::default(),
             applied: Mutex::new((applied, membership)),
         });
         {
@@ -213,8 +212,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let started = Instant::now();
         let mut results = Vec::new();
-        let revision = {
+        {
             let mut store = self.shared.store_mut();
+            let before = store.revision();
             let mut leases = self.shared.leases();
             let mut applied = self
                 .shared
@@ -242,9 +242,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }
                 }
             }
-            store.revision()
-        };
-        self.shared.revision.send_replace(revision);
+            if store.compact_revision() > before {
+                // Compacted into this batch's own changes: their watchers must learn it.
+                self.shared.watchers.wake_all();
+            } else {
+                let changed: Vec<_> = store.changed_since(before + 1).collect();
+                self.shared.watchers.wake_changed(&changed);
+            }
+        }
         metrics::observe_apply(started.elapsed());
         Ok(results)
     }
@@ -286,7 +291,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .lock()
             .expect("applied lock poisoned only by a panic") =
             (meta.last_log_id, meta.last_membership.clone());
-        self.shared.revision.send_replace(revision);
+        self.shared.watchers.wake_all();
         tracing::info!(index = ?meta.last_log_id.map(|l| l.index), revision, "installed a snapshot from the leader");
         Ok(())
     }

@@ -1,19 +1,25 @@
 //! Watchers: each streams the changes of a key or range from a start revision.
 //!
-//! A watcher pulls from the store's history instead of being pushed to: after each applied
-//! batch the state machine publishes the new revision, and every watcher reads the events it
-//! has not sent yet. So a slow watcher never blocks writes or other watchers; it falls behind
-//! and catches up from history, or, if compaction removed what it still needed, it is
+//! A watcher pulls from the store's history instead of being pushed to: an applied batch
+//! wakes the watchers whose key range it changed (and only those, as etcd matches events to
+//! watchers, so a write costs nothing to watchers of other keys), and each reads the events
+//! it has not sent yet. So a slow watcher never blocks writes or other watchers; it falls
+//! behind and catches up from history, or, if compaction removed what it still needed, it is
 //! cancelled with the compact revision (etcd's "compacted" answer).
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use cella_proto::etcdserverpb::{self as pb, watch_create_request::FilterType};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::error::{CoreError, CoreResult};
 use crate::metrics;
-use crate::mvcc::EventFilter;
+use crate::mvcc::{in_range, EventFilter};
 use crate::node::Core;
 use crate::validate;
 
@@ -111,12 +117,11 @@ pub async fn run_watcher(
     metrics::watcher_opened();
     let _closed = scopeguard(metrics::watcher_closed);
     let shared = core.shared().clone();
-    let mut revisions = shared.revision.subscribe();
+    let interest = shared.watchers.register(&spec.filter);
     let mut next = spec.start_revision;
     let mut progress =
         tokio::time::interval_at(tokio::time::Instant::now() + progress_every, progress_every);
     loop {
-        revisions.borrow_and_update();
         let scanned = {
             let store = shared.store();
             if next <= store.compact_revision() {
@@ -157,7 +162,7 @@ pub async fn run_watcher(
             continue;
         }
         tokio::select! {
-            changed = revisions.changed() => if changed.is_err() { return },
+            _ = interest.changed() => {}
             _ = progress.tick(), if spec.progress_notify => {
                 let resp = pb::WatchResponse { header: Some(core.header(next - 1)), watch_id, ..Default::default() };
                 if out.send(resp).await.is_err() {
@@ -166,6 +171,89 @@ pub async fn run_watcher(
             }
             _ = out.closed() => return,
         }
+    }
+}
+
+/// The key ranges that running watchers wait on, each with the signal that wakes its watcher.
+#[derive(Default)]
+pub(crate) struct Interests {
+    next_id: AtomicU64,
+    ranges: Mutex<HashMap<u64, Interest>>,
+}
+
+struct Interest {
+    key: Bytes,
+    range_end: Bytes,
+    wake: Arc<Notify>,
+}
+
+impl Interests {
+    /// Registers `filter`'s key range until the returned handle is dropped.
+    pub(crate) fn register(self: &Arc<Self>, filter: &EventFilter) -> Interested {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let wake = Arc::new(Notify::new());
+        self.ranges().insert(
+            id,
+            Interest {
+                key: filter.key.clone(),
+                range_end: filter.range_end.clone(),
+                wake: Arc::clone(&wake),
+            },
+        );
+        Interested {
+            interests: Arc::clone(self),
+            id,
+            wake,
+        }
+    }
+
+    /// Wakes the watchers whose range holds one of `changed`.
+    pub(crate) fn wake_changed(&self, changed: &[&Bytes]) {
+        if changed.is_empty() {
+            return;
+        }
+        for interest in self.ranges().values() {
+            if changed
+                .iter()
+                .any(|k| in_range(k, &interest.key, &interest.range_end))
+            {
+                interest.wake.notify_one();
+            }
+        }
+    }
+
+    /// Wakes every watcher: the store was replaced as a whole (a snapshot was installed).
+    pub(crate) fn wake_all(&self) {
+        for interest in self.ranges().values() {
+            interest.wake.notify_one();
+        }
+    }
+
+    fn ranges(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Interest>> {
+        self.ranges
+            .lock()
+            .expect("watch interests lock poisoned only by a panic")
+    }
+}
+
+/// One watcher's registered range; unregistered when dropped.
+pub(crate) struct Interested {
+    interests: Arc<Interests>,
+    id: u64,
+    wake: Arc<Notify>,
+}
+
+impl Interested {
+    /// Resolves once a change in the range was applied since the last call returned (at
+    /// once if one came meanwhile: a wake-up is kept until it is waited for).
+    async fn changed(&self) {
+        self.wake.notified().await
+    }
+}
+
+impl Drop for Interested {
+    fn drop(&mut self) {
+        self.interests.ranges().remove(&self.id);
     }
 }
 
@@ -178,4 +266,56 @@ fn scopeguard(f: fn()) -> impl Drop {
         }
     }
     Guard(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+
+    use super::*;
+
+    fn filter(key: &str, range_end: &str) -> EventFilter {
+        EventFilter {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            range_end: Bytes::copy_from_slice(range_end.as_bytes()),
+            prev_kv: false,
+            no_put: false,
+            no_delete: false,
+        }
+    }
+
+    /// Whether a wake-up is waiting for `interest`, consuming it.
+    fn woken(interest: &Interested) -> bool {
+        interest.changed().now_or_never().is_some()
+    }
+
+    #[test]
+    fn a_change_wakes_only_the_watchers_of_its_range_and_is_kept_until_waited_for() {
+        let interests = Arc::new(Interests::default());
+        let key = interests.register(&filter("a", ""));
+        let prefix = interests.register(&filter("b/", "b0"));
+        let from_c = interests.register(&filter("c", "\0"));
+
+        let (a, b1, x) = (Bytes::from("a"), Bytes::from("b/1"), Bytes::from("ab"));
+        interests.wake_changed(&[&x]);
+        assert!(!woken(&key) && !woken(&prefix) && !woken(&from_c));
+
+        interests.wake_changed(&[&b1]);
+        interests.wake_changed(&[&b1, &a]);
+        assert!(woken(&key));
+        assert!(woken(&prefix), "kept although nobody was waiting");
+        assert!(!woken(&prefix), "two wake-ups before a wait are one");
+        interests.wake_changed(&[&Bytes::from("zz")]);
+        assert!(woken(&from_c) && !woken(&key));
+
+        interests.wake_all();
+        assert!(woken(&key) && woken(&prefix) && woken(&from_c));
+
+        drop((key, prefix));
+        assert_eq!(
+            interests.ranges().len(),
+            1,
+            "dropped interests are unregistered"
+        );
+    }
 }
