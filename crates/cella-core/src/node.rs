@@ -309,26 +309,30 @@ impl Core {
     /// serves every write that arrived meanwhile (openraft 0.9 flushes the log once per
     /// entry, so batching must happen before Raft). The next batch is proposed as soon as
     /// the log has flushed the last one, while that one is still being applied and
-    /// answered, so apply and reply overlap the next fsync.
+    /// answered, so apply and reply overlap the next fsync. Flushes are listened for only
+    /// while a proposer waits: with one writer at a time nothing wakes this task after
+    /// each fsync (a wake that made tokio rouse its other worker for nothing).
     async fn run_proposals(self, mut proposals: mpsc::Receiver<Proposal>) {
         let mut flushes = self.inner.log.flushes();
         // Batches proposed and not yet answered, with their proposers.
         let mut in_flight = FuturesUnordered::new();
-        // Whether the last batch proposed is still waiting for its fsync.
-        let mut awaiting_flush = false;
         loop {
             tokio::select! {
                 Some((replies, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
                     answer(replies, outcome);
-                    // A batch that failed before reaching the log brings no flush.
-                    awaiting_flush &= !in_flight.is_empty();
                 }
-                _ = flushes.changed(), if awaiting_flush => awaiting_flush = false,
-                first = proposals.recv(), if !awaiting_flush => {
+                first = proposals.recv() => {
                     let Some(first) = first else { break };
+                    // Until the last batch is flushed (a batch that failed before reaching
+                    // the log brings no flush, but leaves `in_flight`).
+                    while !in_flight.is_empty() && !flushes.has_changed().unwrap_or(true) {
+                        tokio::select! {
+                            Some((replies, outcome)) = in_flight.next() => answer(replies, outcome),
+                            _ = flushes.changed() => break,
+                        }
+                    }
                     let (commands, replies) = gather(first, &mut proposals);
                     flushes.borrow_and_update();
-                    awaiting_flush = true;
                     let core = self.clone();
                     in_flight.push(async move {
                         let batch = corepb::CommandBatch { commands };
