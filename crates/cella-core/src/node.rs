@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{BasicNode, ChangeMembers, RaftMetrics, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::election::ElectionClock;
@@ -114,6 +115,8 @@ pub(crate) struct Inner {
     pub(crate) election: ElectionClock,
     config: CoreConfig,
     proposals: mpsc::Sender<Proposal>,
+    /// Who is proposing; see [`Core::propose`].
+    proposers: Proposers,
     background: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -202,6 +205,7 @@ impl Core {
                 election: ElectionClock::new(Duration::from_millis(timeout)),
                 config,
                 proposals,
+                proposers: Proposers::default(),
                 background: std::sync::Mutex::new(Vec::new()),
             }),
         };
@@ -286,11 +290,27 @@ impl Core {
     // ---- writes -------------------------------------------------------------------------
 
     /// Proposes a command and waits until it is applied here. Concurrent proposals share
-    /// one Raft entry (see [`Core::run_proposals`]).
+    /// one Raft entry (see [`Core::run_proposals`]); a proposer with no other waiting
+    /// beside it has nothing to share an entry with, so it goes to Raft itself. That spares
+    /// two hand-overs between tasks, and with them the chain of wake-ups that made tokio
+    /// rouse its idle worker several times per write (kv-put at one client: 2.0 instead of
+    /// 4.7 wake-ups per put); proposers that come meanwhile batch behind it.
     async fn propose(&self, command: corepb::Command) -> CoreResult<command_result::Result> {
         let command = detached(command);
-        let (reply, answer) = oneshot::channel();
+        let waiting = self.inner.proposers.join();
         let outcome = async {
+            if waiting.alone {
+                let batch = corepb::CommandBatch {
+                    commands: vec![command],
+                };
+                let applied = self.replicate(batch, true).await?;
+                return applied
+                    .results
+                    .into_iter()
+                    .next()
+                    .map_or_else(|| Err(internal("a batch of one had no result")), outcome_of);
+            }
+            let (reply, answer) = oneshot::channel();
             self.inner
                 .proposals
                 .send(Proposal { command, reply })
@@ -324,11 +344,17 @@ impl Core {
                 first = proposals.recv() => {
                     let Some(first) = first else { break };
                     // Until the last batch is flushed (a batch that failed before reaching
-                    // the log brings no flush, but leaves `in_flight`).
-                    while !in_flight.is_empty() && !flushes.has_changed().unwrap_or(true) {
+                    // the log brings no flush, but leaves `in_flight`) and no proposer is
+                    // in Raft by itself.
+                    let mut flushed = in_flight.is_empty() || flushes.has_changed().unwrap_or(true);
+                    while !flushed || self.inner.proposers.direct_pending() {
                         tokio::select! {
-                            Some((replies, outcome)) = in_flight.next() => answer(replies, outcome),
-                            _ = flushes.changed() => break,
+                            Some((replies, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
+                                answer(replies, outcome);
+                                flushed |= in_flight.is_empty();
+                            }
+                            _ = flushes.changed(), if !flushed => flushed = true,
+                            _ = self.inner.proposers.direct_finished(), if self.inner.proposers.direct_pending() => {}
                         }
                     }
                     let (commands, replies) = gather(first, &mut proposals);
@@ -1063,11 +1089,7 @@ fn answer(replies: Vec<Reply>, outcome: CoreResult<corepb::BatchResult>) {
     match outcome {
         Ok(applied) => {
             for (reply, result) in replies.into_iter().zip(applied.results) {
-                let _ = reply.send(match result.result {
-                    Some(command_result::Result::Refused(r)) => Err(refusal_error(r)),
-                    Some(result) => Ok(result),
-                    None => Err(internal("applied command returned no result")),
-                });
+                let _ = reply.send(outcome_of(result));
             }
         }
         Err(e) => {
@@ -1075,6 +1097,72 @@ fn answer(replies: Vec<Reply>, outcome: CoreResult<corepb::BatchResult>) {
                 let _ = reply.send(Err(e.clone()));
             }
         }
+    }
+}
+
+/// What a proposer gets for its applied command.
+fn outcome_of(result: corepb::CommandResult) -> CoreResult<command_result::Result> {
+    match result.result {
+        Some(command_result::Result::Refused(r)) => Err(refusal_error(r)),
+        Some(result) => Ok(result),
+        None => Err(internal("applied command returned no result")),
+    }
+}
+
+/// The proposers waiting for their commands' results, and whether one of them went to Raft
+/// by itself (at most one does at a time: only a proposer that finds none waiting).
+#[derive(Default)]
+struct Proposers {
+    waiting: AtomicUsize,
+    direct: AtomicBool,
+    direct_done: Notify,
+}
+
+impl Proposers {
+    fn join(&self) -> Waiting<'_> {
+        let alone = self.waiting.fetch_add(1, Ordering::AcqRel) == 0;
+        if alone {
+            self.direct.store(true, Ordering::Release);
+        }
+        Waiting {
+            proposers: self,
+            alone,
+        }
+    }
+
+    /// Whether a proposer is in Raft by itself.
+    fn direct_pending(&self) -> bool {
+        self.direct.load(Ordering::Acquire)
+    }
+
+    /// Resolves once no proposer is in Raft by itself.
+    async fn direct_finished(&self) {
+        loop {
+            let done = self.direct_done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if !self.direct_pending() {
+                return;
+            }
+            done.await;
+        }
+    }
+}
+
+/// A proposer counted among the waiting for as long as it waits (dropped on timeout too).
+struct Waiting<'a> {
+    proposers: &'a Proposers,
+    /// No other proposer was waiting when this one joined: it goes to Raft by itself.
+    alone: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.alone {
+            self.proposers.direct.store(false, Ordering::Release);
+            self.proposers.direct_done.notify_waiters();
+        }
+        self.proposers.waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -189,3 +189,26 @@ pub async fn post_json(addr: &str, path: &str, body: &str) -> (u16, serde_json::
         .unwrap_or_else(|e| panic!("{path} answered {status} with non-JSON {text:?}: {e}"));
     (status, value)
 }
+
+/// The sum of the samples of `name` whose labels include every one of `labels`
+/// (`key="value"`), from an OpenMetrics text; `None` when no sample matches.
+pub fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+        if metric == name && labels.iter().all(|l| rest.contains(l)) {
+            *found.get_or_insert(0.0) += value.parse::<f64>().expect("a sample value");
+        }
+    }
+    found
+}
+
+/// The node's `/metrics` text.
+pub async fn scrape(node: &TestNode) -> String {
+    let (status, text) = http(&node.addr, "GET", "/metrics", "").await.expect("http");
+    assert_eq!(status, 200);
+    text
+}

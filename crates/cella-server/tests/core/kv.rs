@@ -3,7 +3,7 @@
 use cella_proto::etcdserverpb::{self as pb, compare, request_op, response_op};
 use tonic::Code;
 
-use crate::harness::{b, everything, get, put, revision, TestNode};
+use crate::harness::{b, everything, get, put, revision, sample, scrape, TestNode};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_range_delete_round_trip_with_etcd_revisions() {
@@ -227,4 +227,57 @@ async fn txn_compare_and_swap_and_compaction() {
     assert_eq!(revision(&mut kv).await, now, "compaction is not a write");
     drop(kv);
     node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_raft_entries_and_a_lone_write_is_answered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start_in(dir.path()).await;
+    let mut kv = node.kv().await;
+    put(&mut kv, "warm", "up").await;
+
+    // A lone write goes to Raft by itself and is answered.
+    let fsyncs =
+        |text: &str| sample(text, "cella_core_log_fsync_seconds_count", &[]).unwrap_or(0.0);
+    let before = scrape(&node).await;
+    assert_eq!(
+        put(&mut kv, "lone", "1")
+            .await
+            .header
+            .expect("header")
+            .revision,
+        3
+    );
+    assert_eq!(fsyncs(&scrape(&node).await) - fsyncs(&before), 1.0);
+
+    // 64 writes at once: one may go alone, the others wait in batches behind it.
+    let before = scrape(&node).await;
+    let writes = (0..64).map(|i| {
+        let mut kv = kv.clone();
+        tokio::spawn(async move { put(&mut kv, &format!("many/{i}"), "v").await })
+    });
+    let mut revisions = Vec::new();
+    for write in writes.collect::<Vec<_>>() {
+        revisions.push(
+            write
+                .await
+                .expect("write task")
+                .header
+                .expect("header")
+                .revision,
+        );
+    }
+    revisions.sort_unstable();
+    assert_eq!(
+        revisions,
+        (4..68).collect::<Vec<_>>(),
+        "each write its own revision"
+    );
+    let after = scrape(&node).await;
+    let batches = fsyncs(&after) - fsyncs(&before);
+    assert!(
+        batches <= 32.0,
+        "64 concurrent writes took {batches} fsyncs"
+    );
+    assert_eq!(everything(&mut kv).await.count, 66);
 }

@@ -5,7 +5,7 @@ use cella_proto::cella::mq::v1 as mq;
 use mq::message_queue_client::MessageQueueClient;
 use tonic::transport::Channel;
 
-use crate::harness::{config, http, TestNode};
+use crate::harness::{config, http, sample, scrape, TestNode};
 
 async fn client(node: &TestNode) -> MessageQueueClient<Channel> {
     MessageQueueClient::connect(node.endpoint())
@@ -406,28 +406,6 @@ async fn a_half_message_is_delivered_only_after_its_commit() {
             .collect::<Vec<_>>(),
         vec![half.message_id.as_str()]
     );
-}
-
-/// The sum of the samples of `name` whose labels include every one of `labels`
-/// (`key="value"`), from an OpenMetrics text; `None` when no sample matches.
-fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    let mut found = None;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-        if metric == name && labels.iter().all(|l| rest.contains(l)) {
-            *found.get_or_insert(0.0) += value.parse::<f64>().expect("a sample value");
-        }
-    }
-    found
-}
-
-async fn scrape(node: &TestNode) -> String {
-    let (status, text) = http(&node.addr, "GET", "/metrics", "").await.expect("http");
-    assert_eq!(status, 200);
-    text
 }
 
 #[tokio::test]
