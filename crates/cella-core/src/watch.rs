@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-
 use cella_proto::etcdserverpb::{self as pb, watch_create_request::FilterType};
 use tokio::sync::{mpsc, Notify};
 
