@@ -597,7 +597,7 @@ impl Store {
     }
 
     /// The keys changed at `from_revision` or later, by revision (a key once per change).
-    pub fn changed_since(&self, from_revision: i64) -> impl Iterator<Item = &Bytes> {
+    pub fn changed_since(&self, from_revision: i64) -> impl Iterator<Item = &Bytes> + Clone {
         self.changes
             .range(from_revision..)
             .flat_map(|(_, keys)| keys)

@@ -246,8 +246,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 // Compacted into this batch's own changes: their watchers must learn it.
                 self.shared.watchers.wake_all();
             } else {
-                let changed: Vec<_> = store.changed_since(before + 1).collect();
-                self.shared.watchers.wake_changed(&changed);
+                let changed = store.changed_since(before + 1);
+                self.shared.watchers.wake_changed(changed);
             }
         }
         metrics::observe_apply(started.elapsed());

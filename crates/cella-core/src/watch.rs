@@ -207,13 +207,10 @@ impl Interests {
     }
 
     /// Wakes the watchers whose range holds one of `changed`.
-    pub(crate) fn wake_changed(&self, changed: &[&Bytes]) {
-        if changed.is_empty() {
-            return;
-        }
+    pub(crate) fn wake_changed<'a>(&self, changed: impl Iterator<Item = &'a Bytes> + Clone) {
         for interest in self.ranges().values() {
             if changed
-                .iter()
+                .clone()
                 .any(|k| in_range(k, &interest.key, &interest.range_end))
             {
                 interest.wake.notify_one();
@@ -296,15 +293,15 @@ mod tests {
         let from_c = interests.register(&filter("c", "\0"));
 
         let (a, b1, x) = (Bytes::from("a"), Bytes::from("b/1"), Bytes::from("ab"));
-        interests.wake_changed(&[&x]);
+        interests.wake_changed([&x].into_iter());
         assert!(!woken(&key) && !woken(&prefix) && !woken(&from_c));
 
-        interests.wake_changed(&[&b1]);
-        interests.wake_changed(&[&b1, &a]);
+        interests.wake_changed([&b1].into_iter());
+        interests.wake_changed([&b1, &a].into_iter());
         assert!(woken(&key));
         assert!(woken(&prefix), "kept although nobody was waiting");
         assert!(!woken(&prefix), "two wake-ups before a wait are one");
-        interests.wake_changed(&[&Bytes::from("zz")]);
+        interests.wake_changed([&Bytes::from("zz")].into_iter());
         assert!(woken(&from_c) && !woken(&key));
 
         interests.wake_all();

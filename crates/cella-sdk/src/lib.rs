@@ -21,6 +21,7 @@ mod client;
 mod error;
 mod mq_route;
 mod mq_wire;
+mod sync;
 mod types;
 
 pub mod cluster;

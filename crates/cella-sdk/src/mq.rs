@@ -41,6 +41,7 @@ use cella_base::Backoff;
 use crate::client::{lazy_transport, Credentials, Transport};
 use crate::mq_route::{key_slot, next_member, Health, RouteInfo, ROUTE_TTL};
 use crate::mq_wire::WireLink;
+use crate::sync::lock;
 use crate::{Error, Result};
 
 /// Pauses before retrying a send on an unreachable member: 100 ms, then 200 ms.
@@ -50,14 +51,6 @@ const SEND_BACKOFF: Backoff = Backoff {
 };
 /// Attempts per send while members cannot be reached.
 const SEND_ATTEMPTS: u32 = 3;
-
-/// Locks `mutex`; its values change in single steps, so they stay consistent even if a
-/// holder panicked.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// A topic's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1163,9 +1156,8 @@ impl Consumer {
             group: self.group.clone(),
             member: self.member.clone(),
         };
-        let home = [self.mq.clone()];
         let members: Vec<Mq> = match self.sources.is_empty() {
-            true => home.to_vec(),
+            true => vec![self.mq.clone()],
             false => self.sources.iter().map(|s| s.mq.clone()).collect(),
         };
         let calls = members.into_iter().map(|mq| {

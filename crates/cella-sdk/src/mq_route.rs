@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use cella_base::fnv1a64;
 
+use crate::sync::lock;
+
 /// How long a fetched route is used before it is asked for again.
 pub(crate) const ROUTE_TTL: Duration = Duration::from_secs(30);
 /// How long a member that could not be reached is passed over.
@@ -41,10 +43,7 @@ impl Health {
     }
 
     fn until(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
-        // A plain value: consistent even if a holder panicked.
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.0)
     }
 }
 

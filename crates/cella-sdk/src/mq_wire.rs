@@ -21,6 +21,8 @@ use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 use tonic::{Code, Status};
 
+use crate::sync::lock;
+
 /// Longest upgrade answer accepted (it is a status line and two headers).
 const MAX_HANDSHAKE_BYTES: usize = 8 * 1024;
 
@@ -86,8 +88,7 @@ impl WireLink {
     }
 
     fn current(&self) -> MutexGuard<'_, Option<Arc<Connection>>> {
-        // One assignment at a time: a panic elsewhere leaves it consistent.
-        self.current.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.current)
     }
 
     fn live(&self) -> Option<Arc<Connection>> {
@@ -154,8 +155,7 @@ impl State {
 
 impl Shared {
     fn state(&self) -> MutexGuard<'_, State> {
-        // Every change under the lock is a single step.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     fn close(&self, why: String) {
