@@ -347,14 +347,21 @@ impl Core {
                     // the log brings no flush, but leaves `in_flight`) and no proposer is
                     // in Raft by itself.
                     let mut flushed = in_flight.is_empty() || flushes.has_changed().unwrap_or(true);
-                    while !flushed || self.inner.proposers.direct_pending() {
+                    loop {
+                        // Read once: the lone proposer may finish on another thread at any
+                        // moment, and a guard that turned false between this check and the
+                        // select's would leave no branch enabled.
+                        let direct = self.inner.proposers.direct_pending();
+                        if flushed && !direct {
+                            break;
+                        }
                         tokio::select! {
                             Some((replies, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
                                 answer(replies, outcome);
                                 flushed |= in_flight.is_empty();
                             }
                             _ = flushes.changed(), if !flushed => flushed = true,
-                            _ = self.inner.proposers.direct_finished(), if self.inner.proposers.direct_pending() => {}
+                            _ = self.inner.proposers.direct_finished(), if direct => {}
                         }
                     }
                     let (commands, replies) = gather(first, &mut proposals);
