@@ -7,9 +7,11 @@
 //! answer from the local replica.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use cella_base::{Clock, SystemClock};
@@ -19,6 +21,7 @@ use cella_proto::cella::core::v1::{
 };
 use cella_proto::etcdserverpb::{self as pb, response_op};
 use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{BasicNode, ChangeMembers, RaftMetrics, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
@@ -118,6 +121,8 @@ pub(crate) struct Inner {
     /// Who is proposing; see [`Core::propose`].
     proposers: Proposers,
     background: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    /// The first background task that panicked; see [`Core::failed_task`].
+    failed_task: Arc<OnceLock<&'static str>>,
 }
 
 fn internal(e: impl std::fmt::Display) -> CoreError {
@@ -207,13 +212,23 @@ impl Core {
                 proposals,
                 proposers: Proposers::default(),
                 background: std::sync::Mutex::new(Vec::new()),
+                failed_task: Arc::default(),
             }),
         };
+        let failed = &core.inner.failed_task;
         let tasks = [
-            tokio::spawn(core.clone().expire_leases()),
-            tokio::spawn(core.clone().run_proposals(proposal_queue)),
-            tokio::spawn(core.clone().run_elections()),
-            tokio::spawn(core.clone().track_sole_voter()),
+            spawn_vital(failed, "lease expiry", core.clone().expire_leases()),
+            spawn_vital(
+                failed,
+                "proposal batching",
+                core.clone().run_proposals(proposal_queue),
+            ),
+            spawn_vital(failed, "elections", core.clone().run_elections()),
+            spawn_vital(
+                failed,
+                "sole-voter tracking",
+                core.clone().track_sole_voter(),
+            ),
         ];
         core.inner
             .background
@@ -261,9 +276,19 @@ impl Core {
         self.inner.shared.store().revision()
     }
 
+    /// The background task that panicked, if one did: the node is then broken (without its
+    /// batching task, say, every concurrent write fails) and should be restarted.
+    pub fn failed_task(&self) -> Option<&'static str> {
+        self.inner.failed_task.get().copied()
+    }
+
     /// True once this member knows a leader and has applied an entry of the leader's term
-    /// (every new leader commits one first), so its reads are no older than that election.
+    /// (every new leader commits one first), so its reads are no older than that election;
+    /// false for good once a background task has panicked.
     pub fn is_ready(&self) -> bool {
+        if self.failed_task().is_some() {
+            return false;
+        }
         let m = self.inner.metrics.borrow();
         m.current_leader.is_some()
             && m.running_state.is_ok()
@@ -1116,6 +1141,25 @@ fn outcome_of(result: corepb::CommandResult) -> CoreResult<command_result::Resul
     }
 }
 
+/// Spawns a task the node cannot work without; if it panics, its name is recorded in
+/// `failed` (the first such task's) so health checks report the node broken.
+fn spawn_vital(
+    failed: &Arc<OnceLock<&'static str>>,
+    name: &'static str,
+    task: impl Future<Output = ()> + Send + 'static,
+) -> JoinHandle<()> {
+    let failed = Arc::clone(failed);
+    tokio::spawn(async move {
+        if AssertUnwindSafe(task).catch_unwind().await.is_err() {
+            tracing::error!(
+                task = name,
+                "a core task panicked; the node needs a restart"
+            );
+            let _ = failed.set(name);
+        }
+    })
+}
+
 /// The proposers waiting for their commands' results, and whether one of them went to Raft
 /// by itself (at most one does at a time: only a proposer that finds none waiting).
 #[derive(Default)]
@@ -1208,5 +1252,24 @@ pub(crate) fn fill_txn_headers(resp: &mut pb::TxnResponse, header: &pb::Response
             Some(response_op::Response::ResponseTxn(t)) => fill_txn_headers(t, header),
             None => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_vital_task_that_panics_is_recorded_and_one_that_ends_is_not() {
+        let failed = Arc::default();
+        spawn_vital(&failed, "ends", async {}).await.expect("joins");
+        assert_eq!(failed.get(), None);
+        spawn_vital(&failed, "panics", async { panic!("a bug") })
+            .await
+            .expect("the panic is caught inside the task");
+        spawn_vital(&failed, "panics later", async { panic!("another") })
+            .await
+            .expect("joins");
+        assert_eq!(failed.get(), Some(&"panics"), "the first failure is kept");
     }
 }

@@ -210,7 +210,7 @@ fn router(core: Core, blocks: &Blocks) -> Router {
         registry,
     });
     let ops = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route(
@@ -258,6 +258,16 @@ async fn no_route(request: axum::extract::Request) -> axum::response::Response {
     );
     let body = serde_json::json!({ "error": message, "code": tonic::Code::NotFound as i32, "message": message });
     (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+}
+
+async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    match state.core.failed_task() {
+        None => (StatusCode::OK, "ok\n".to_owned()),
+        Some(task) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not live: the core's {task} task panicked; restart the node\n"),
+        ),
+    }
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {

@@ -12,7 +12,7 @@ pub fn document() -> Value {
             "description": "REST/JSON API of a Cella node. The core's routes follow etcd's gRPC gateway: bytes are base64, 64-bit integers are strings."
         },
         "paths": {
-            "/healthz": { "get": { "summary": "Liveness: 200 while the process runs", "responses": { "200": { "description": "alive" } } } },
+            "/healthz": { "get": { "summary": "Liveness: 200 while the process runs and its core tasks live", "responses": { "200": { "description": "alive" }, "503": { "description": "a core task panicked; restart the node" } } } },
             "/readyz": { "get": { "summary": "Readiness: 200 once the node knows a leader and has applied an entry of its term", "responses": { "200": { "description": "ready" }, "503": { "description": "no leader known yet" } } } },
             "/metrics": { "get": { "summary": "Prometheus metrics (OpenMetrics text)", "responses": { "200": { "description": "metrics" } } } },
             "/openapi.json": { "get": { "summary": "This document", "responses": { "200": { "description": "OpenAPI document" } } } }
