@@ -156,6 +156,32 @@ impl fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
+/// Completes on the first SIGINT or SIGTERM. The handlers are installed on the call, not on
+/// the first poll: a long-running command calls this before it starts, so a stop that comes
+/// during start-up is not lost to the signal's default action (killed by SIGTERM).
+pub fn stop_signal() -> impl Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    async fn next(kind: &str, listener: std::io::Result<tokio::signal::unix::Signal>) {
+        match listener {
+            Ok(mut listener) => {
+                listener.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for {kind}; the other signal still stops");
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+    let term = next("SIGTERM", signal(SignalKind::terminate()));
+    let int = next("SIGINT", signal(SignalKind::interrupt()));
+    async move {
+        tokio::select! {
+            _ = term => {}
+            _ = int => {}
+        }
+    }
+}
+
 /// Runs `work` until it ends or Ctrl-C is pressed; Ctrl-C counts as success.
 pub async fn until_interrupted(
     work: impl Future<Output = anyhow::Result<()>>,

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use cella_server::ServerConfig;
 
+use crate::stop_signal;
+
 /// Settings shared by `cella up` and `cella server`.
 #[derive(Debug, clap::Args)]
 pub struct NodeArgs {
@@ -60,6 +62,7 @@ pub struct ServerArgs {
 
 /// Runs `cella up` until a stop signal.
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let stop = stop_signal();
     let mut config = args.node.resolve()?;
     config.peers.clear();
     config.node_id = 1;
@@ -70,36 +73,20 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     );
     println!("  etcd v3 gRPC + REST: http://{0}   health: http://{0}/healthz   metrics: http://{0}/metrics", config.listen);
     println!("  try: cella kv put hello world && cella kv get hello     (Ctrl-C stops)");
-    cella_server::run(config, stop_signal()).await
+    cella_server::run(config, stop).await
 }
 
 /// Runs `cella server` until a stop signal.
 pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    let stop = stop_signal();
     let mut config = args.node.resolve()?;
     override_with(&mut config.node_id, args.node_id);
     override_with(&mut config.peers, args.peers);
-    cella_server::run(config, stop_signal()).await
+    cella_server::run(config, stop).await
 }
 
 fn override_with<T>(slot: &mut T, value: Option<T>) {
     if let Some(v) = value {
         *slot = v;
-    }
-}
-
-/// Completes on SIGINT or SIGTERM.
-async fn stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C still stops the node");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }

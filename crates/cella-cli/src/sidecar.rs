@@ -10,7 +10,7 @@ use cella_sidecar::{CellaConnection, Sidecar, SidecarConfig};
 use clap::Args;
 
 use crate::registry::parse_label;
-use crate::{Remote, UsageError};
+use crate::{stop_signal, Remote, UsageError};
 
 /// `cella sidecar`.
 #[derive(Debug, Args)]
@@ -46,24 +46,9 @@ pub struct SidecarArgs {
     config_group: String,
 }
 
-/// Waits for SIGINT or SIGTERM.
-async fn terminated() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGTERM; Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}
-
 /// Runs the sidecar.
 pub async fn run(args: SidecarArgs, remote: &Remote) -> anyhow::Result<()> {
+    let stop = stop_signal();
     if args.app_port == 0 {
         return Err(UsageError("--app-port must be 1..65535".into()).into());
     }
@@ -96,9 +81,6 @@ pub async fn run(args: SidecarArgs, remote: &Remote) -> anyhow::Result<()> {
         "cella sidecar for {} (app on port {}) serving Dapr's HTTP API on http://{addr}",
         args.app_id, args.app_port
     );
-    sidecar
-        .run(terminated())
-        .await
-        .context("running the sidecar")?;
+    sidecar.run(stop).await.context("running the sidecar")?;
     Ok(())
 }

@@ -172,6 +172,44 @@ fn unique_prefix(test: &str) -> String {
     format!("/cella-cli-test/{test}/{nanos}/")
 }
 
+/// SIGTERM while `cella up` is still starting (right after its banner) stops it cleanly: the
+/// signal is listened for before the node starts, so it is not lost to the default action.
+#[test]
+fn sigterm_during_start_up_stops_cleanly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut up = Command::new(env!("CARGO_BIN_EXE_cella"))
+        .args(["up", "--listen", &closed_endpoint(), "--data-dir"])
+        .arg(data.path().join("node"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cella up starts");
+    let mut banner = String::new();
+    BufReader::new(up.stdout.take().expect("stdout piped"))
+        .read_line(&mut banner)
+        .expect("banner");
+    assert!(banner.starts_with("cella: embedded node on"), "{banner}");
+    let term = Command::new("kill")
+        .args(["-TERM", &up.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(term.success());
+    let deadline = std::time::Instant::now() + READY_TIMEOUT;
+    let status = loop {
+        if let Some(status) = up.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = up.kill();
+            panic!("cella up did not stop within {READY_TIMEOUT:?} of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "cella up after SIGTERM: {status}");
+}
+
 #[test]
 fn kv_round_trip_in_table_and_json() {
     let server = Server::start();
