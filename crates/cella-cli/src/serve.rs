@@ -66,13 +66,16 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let mut config = args.node.resolve()?;
     config.peers.clear();
     config.node_id = 1;
-    println!(
-        "cella: embedded node on {} (data in {})",
+    // The banner is for a person at a terminal; a node whose stdout was closed (`cella up |
+    // head -1`, a supervisor's dropped pipe) keeps running, so write errors are ignored.
+    let banner = format!(
+        "cella: embedded node on {0} (data in {1})\n  etcd v3 gRPC + REST: http://{0}   \
+         health: http://{0}/healthz   metrics: http://{0}/metrics\n  \
+         try: cella kv put hello world && cella kv get hello     (Ctrl-C stops)\n",
         config.listen,
         config.data_dir.display()
     );
-    println!("  etcd v3 gRPC + REST: http://{0}   health: http://{0}/healthz   metrics: http://{0}/metrics", config.listen);
-    println!("  try: cella kv put hello world && cella kv get hello     (Ctrl-C stops)");
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), banner.as_bytes());
     cella_server::run(config, stop).await
 }
 

@@ -172,25 +172,21 @@ fn unique_prefix(test: &str) -> String {
     format!("/cella-cli-test/{test}/{nanos}/")
 }
 
-/// SIGTERM while `cella up` is still starting (right after its banner) stops it cleanly: the
-/// signal is listened for before the node starts, so it is not lost to the default action.
-#[test]
-fn sigterm_during_start_up_stops_cleanly() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
-    let data = tempfile::tempdir().expect("tempdir");
-    let mut up = Command::new(env!("CARGO_BIN_EXE_cella"))
-        .args(["up", "--listen", &closed_endpoint(), "--data-dir"])
-        .arg(data.path().join("node"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+/// `cella up` on a free address with stdout piped and stderr captured.
+fn spawn_up(data: &std::path::Path) -> (std::process::Child, String) {
+    let listen = closed_endpoint();
+    let up = Command::new(env!("CARGO_BIN_EXE_cella"))
+        .args(["up", "--listen", &listen, "--data-dir"])
+        .arg(data.join("node"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("cella up starts");
-    let mut banner = String::new();
-    BufReader::new(up.stdout.take().expect("stdout piped"))
-        .read_line(&mut banner)
-        .expect("banner");
-    assert!(banner.starts_with("cella: embedded node on"), "{banner}");
+    (up, listen)
+}
+
+/// Sends SIGTERM and requires a clean exit within [`READY_TIMEOUT`].
+fn terminate_cleanly(mut up: std::process::Child) {
     let term = Command::new("kill")
         .args(["-TERM", &up.id().to_string()])
         .status()
@@ -207,7 +203,48 @@ fn sigterm_during_start_up_stops_cleanly() {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    assert!(status.success(), "cella up after SIGTERM: {status}");
+    let mut log = String::new();
+    if let Some(mut stderr) = up.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut log);
+    }
+    assert!(status.success(), "cella up after SIGTERM: {status}\n{log}");
+}
+
+/// SIGTERM while `cella up` is still starting (right after its banner) stops it cleanly: the
+/// signal is listened for before the node starts, so it is not lost to the default action.
+#[test]
+fn sigterm_during_start_up_stops_cleanly() {
+    use std::io::BufRead;
+    let data = tempfile::tempdir().expect("tempdir");
+    let (mut up, _) = spawn_up(data.path());
+    let mut stdout = std::io::BufReader::new(up.stdout.take().expect("stdout piped"));
+    let mut banner = String::new();
+    stdout.read_line(&mut banner).expect("banner");
+    assert!(banner.starts_with("cella: embedded node on"), "{banner}");
+    terminate_cleanly(up);
+    drop(stdout);
+}
+
+/// A node whose stdout is closed before it prints its banner (`cella up | head -0`) serves
+/// anyway and stops cleanly.
+#[test]
+fn a_closed_stdout_does_not_stop_the_node() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let (mut up, listen) = spawn_up(data.path());
+    drop(up.stdout.take());
+    let deadline = std::time::Instant::now() + READY_TIMEOUT;
+    // The node listens only after writing its banner.
+    while std::net::TcpStream::connect(&listen).is_err() {
+        if let Some(status) = up.try_wait().expect("wait") {
+            panic!("cella up ended without serving: {status}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cella up never listened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    terminate_cleanly(up);
 }
 
 #[test]
