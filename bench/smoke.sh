@@ -5,11 +5,11 @@
 # batching-task panic under 16 concurrent writers never showed in debug builds, so not in the
 # test suite); run this after changes to the core's hot paths. Records nothing.
 #
-#   bench/smoke.sh   # needs target/release/cella (cargo build --release -p cella-cli), or CELLA=BINARY
+#   bench/smoke.sh   # needs target/release/cella (cargo build --release -p cella-cli), or BINARY=PATH
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cella=${CELLA:-target/release/cella}
+cella=${BINARY:-target/release/cella}
 [[ -x $cella ]] || { echo "build first: cargo build --release -p cella-cli" >&2; exit 2; }
 port=${PORT:-27280}
 data=$(mktemp -d /tmp/cella-smoke.XXXXXX)
