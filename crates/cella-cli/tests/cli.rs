@@ -222,6 +222,7 @@ fn sigterm_during_start_up_stops_cleanly() {
     stdout.read_line(&mut banner).expect("banner");
     assert!(banner.starts_with("cella: embedded node on"), "{banner}");
     terminate_cleanly(up);
+    // Held open until the node has stopped: closing it is the next test's case.
     drop(stdout);
 }
 
