@@ -2,6 +2,7 @@
 //! app, drains, and exits 0). It serves Dapr's invoke, publish/subscribe and configuration
 //! routes through the `--endpoint` node.
 
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -77,9 +78,12 @@ pub async fn run(args: SidecarArgs, remote: &Remote) -> anyhow::Result<()> {
         token: remote.token.clone(),
     });
     let addr = sidecar.local_addr()?;
-    eprintln!(
+    // As `cella up`'s banner: a closed stderr must not stop the sidecar.
+    let _ = writeln!(
+        std::io::stderr(),
         "cella sidecar for {} (app on port {}) serving Dapr's HTTP API on http://{addr}",
-        args.app_id, args.app_port
+        args.app_id,
+        args.app_port
     );
     sidecar.run(stop).await.context("running the sidecar")?;
     Ok(())
