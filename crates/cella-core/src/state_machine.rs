@@ -212,7 +212,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let started = Instant::now();
         let mut results = Vec::new();
-        {
+        let before = {
             let mut store = self.shared.store_mut();
             let before = store.revision();
             let mut leases = self.shared.leases();
@@ -242,14 +242,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }
                 }
             }
-            if store.compact_revision() > before {
-                // Compacted into this batch's own changes: their watchers must learn it.
-                self.shared.watchers.wake_all();
-            } else {
-                let changed = store.changed_since(before + 1);
-                self.shared.watchers.wake_changed(changed);
-            }
+            before
+        };
+        // Watchers are matched under a read lock, so reads need not wait for the scan.
+        let store = self.shared.store();
+        if store.compact_revision() > before {
+            // Compacted into this batch's own changes: their watchers must learn it.
+            self.shared.watchers.wake_all();
+        } else {
+            self.shared
+                .watchers
+                .wake_changed(store.changed_since(before + 1));
         }
+        drop(store);
         metrics::observe_apply(started.elapsed());
         Ok(results)
     }

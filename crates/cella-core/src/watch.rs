@@ -208,6 +208,9 @@ impl Interests {
 
     /// Wakes the watchers whose range holds one of `changed`.
     pub(crate) fn wake_changed<'a>(&self, changed: impl Iterator<Item = &'a Bytes> + Clone) {
+        if changed.clone().next().is_none() {
+            return;
+        }
         for interest in self.ranges().values() {
             if changed
                 .clone()

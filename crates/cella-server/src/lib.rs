@@ -272,13 +272,16 @@ async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 
 async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     if state.core.is_ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: no leader known yet\n",
-        )
+        return (StatusCode::OK, "ready\n".to_owned());
     }
+    let why = match state.core.failed_task() {
+        Some(task) => format!("the core's {task} task panicked; restart the node"),
+        None => "no leader known yet".to_owned(),
+    };
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("not ready: {why}\n"),
+    )
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {

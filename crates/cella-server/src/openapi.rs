@@ -13,7 +13,7 @@ pub fn document() -> Value {
         },
         "paths": {
             "/healthz": { "get": { "summary": "Liveness: 200 while the process runs and its core tasks live", "responses": { "200": { "description": "alive" }, "503": { "description": "a core task panicked; restart the node" } } } },
-            "/readyz": { "get": { "summary": "Readiness: 200 once the node knows a leader and has applied an entry of its term", "responses": { "200": { "description": "ready" }, "503": { "description": "no leader known yet" } } } },
+            "/readyz": { "get": { "summary": "Readiness: 200 once the node knows a leader and has applied an entry of its term", "responses": { "200": { "description": "ready" }, "503": { "description": "no leader known yet, or a core task panicked" } } } },
             "/metrics": { "get": { "summary": "Prometheus metrics (OpenMetrics text)", "responses": { "200": { "description": "metrics" } } } },
             "/openapi.json": { "get": { "summary": "This document", "responses": { "200": { "description": "OpenAPI document" } } } }
         },
