@@ -2,6 +2,7 @@
 //!
 //! Messages name the field and the rule; the variants keep the details for tests and logs.
 
+use cella_core::gateway::ApiError;
 use cella_core::CoreError;
 use tonic::Code;
 
@@ -125,9 +126,8 @@ pub enum ConfigError {
 /// Shorthand for results in this crate.
 pub type ConfigResult<T> = Result<T, ConfigError>;
 
-impl ConfigError {
-    /// The gRPC status code for this error.
-    pub fn grpc_code(&self) -> Code {
+impl ApiError for ConfigError {
+    fn grpc_code(&self) -> Code {
         use ConfigError::*;
         match self {
             InvalidField { .. }
@@ -149,17 +149,8 @@ impl ConfigError {
         }
     }
 
-    /// The HTTP status for this error.
-    pub fn http_status(&self) -> u16 {
-        match self.grpc_code() {
-            Code::InvalidArgument | Code::OutOfRange => 400,
-            Code::Unauthenticated => 401,
-            Code::PermissionDenied => 403,
-            Code::NotFound => 404,
-            Code::AlreadyExists | Code::FailedPrecondition | Code::Aborted => 409,
-            Code::Unavailable => 503,
-            _ => 500,
-        }
+    fn invalid_body(reason: String) -> Self {
+        ConfigError::InvalidBody { reason }
     }
 }
 
@@ -180,18 +171,19 @@ mod tests {
             current: 2,
         };
         assert_eq!(stale.grpc_code(), Code::FailedPrecondition);
-        assert_eq!(stale.http_status(), 409);
+        let http_status = |e: &ConfigError| cella_core::gateway::http_status(e.grpc_code());
+        assert_eq!(http_status(&stale), 409);
         let big = ConfigError::ContentTooLarge { len: 10, max: 5 };
-        assert_eq!(big.http_status(), 400);
+        assert_eq!(http_status(&big), 400);
         assert!(big.to_string().contains("`content`"));
         let ns = ConfigError::NamespaceNotFound {
             namespace: "x".into(),
         };
-        assert_eq!(ns.http_status(), 404);
+        assert_eq!(http_status(&ns), 404);
         let denied = ConfigError::PermissionDenied {
             namespace: "x".into(),
             permission: "publish",
         };
-        assert_eq!(denied.http_status(), 403);
+        assert_eq!(http_status(&denied), 403);
     }
 }

@@ -32,6 +32,7 @@ use axum::http::{Extensions, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use cella_core::gateway::{self, ApiError};
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
@@ -148,9 +149,7 @@ fn caller(headers: &HeaderMap, p: &HashMap<String, String>) -> Caller {
 
 /// Errors as Nacos answers them: the status and a text message.
 fn text_error(err: &ConfigError) -> Response {
-    let status =
-        StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, err.to_string()).into_response()
+    (gateway::http_status(err.grpc_code()), err.to_string()).into_response()
 }
 
 /// Nacos's answer to a successful write: `true`.

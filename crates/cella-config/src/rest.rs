@@ -1,17 +1,18 @@
 //! REST/JSON for the config center: `POST /v1/config/<call>` with the proto3 JSON form of
 //! the gRPC request (64-bit integers as strings, proto field names), answering the JSON form
 //! of the response. The bearer token comes from the `Authorization` header. Errors are
-//! `{"error", "code", "message"}` with the HTTP status from [`ConfigError::http_status`].
+//! answered as [`cella_core::gateway`] answers them.
 //! `POST /v1/config/watch` streams one `{"result": WatchResponse}` JSON object per line.
 
 use std::future::Future;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
+use cella_core::gateway::{self, ApiError};
 use cella_proto::cella::config::v1 as cpb;
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
@@ -234,29 +235,13 @@ pub fn router(api: ConfigApi) -> Router {
         .with_state(api)
 }
 
-/// An error as the REST API returns it.
-pub(crate) fn error_response(err: &ConfigError) -> Response {
-    let status =
-        StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let body = json!({ "error": err.to_string(), "code": err.grpc_code() as i32, "message": err.to_string() });
-    (status, axum::Json(body)).into_response()
-}
-
-fn parse<T: DeserializeOwned + Default>(body: &Bytes) -> ConfigResult<T> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body).map_err(|e| ConfigError::InvalidBody {
-        reason: e.to_string(),
-    })
-}
-
 pub(crate) fn caller_of(headers: &HeaderMap) -> Caller {
     Caller::from_authorization(headers.get("authorization").and_then(|v| v.to_str().ok()))
 }
 
+/// [`gateway::call`] for the caller the request's token names.
 async fn call<Req, Resp, F, Fut>(
-    State(api): State<ConfigApi>,
+    state: State<ConfigApi>,
     headers: HeaderMap,
     body: Bytes,
     op: F,
@@ -268,38 +253,23 @@ where
     Fut: Future<Output = ConfigResult<Resp>>,
 {
     let caller = caller_of(&headers);
-    match parse::<Req>(&body) {
-        Ok(req) => match op(api, caller, req).await {
-            Ok(resp) => axum::Json(resp).into_response(),
-            Err(e) => error_response(&e),
-        },
-        Err(e) => error_response(&e),
-    }
+    gateway::call(state, body, |api, req| op(api, caller, req)).await
 }
 
 async fn watch(State(api): State<ConfigApi>, headers: HeaderMap, body: Bytes) -> Response {
     let caller = caller_of(&headers);
-    let req: cpb::WatchRequest = match parse(&body) {
+    let req: cpb::WatchRequest = match gateway::parse_body::<_, ConfigError>(&body) {
         Ok(r) => r,
-        Err(e) => return error_response(&e),
+        Err(e) => return gateway::error_response(&e),
     };
     let stream = match api.watch(&caller, req).await {
         Ok(s) => s,
-        Err(e) => return error_response(&e),
+        Err(e) => return gateway::error_response(&e),
     };
-    let lines = stream.map(|item| {
-        let value = match item {
-            Ok(resp) => json!({ "result": resp }),
-            Err(e) => json!({ "error": e.to_string(), "code": e.grpc_code() as i32 }),
-        };
-        let mut line = serde_json::to_vec(&value).unwrap_or_default();
-        line.push(b'\n');
-        Ok::<_, std::convert::Infallible>(line)
-    });
-    Response::builder()
-        .header("content-type", "application/x-ndjson")
-        .body(Body::from_stream(lines))
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    gateway::json_lines(stream.map(|item| match item {
+        Ok(resp) => json!({ "result": resp }),
+        Err(e) => json!({ "error": e.to_string(), "code": e.grpc_code() as i32 }),
+    }))
 }
 
 /// The OpenAPI description of these routes and the Nacos ones (`paths` and `components`).

@@ -7,6 +7,8 @@
 
 use tonic::Code;
 
+use crate::gateway::ApiError;
+
 /// Everything that can go wrong in the consistent core.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CoreError {
@@ -160,9 +162,9 @@ pub enum CoreError {
 /// Shorthand for results in this crate.
 pub type CoreResult<T> = Result<T, CoreError>;
 
-impl CoreError {
-    /// The gRPC status code for this error (the codes etcd uses).
-    pub fn grpc_code(&self) -> Code {
+impl ApiError for CoreError {
+    /// The codes etcd uses.
+    fn grpc_code(&self) -> Code {
         use CoreError::*;
         match self {
             EmptyKey { .. }
@@ -188,15 +190,8 @@ impl CoreError {
         }
     }
 
-    /// The HTTP status for this error on the REST gateway.
-    pub fn http_status(&self) -> u16 {
-        match self.grpc_code() {
-            Code::InvalidArgument | Code::OutOfRange => 400,
-            Code::NotFound => 404,
-            Code::FailedPrecondition => 409,
-            Code::Unavailable => 503,
-            _ => 500,
-        }
+    fn invalid_body(reason: String) -> Self {
+        CoreError::InvalidBody { reason }
     }
 }
 

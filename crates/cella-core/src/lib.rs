@@ -3,11 +3,13 @@
 //!
 //! - [`Core`] runs one member: the Raft node, its log and state machine, lease expiry.
 //! - [`grpc::routes`] and [`rest::router`] serve it; [`CoreError`] maps to both.
+//! - [`gateway`] holds the REST conventions every block's routes share.
 //! - Every write is fsynced to the Raft log on a majority before it is acknowledged;
 //!   reads are linearizable unless a client asks for serializable.
 
 mod election;
 mod error;
+pub mod gateway;
 pub mod grpc;
 mod lease;
 mod log_store;

@@ -30,6 +30,7 @@ use tokio::task::JoinHandle;
 
 use crate::election::ElectionClock;
 use crate::error::{CoreError, CoreResult};
+use crate::gateway::ApiError;
 use crate::lease::LeaseTimer;
 use crate::log_store::LogStore;
 use crate::metrics;

@@ -1,16 +1,14 @@
 //! REST/JSON for the core, at the paths of etcd's gRPC gateway (`POST /v3/kv/range`, ...),
 //! with the proto3 JSON mapping: bytes as base64, 64-bit integers as strings.
 //!
-//! Errors come back as `{"error": ..., "code": <gRPC code>, "message": ...}` with the HTTP
-//! status from [`CoreError::http_status`]. `POST /v3/watch` streams one JSON object per
+//! Bodies and errors follow [`crate::gateway`]. `POST /v3/watch` streams one JSON object per
 //! line (`{"result": WatchResponse}`) until the client disconnects.
 
 use std::future::Future;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
 use cella_proto::etcdserverpb as pb;
@@ -21,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::{CoreError, CoreResult};
+use crate::gateway;
 use crate::grpc::serve_watch_session;
 use crate::node::Core;
 
@@ -72,42 +71,18 @@ pub fn router(core: Core) -> Router {
         .with_state(core)
 }
 
-/// An error as the REST gateway returns it.
-pub fn error_response(err: &CoreError) -> Response {
-    let status =
-        StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let body = serde_json::json!({ "error": err.to_string(), "code": err.grpc_code() as i32, "message": err.to_string() });
-    (status, axum::Json(body)).into_response()
-}
-
-/// Parses a JSON request body; an empty body is the default message.
-fn parse<T: DeserializeOwned + Default>(body: &Bytes) -> CoreResult<T> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body).map_err(|e| CoreError::InvalidBody {
-        reason: e.to_string(),
-    })
-}
-
-fn json<T: Serialize>(value: &T) -> Response {
-    axum::Json(value).into_response()
-}
-
-async fn call<Req, Resp, F, Fut>(State(core): State<Core>, body: Bytes, op: F) -> Response
+/// [`gateway::call`] on the core (naming the state's type lets the routes' closures infer theirs).
+async fn call<Req, Resp, Fut>(
+    state: State<Core>,
+    body: Bytes,
+    op: impl FnOnce(Core, Req) -> Fut,
+) -> Response
 where
     Req: DeserializeOwned + Default,
     Resp: Serialize,
-    F: FnOnce(Core, Req) -> Fut,
     Fut: Future<Output = CoreResult<Resp>>,
 {
-    match parse::<Req>(&body) {
-        Ok(req) => match op(core, req).await {
-            Ok(resp) => json(&resp),
-            Err(e) => error_response(&e),
-        },
-        Err(e) => error_response(&e),
-    }
+    gateway::call(state, body, op).await
 }
 
 async fn lease_revoke(state: State<Core>, body: Bytes) -> Response {
@@ -154,31 +129,15 @@ async fn status(state: State<Core>, body: Bytes) -> Response {
 }
 
 async fn watch(State(core): State<Core>, body: Bytes) -> Response {
-    let req: pb::WatchRequest = match parse(&body) {
+    let req: pb::WatchRequest = match gateway::parse_body::<_, CoreError>(&body) {
         Ok(r) => r,
-        Err(e) => return error_response(&e),
+        Err(e) => return gateway::error_response(&e),
     };
     let (tx, rx) = mpsc::channel(256);
     // One create request, then keep the session open until the client goes away.
     let inbound = futures::stream::once(async move { req }).chain(futures::stream::pending());
     tokio::spawn(serve_watch_session(core, Box::pin(inbound), tx));
-    ndjson(ReceiverStream::new(rx))
-}
-
-/// A streamed answer as etcd's gateway streams one: a `{"result": …}` JSON line per item.
-pub fn ndjson<T: serde::Serialize>(
-    items: impl futures::Stream<Item = T> + Send + 'static,
-) -> Response {
-    let lines = items.map(|item| {
-        let mut line =
-            serde_json::to_vec(&serde_json::json!({ "result": item })).unwrap_or_default();
-        line.push(b'\n');
-        Ok::<_, std::convert::Infallible>(line)
-    });
-    Response::builder()
-        .header("content-type", "application/x-ndjson")
-        .body(Body::from_stream(lines))
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    gateway::ndjson(ReceiverStream::new(rx))
 }
 
 /// The OpenAPI description of these routes (`paths` and `components`).
@@ -199,6 +158,10 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
+
+    fn parse<T: DeserializeOwned + Default>(body: Bytes) -> Result<T, CoreError> {
+        gateway::parse_body(&body)
+    }
 
     /// Every path this file mounts with `.route("...")`.
     fn routes_in_source() -> BTreeSet<String> {
@@ -718,7 +681,7 @@ mod tests {
     #[test]
     fn documented_requests_parse_back() {
         // Requests in the documented form (proto names, strings for 64-bit, enum names).
-        let txn: pb::TxnRequest = parse(&Bytes::from_static(
+        let txn: pb::TxnRequest = parse(Bytes::from_static(
             br#"{"compare":[{"result":"NOT_EQUAL","target":"VALUE","key":"aw==","value":"dg=="}],
                  "success":[{"request_put":{"key":"aw==","value":"dg==","lease":"0"}}],
                  "failure":[{"request_range":{"key":"aw==","sort_order":"DESCEND","limit":"5"}}]}"#,
@@ -790,13 +753,13 @@ mod tests {
         // Watch requests are sampled once per oneof case; the three sub-messages are nested.
         assert_eq!(requests, documented - 3 + 2);
         assert_eq!(
-            parse::<pb::RangeRequest>(&Bytes::from_static(b"  ")),
+            parse::<pb::RangeRequest>(Bytes::from_static(b"  ")),
             Ok(pb::RangeRequest::default())
         );
-        let err = parse::<pb::PutRequest>(&Bytes::from_static(br#"{"key": 5}"#))
+        let err = parse::<pb::PutRequest>(Bytes::from_static(br#"{"key": 5}"#))
             .expect_err("a number is no base64 string");
         assert!(matches!(err, CoreError::InvalidBody { .. }));
-        let err = parse::<pb::PutRequest>(&Bytes::from_static(br#"{"kye":"aw=="}"#))
+        let err = parse::<pb::PutRequest>(Bytes::from_static(br#"{"kye":"aw=="}"#))
             .expect_err("unknown field");
         assert!(err.to_string().contains("kye"), "{err}");
     }

@@ -28,6 +28,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 
 use crate::error::CoreError;
+use crate::gateway::ApiError;
 use crate::lease::LeaseTimer;
 use crate::log_store::{decode_framed, encode_framed, write_atomically};
 use crate::metrics;

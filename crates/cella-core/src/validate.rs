@@ -783,6 +783,8 @@ mod tests {
     #[test]
     fn every_refusal_maps_to_invalid_argument_or_out_of_range() {
         use tonic::Code;
+
+        use crate::gateway::{http_status, ApiError};
         assert_eq!(
             CoreError::EmptyKey { field: "key" }.grpc_code(),
             Code::InvalidArgument
@@ -791,8 +793,9 @@ mod tests {
             CoreError::LeaseTtlTooLarge { ttl: 1, max: 0 }.grpc_code(),
             Code::OutOfRange
         );
-        assert_eq!(CoreError::EmptyKey { field: "key" }.http_status(), 400);
-        assert_eq!(CoreError::LeaseNotFound { id: 1 }.http_status(), 404);
+        let status = |e: CoreError| http_status(e.grpc_code());
+        assert_eq!(status(CoreError::EmptyKey { field: "key" }), 400);
+        assert_eq!(status(CoreError::LeaseNotFound { id: 1 }), 404);
         let message = CoreError::RangeEndBeforeKey { field: "range_end" }.to_string();
         assert!(message.contains("`range_end`"), "{message}");
     }

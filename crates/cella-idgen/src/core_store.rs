@@ -1,5 +1,6 @@
 //! The node's [`CoreStore`]: the in-process consistent core.
 
+use cella_core::gateway::ApiError;
 use cella_core::{Core, CoreError};
 use cella_proto::etcdserverpb as pb;
 

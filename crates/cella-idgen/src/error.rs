@@ -119,6 +119,12 @@ pub enum IdgenError {
         /// The rule.
         rule: &'static str,
     },
+    /// A REST body that is not the JSON form of the request message.
+    #[error("invalid request: the body must be the JSON form of the request message: {reason}")]
+    InvalidBody {
+        /// What the JSON parser found.
+        reason: String,
+    },
     /// A stored value under `/cella/idgen/` that this code cannot read.
     #[error("corrupt idgen state at key {key:?}: {reason}")]
     CorruptState {
@@ -159,7 +165,8 @@ impl IdgenError {
             | UnknownField { .. }
             | InvalidId { .. }
             | BadCount { .. }
-            | InvalidTag { .. } => Code::InvalidArgument,
+            | InvalidTag { .. }
+            | InvalidBody { .. } => Code::InvalidArgument,
             UnknownLayout { .. } => Code::NotFound,
             TimestampOutOfRange { .. } | ClockMovedBackwards { .. } | WorkerLost { .. } => {
                 Code::FailedPrecondition
@@ -168,18 +175,6 @@ impl IdgenError {
             Contention { .. } => Code::Aborted,
             CorruptState { .. } => Code::Internal,
             Core { code, .. } => *code,
-        }
-    }
-
-    /// The HTTP status for this error on the REST API.
-    pub fn http_status(&self) -> u16 {
-        match self.grpc_code() {
-            Code::InvalidArgument | Code::OutOfRange => 400,
-            Code::NotFound => 404,
-            Code::FailedPrecondition | Code::Aborted => 409,
-            Code::ResourceExhausted => 429,
-            Code::Unavailable => 503,
-            _ => 500,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The id service over REST/JSON, under `/v1/ids/`. Bodies and answers are the proto3 JSON
-//! form of `cella.idgen.v1` messages (64-bit integers as strings); errors come back as
-//! `{"error", "code", "message"}` with the HTTP status from [`IdgenError::http_status`].
+//! form of `cella.idgen.v1` messages (64-bit integers as strings); errors as
+//! [`cella_core::gateway`] answers them.
 //!
 //! - `POST /v1/ids/next` — `NextRequest` → `NextResponse`
 //! - `POST /v1/ids/batch` — `BatchRequest` → `BatchResponse`
@@ -13,12 +13,13 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
+use cella_core::gateway::{self, ApiError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tonic::Code;
 
 use crate::error::{IdgenError, IdgenResult};
 use crate::service::IdService;
@@ -46,50 +47,35 @@ pub fn router(service: Shared) -> Router {
         )
         .route(
             "/v1/ids/layouts",
-            get(|State(svc): State<Shared>| async move { json(&svc.list_layouts()) }),
+            get(|State(svc): State<Shared>| async move { axum::Json(svc.list_layouts()) }),
         )
         .with_state(service)
 }
 
-/// An error as the REST API returns it.
-fn error_response(err: &IdgenError) -> Response {
-    let status =
-        StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let body = serde_json::json!({ "error": err.to_string(), "code": err.grpc_code() as i32, "message": err.to_string() });
-    (status, axum::Json(body)).into_response()
+impl ApiError for IdgenError {
+    fn grpc_code(&self) -> Code {
+        // The inherent method, which the crate has without the server feature too.
+        IdgenError::grpc_code(self)
+    }
+
+    fn invalid_body(reason: String) -> Self {
+        IdgenError::InvalidBody { reason }
+    }
 }
 
-fn json<T: Serialize>(value: &T) -> Response {
-    axum::Json(value).into_response()
-}
-
-/// A body that is not the JSON form of the request message.
-fn bad_body(reason: String) -> Response {
-    let message =
-        format!("invalid request: the body must be the JSON form of the request message: {reason}");
-    let body = serde_json::json!({ "error": message, "code": tonic::Code::InvalidArgument as i32, "message": message });
-    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
-}
-
-async fn call<Req, Resp, F, Fut>(State(service): State<Shared>, body: Bytes, op: F) -> Response
+/// [`gateway::call`] on the id service (naming the state's type lets the routes' closures
+/// infer theirs).
+async fn call<Req, Resp, Fut>(
+    state: State<Shared>,
+    body: Bytes,
+    op: impl FnOnce(Shared, Req) -> Fut,
+) -> Response
 where
     Req: DeserializeOwned + Default,
     Resp: Serialize,
-    F: FnOnce(Shared, Req) -> Fut,
     Fut: Future<Output = IdgenResult<Resp>>,
 {
-    let req = if body.iter().all(u8::is_ascii_whitespace) {
-        Req::default()
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(req) => req,
-            Err(e) => return bad_body(e.to_string()),
-        }
-    };
-    match op(service, req).await {
-        Ok(resp) => json(&resp),
-        Err(e) => error_response(&e),
-    }
+    gateway::call(state, body, op).await
 }
 
 /// The OpenAPI description of these routes (`paths` and `components`).

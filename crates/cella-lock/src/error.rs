@@ -3,6 +3,7 @@
 //! Messages name the field and the rule, or the lock and who holds it. Errors of the core
 //! underneath keep the core's own code and message.
 
+use cella_core::gateway::ApiError;
 use cella_core::CoreError;
 use tonic::Code;
 
@@ -90,9 +91,8 @@ fn holder_text(holder: Option<i64>) -> String {
 /// Shorthand for results in this crate.
 pub type LockResult<T> = Result<T, LockError>;
 
-impl LockError {
-    /// The gRPC status code for this error.
-    pub fn grpc_code(&self) -> Code {
+impl ApiError for LockError {
+    fn grpc_code(&self) -> Code {
         match self {
             LockError::InvalidField { .. } | LockError::InvalidBody { .. } => Code::InvalidArgument,
             LockError::Held { .. }
@@ -106,17 +106,8 @@ impl LockError {
         }
     }
 
-    /// The HTTP status for this error on the REST API.
-    pub fn http_status(&self) -> u16 {
-        match self.grpc_code() {
-            Code::InvalidArgument | Code::OutOfRange => 400,
-            Code::PermissionDenied => 403,
-            Code::NotFound => 404,
-            Code::DeadlineExceeded => 408,
-            Code::FailedPrecondition => 409,
-            Code::Unavailable => 503,
-            _ => 500,
-        }
+    fn invalid_body(reason: String) -> Self {
+        LockError::InvalidBody { reason }
     }
 }
 
@@ -142,7 +133,7 @@ mod tests {
             "lease ab does not own lock \"orders\" (it is held by lease cd): nothing was released"
         );
         assert_eq!(err.grpc_code(), Code::PermissionDenied);
-        assert_eq!(err.http_status(), 403);
+        assert_eq!(cella_core::gateway::http_status(err.grpc_code()), 403);
     }
 
     #[test]

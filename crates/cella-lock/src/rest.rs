@@ -1,23 +1,23 @@
 //! Cella's lock API over REST/JSON, under `/v1/locks/...` and `/v1/semaphores/...`.
 //!
 //! Bodies and answers are the proto3 JSON forms of `cella.lock.v1`'s messages (64-bit
-//! integers as strings, accepted as numbers too). Errors come back as
-//! `{"error": ..., "code": <gRPC code>, "message": ...}` with [`LockError::http_status`].
+//! integers as strings, accepted as numbers too); errors as [`cella_core::gateway`] answers
+//! them.
 
 use std::future::Future;
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
+use cella_core::gateway;
 use cella_proto::cella::lock::v1 as lockpb;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::error::{LockError, LockResult};
+use crate::error::LockResult;
 use crate::service::LockService;
 
 /// The lock API's REST routes.
@@ -50,39 +50,19 @@ pub fn router(service: LockService) -> Router {
         .with_state(service)
 }
 
-/// An error as the REST API returns it.
-fn error_response(err: &LockError) -> Response {
-    let status =
-        StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let body = json!({ "error": err.to_string(), "code": err.grpc_code() as i32, "message": err.to_string() });
-    (status, axum::Json(body)).into_response()
-}
-
-fn answer<T: Serialize>(result: LockResult<T>) -> Response {
-    match result {
-        Ok(value) => axum::Json(value).into_response(),
-        Err(e) => error_response(&e),
-    }
-}
-
-async fn call<Req, Resp, F, Fut>(State(service): State<LockService>, body: Bytes, op: F) -> Response
+/// [`gateway::call`] on the lock service (naming the state's type lets the routes' closures
+/// infer theirs).
+async fn call<Req, Resp, Fut>(
+    state: State<LockService>,
+    body: Bytes,
+    op: impl FnOnce(LockService, Req) -> Fut,
+) -> Response
 where
     Req: DeserializeOwned + Default,
     Resp: Serialize,
-    F: FnOnce(LockService, Req) -> Fut,
     Fut: Future<Output = LockResult<Resp>>,
 {
-    let parsed = if body.iter().all(u8::is_ascii_whitespace) {
-        Ok(Req::default())
-    } else {
-        serde_json::from_slice(&body).map_err(|e| LockError::InvalidBody {
-            reason: e.to_string(),
-        })
-    };
-    match parsed {
-        Ok(req) => answer(op(service, req).await),
-        Err(e) => error_response(&e),
-    }
+    gateway::call(state, body, op).await
 }
 
 /// `GET ...?name=NAME`.
@@ -102,7 +82,7 @@ where
     F: FnOnce(LockService, lockpb::StatusRequest) -> Fut,
     Fut: Future<Output = LockResult<Resp>>,
 {
-    answer(op(service, lockpb::StatusRequest { name: query.name }).await)
+    gateway::answer(op(service, lockpb::StatusRequest { name: query.name }).await)
 }
 
 /// The lock API's part of the OpenAPI document.

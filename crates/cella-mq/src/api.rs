@@ -7,15 +7,12 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use cella_core::gateway;
 use cella_proto::cella::mq::v1 as pb;
 use pb::message_queue_client::MessageQueueClient;
 use pb::message_queue_server::{MessageQueue, MessageQueueServer};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use tonic::{Request, Status};
 
 use crate::broker::{format_id, Broker, Delivery, PullRequest, QueueLag, SendRequest, SendResult};
@@ -472,44 +469,6 @@ pub fn grpc_service(broker: Broker) -> MessageQueueServer<impl MessageQueue> {
     MessageQueueServer::new(Api(broker)).max_decoding_message_size(max)
 }
 
-/// An error as the REST API returns it.
-fn error_response(err: &MqError) -> Response {
-    let status =
-        StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let body = serde_json::json!({ "error": err.to_string(), "code": err.grpc_code() as i32, "message": err.to_string() });
-    (status, axum::Json(body)).into_response()
-}
-
-fn parse<T: DeserializeOwned + Default>(body: &Bytes) -> MqResult<T> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body).map_err(|e| MqError::InvalidField {
-        field: "body",
-        rule: format!("must be the JSON form of the request message: {e}"),
-    })
-}
-
-fn reply<T: Serialize>(result: MqResult<T>) -> Response {
-    match result {
-        Ok(v) => axum::Json(v).into_response(),
-        Err(e) => error_response(&e),
-    }
-}
-
-/// Parses the JSON body as `Req`, runs `op`, and answers with its result or error.
-async fn call<Req, Resp, Fut>(api: Api, body: Bytes, op: impl FnOnce(Api, Req) -> Fut) -> Response
-where
-    Req: DeserializeOwned + Default,
-    Resp: Serialize,
-    Fut: std::future::Future<Output = MqResult<Resp>>,
-{
-    reply(match parse::<Req>(&body) {
-        Ok(req) => op(api, req).await,
-        Err(e) => Err(e),
-    })
-}
-
 /// `GET /v1/mq/groups/{group}/lag?local=true`: only the answering member's queues.
 #[derive(Debug, Default, serde::Deserialize)]
 struct LagQuery {
@@ -526,19 +485,17 @@ pub fn router(broker: Broker) -> Router {
         .route(
             "/v1/mq/topics",
             post(|State(api): State<Api>, body: Bytes| {
-                call(
-                    api,
-                    body,
-                    |api, req| async move { api.create_topic(req).await },
-                )
+                gateway::call(State(api), body, |api, req| async move {
+                    api.create_topic(req).await
+                })
             })
-            .get(|State(api): State<Api>| async move { reply(api.list_topics().await) }),
+            .get(|State(api): State<Api>| async move { gateway::answer(api.list_topics().await) }),
         )
         .route(
             "/v1/mq/topics/{topic}/route",
             get(
                 |State(api): State<Api>, Path(topic): Path<String>| async move {
-                    reply(api.route(pb::RouteRequest { topic }).await)
+                    gateway::answer(api.route(pb::RouteRequest { topic }).await)
                 },
             ),
         )
@@ -546,7 +503,7 @@ pub fn router(broker: Broker) -> Router {
             "/v1/mq/topics/{topic}/messages",
             post(
                 |State(api): State<Api>, Path(topic): Path<String>, body: Bytes| {
-                    call(api, body, |api, req: pb::SendRequest| async move {
+                    gateway::call(State(api), body, |api, req: pb::SendRequest| async move {
                         api.send(pb::SendRequest { topic, ..req }).await
                     })
                 },
@@ -556,52 +513,54 @@ pub fn router(broker: Broker) -> Router {
             "/v1/mq/topics/{topic}/messages/batch",
             post(
                 |State(api): State<Api>, Path(topic): Path<String>, body: Bytes| {
-                    call(api, body, |api, req: pb::SendBatchRequest| async move {
-                        api.send_batch(pb::SendBatchRequest { topic, ..req }).await
-                    })
+                    gateway::call(
+                        State(api),
+                        body,
+                        |api, req: pb::SendBatchRequest| async move {
+                            api.send_batch(pb::SendBatchRequest { topic, ..req }).await
+                        },
+                    )
                 },
             ),
         )
         .route(
             "/v1/mq/pull",
             post(|State(api): State<Api>, body: Bytes| {
-                call(api, body, |api, req| async move { api.pull(req).await })
+                gateway::call(
+                    State(api),
+                    body,
+                    |api, req| async move { api.pull(req).await },
+                )
             }),
         )
         .route(
             "/v1/mq/ack",
             post(|State(api): State<Api>, body: Bytes| {
-                call(
-                    api,
-                    body,
-                    |api, req| async move { api.ack(req, true).await },
-                )
+                gateway::call(State(api), body, |api, req| async move {
+                    api.ack(req, true).await
+                })
             }),
         )
         .route(
             "/v1/mq/ack-batch",
             post(|State(api): State<Api>, body: Bytes| {
-                call(
-                    api,
-                    body,
-                    |api, req| async move { api.ack_batch(req).await },
-                )
+                gateway::call(State(api), body, |api, req| async move {
+                    api.ack_batch(req).await
+                })
             }),
         )
         .route(
             "/v1/mq/nack",
             post(|State(api): State<Api>, body: Bytes| {
-                call(
-                    api,
-                    body,
-                    |api, req| async move { api.ack(req, false).await },
-                )
+                gateway::call(State(api), body, |api, req| async move {
+                    api.ack(req, false).await
+                })
             }),
         )
         .route(
             "/v1/mq/leave",
             post(|State(api): State<Api>, body: Bytes| {
-                call(api, body, |api, req| async move { api.leave(req) })
+                gateway::call(State(api), body, |api, req| async move { api.leave(req) })
             }),
         )
         .route(
@@ -611,7 +570,7 @@ pub fn router(broker: Broker) -> Router {
                  Path(group): Path<String>,
                  Query(query): Query<LagQuery>| async move {
                     let local = query.local;
-                    reply(api.lag(pb::LagRequest { group, local }).await)
+                    gateway::answer(api.lag(pb::LagRequest { group, local }).await)
                 },
             ),
         )
@@ -621,7 +580,7 @@ pub fn router(broker: Broker) -> Router {
                 |State(api): State<Api>,
                  Path((group, topic)): Path<(String, String)>,
                  body: Bytes| {
-                    call(api, body, |api, req: pb::Subscription| async move {
+                    gateway::call(State(api), body, |api, req: pb::Subscription| async move {
                         api.declare_subscription(pb::Subscription {
                             group,
                             topic,
@@ -635,7 +594,7 @@ pub fn router(broker: Broker) -> Router {
         .route(
             "/v1/mq/transactions/end",
             post(|State(api): State<Api>, body: Bytes| {
-                call(api, body, |api, req| async move {
+                gateway::call(State(api), body, |api, req| async move {
                     api.end_transaction(req).await
                 })
             }),
@@ -643,7 +602,7 @@ pub fn router(broker: Broker) -> Router {
         .route(
             "/v1/mq/transactions/checks",
             post(|State(api): State<Api>, body: Bytes| {
-                call(api, body, |api, req| async move {
+                gateway::call(State(api), body, |api, req| async move {
                     api.transaction_checks(req).await
                 })
             }),

@@ -2,6 +2,7 @@
 //!
 //! Messages name the field and the rule that was broken; the variants keep the details.
 
+use cella_core::gateway::ApiError;
 use tonic::Code;
 
 /// Everything that can go wrong in the broker.
@@ -127,9 +128,21 @@ impl MqError {
         let context = context.into();
         move |source| MqError::Io { context, source }
     }
+}
 
-    /// The gRPC status code for this error.
-    pub fn grpc_code(&self) -> Code {
+/// An entry's error with its field named by its place in the batch: field `body` of message 3
+/// becomes field `messages[3].body`; an error naming no field is prefixed with the entry.
+fn in_batch(list: &str, index: usize, source: &MqError) -> String {
+    let text = source.to_string();
+    if text.contains("field `") {
+        text.replacen("field `", &format!("field `{list}[{index}]."), 1)
+    } else {
+        format!("{list}[{index}]: {text}")
+    }
+}
+
+impl ApiError for MqError {
+    fn grpc_code(&self) -> Code {
         use MqError::*;
         match self {
             InvalidField { .. }
@@ -152,26 +165,11 @@ impl MqError {
         }
     }
 
-    /// The HTTP status for this error on the REST API.
-    pub fn http_status(&self) -> u16 {
-        match self.grpc_code() {
-            Code::InvalidArgument | Code::OutOfRange => 400,
-            Code::NotFound => 404,
-            Code::AlreadyExists | Code::FailedPrecondition => 409,
-            Code::Unavailable => 503,
-            _ => 500,
+    fn invalid_body(reason: String) -> Self {
+        MqError::InvalidField {
+            field: "body",
+            rule: format!("must be the JSON form of the request message: {reason}"),
         }
-    }
-}
-
-/// An entry's error with its field named by its place in the batch: field `body` of message 3
-/// becomes field `messages[3].body`; an error naming no field is prefixed with the entry.
-fn in_batch(list: &str, index: usize, source: &MqError) -> String {
-    let text = source.to_string();
-    if text.contains("field `") {
-        text.replacen("field `", &format!("field `{list}[{index}]."), 1)
-    } else {
-        format!("{list}[{index}]: {text}")
     }
 }
 

@@ -22,6 +22,7 @@
 //! change; a subscription dropped from the spec keeps its last limit. Neither kind can be deleted yet (the broker keeps topics and groups for good), so
 //! delete is refused with that reason.
 
+use cella_core::gateway::ApiError;
 use cella_resource::{Kind, KindFuture, Resource, ResourceError};
 use serde::Deserialize;
 use serde_json::{json, Value};

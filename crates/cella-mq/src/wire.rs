@@ -7,6 +7,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
+use cella_core::gateway::ApiError;
 use cella_proto::cella::mq::v1 as pb;
 use cella_proto::mq_wire::{self, Frame, Kind};
 use futures::stream::{FuturesUnordered, StreamExt};

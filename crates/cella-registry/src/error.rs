@@ -1,6 +1,6 @@
 //! The registry's one error enum, and its single mapping to gRPC and HTTP statuses.
 
-use axum::http::StatusCode;
+use cella_core::gateway::ApiError;
 use tonic::Code;
 
 /// Everything that can go wrong in the registry.
@@ -36,9 +36,8 @@ pub enum RegistryError {
 /// Results of registry operations.
 pub type RegistryResult<T> = Result<T, RegistryError>;
 
-impl RegistryError {
-    /// The gRPC status code for this error.
-    pub fn grpc_code(&self) -> Code {
+impl ApiError for RegistryError {
+    fn grpc_code(&self) -> Code {
         match self {
             Self::InvalidField { .. } => Code::InvalidArgument,
             Self::NamespaceNotFound { .. } | Self::InstanceNotFound { .. } => Code::NotFound,
@@ -46,12 +45,10 @@ impl RegistryError {
         }
     }
 
-    /// The HTTP status for this error.
-    pub fn http_status(&self) -> StatusCode {
-        match self {
-            Self::InvalidField { .. } => StatusCode::BAD_REQUEST,
-            Self::NamespaceNotFound { .. } | Self::InstanceNotFound { .. } => StatusCode::NOT_FOUND,
-            Self::Core(_) => StatusCode::SERVICE_UNAVAILABLE,
+    fn invalid_body(reason: String) -> Self {
+        RegistryError::InvalidField {
+            field: "body",
+            rule: format!("must be the JSON form of the request message: {reason}"),
         }
     }
 }

@@ -10,6 +10,7 @@ use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::Router;
+use cella_core::gateway::{self, ApiError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -154,7 +155,11 @@ impl Params {
 }
 
 fn error(err: RegistryError) -> Response {
-    (err.http_status(), format!("caused: {err}")).into_response()
+    (
+        gateway::http_status(err.grpc_code()),
+        format!("caused: {err}"),
+    )
+        .into_response()
 }
 
 fn reply(result: RegistryResult<Response>) -> Response {

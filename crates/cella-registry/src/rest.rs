@@ -1,15 +1,16 @@
 //! The registry's REST/JSON routes under `/v1/registry/`: each takes the JSON form of its
 //! `cella.registry.v1` request (proto field names, 64-bit integers as strings) and answers
 //! with the JSON form of the response; `subscribe` streams newline-delimited events.
-//! Errors are `{"error", "code", "message"}` with the HTTP status of the error.
+//! Errors as [`cella_core::gateway`] answers them.
 
 use std::future::Future;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
+use cella_core::gateway;
 use cella_proto::cella::registry::v1 as rpb;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -59,48 +60,29 @@ pub fn router(registry: Registry) -> Router {
         .with_state(registry)
 }
 
-/// An error as these routes return it.
-pub fn error_response(err: &RegistryError) -> Response {
-    let body = serde_json::json!({ "error": err.to_string(), "code": err.grpc_code() as i32, "message": err.to_string() });
-    (err.http_status(), axum::Json(body)).into_response()
-}
-
-/// Parses a JSON request body; an empty body is the default message.
-fn parse<T: DeserializeOwned + Default>(body: &Bytes) -> RegistryResult<T> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body).map_err(|e| RegistryError::InvalidField {
-        field: "body",
-        rule: format!("must be the JSON form of the request message: {e}"),
-    })
-}
-
-async fn call<Req, Resp, F, Fut>(State(registry): State<Registry>, body: Bytes, op: F) -> Response
+/// [`gateway::call`] on the registry (naming the state's type lets the routes' closures
+/// infer theirs).
+async fn call<Req, Resp, Fut>(
+    state: State<Registry>,
+    body: Bytes,
+    op: impl FnOnce(Registry, Req) -> Fut,
+) -> Response
 where
     Req: DeserializeOwned + Default,
     Resp: Serialize,
-    F: FnOnce(Registry, Req) -> Fut,
     Fut: Future<Output = RegistryResult<Resp>>,
 {
-    let result = match parse::<Req>(&body) {
-        Ok(req) => op(registry, req).await,
-        Err(e) => Err(e),
-    };
-    match result {
-        Ok(resp) => axum::Json(resp).into_response(),
-        Err(e) => error_response(&e),
-    }
+    gateway::call(state, body, op).await
 }
 
 async fn subscribe(State(registry): State<Registry>, body: Bytes) -> Response {
-    let subscription = match parse::<rpb::SubscribeRequest>(&body)
+    let subscription = match gateway::parse_body::<rpb::SubscribeRequest, RegistryError>(&body)
         .and_then(|req| api::subscribe(&registry, req))
     {
         Ok(s) => s,
-        Err(e) => return error_response(&e),
+        Err(e) => return gateway::error_response(&e),
     };
-    cella_core::rest::ndjson(api::events(registry, subscription))
+    gateway::ndjson(api::events(registry, subscription))
 }
 
 /// The OpenAPI description of these routes and the Nacos ones (`paths` and `components`).

@@ -1,5 +1,6 @@
 //! The resource API's one error enum and its mapping to gRPC and HTTP statuses.
 
+use cella_core::gateway::ApiError;
 use cella_core::CoreError;
 use tonic::Code;
 
@@ -83,9 +84,10 @@ impl ResourceError {
             rule: rule.into(),
         }
     }
+}
 
-    /// The gRPC status code for this error.
-    pub fn grpc_code(&self) -> Code {
+impl ApiError for ResourceError {
+    fn grpc_code(&self) -> Code {
         match self {
             ResourceError::InvalidField { .. } | ResourceError::UnknownKind { .. } => {
                 Code::InvalidArgument
@@ -98,17 +100,8 @@ impl ResourceError {
         }
     }
 
-    /// The HTTP status for this error on the REST API.
-    pub fn http_status(&self) -> u16 {
-        match self.grpc_code() {
-            Code::InvalidArgument | Code::OutOfRange => 400,
-            Code::Unauthenticated => 401,
-            Code::PermissionDenied => 403,
-            Code::NotFound => 404,
-            Code::AlreadyExists | Code::Aborted | Code::FailedPrecondition => 409,
-            Code::Unavailable => 503,
-            _ => 500,
-        }
+    fn invalid_body(reason: String) -> Self {
+        ResourceError::invalid("body", format!("must be a resource as JSON: {reason}"))
     }
 }
 

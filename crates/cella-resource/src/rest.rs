@@ -6,19 +6,18 @@
 //! - `GET /v1/resources/{kind}/{name}[?namespace=NS]` → the resource
 //! - `DELETE /v1/resources/{kind}/{name}[?namespace=NS]` → the deleted resource
 //!
-//! Errors come back as `{"error", "code": <gRPC code>, "message"}` with
-//! [`ResourceError::http_status`].
+//! Errors as [`cella_core::gateway`] answers them.
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
+use cella_core::gateway::{self, ApiError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::error::{ResourceError, ResourceResult};
+use crate::error::ResourceError;
 use crate::model::Resource;
 use crate::service::Resources;
 
@@ -55,31 +54,18 @@ struct Namespace {
     namespace: String,
 }
 
-fn answer(result: ResourceResult<Value>) -> Response {
-    match result {
-        Ok(body) => (StatusCode::OK, axum::Json(body)).into_response(),
-        Err(err) => {
-            let status = StatusCode::from_u16(err.http_status())
-                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let body = json!({ "error": err.to_string(), "code": err.grpc_code() as i32, "message": err.to_string() });
-            (status, axum::Json(body)).into_response()
-        }
-    }
-}
-
 fn to_json(resource: &Resource) -> Value {
     serde_json::to_value(resource).unwrap_or(Value::Null)
 }
 
 async fn apply(State(resources): State<Resources>, body: Bytes) -> Response {
     let result = async {
-        let given: Resource = serde_json::from_slice(&body).map_err(|e| {
-            ResourceError::invalid("body", format!("must be a resource as JSON: {e}"))
-        })?;
+        let given: Resource = serde_json::from_slice(&body)
+            .map_err(|e| ResourceError::invalid_body(e.to_string()))?;
         let (stored, outcome) = resources.apply(given).await?;
-        Ok(json!({ "resource": to_json(&stored), "outcome": outcome.as_str() }))
+        Ok::<_, ResourceError>(json!({ "resource": to_json(&stored), "outcome": outcome.as_str() }))
     };
-    answer(result.await)
+    gateway::answer(result.await)
 }
 
 async fn list(
@@ -88,7 +74,9 @@ async fn list(
     Query(q): Query<Namespace>,
 ) -> Response {
     let items = resources.list(&kind, &q.namespace).await;
-    answer(items.map(|items| json!({ "items": items.iter().map(to_json).collect::<Vec<_>>() })))
+    gateway::answer(
+        items.map(|items| json!({ "items": items.iter().map(to_json).collect::<Vec<_>>() })),
+    )
 }
 
 async fn get_one(
@@ -96,7 +84,7 @@ async fn get_one(
     Path((kind, name)): Path<(String, String)>,
     Query(q): Query<Namespace>,
 ) -> Response {
-    answer(
+    gateway::answer(
         resources
             .get(&kind, &q.namespace, &name)
             .await
@@ -109,7 +97,7 @@ async fn delete(
     Path((kind, name)): Path<(String, String)>,
     Query(q): Query<Namespace>,
 ) -> Response {
-    answer(
+    gateway::answer(
         resources
             .delete(&kind, &q.namespace, &name)
             .await

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
+use cella_core::gateway::ApiError;
 use cella_mq::{Delivery, SendRequest};
 
 use crate::common::{bodies, pull, send, test_config, Harness};
