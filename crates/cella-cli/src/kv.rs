@@ -24,7 +24,7 @@ pub enum KvCommand {
     Get(GetArgs),
     /// Delete KEY, or every key under it with --prefix.
     Del(DelArgs),
-    /// Print changes to KEY (or under it with --prefix) until Ctrl-C.
+    /// Print changes to KEY (or under it with --prefix) until Ctrl-C or SIGTERM.
     Watch(WatchArgs),
 }
 

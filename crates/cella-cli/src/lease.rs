@@ -34,7 +34,7 @@ pub enum LeaseCommand {
     },
     /// List live leases.
     List,
-    /// Refresh a lease, printing each new TTL, until Ctrl-C or until the lease is gone.
+    /// Refresh a lease, printing each new TTL, until Ctrl-C, SIGTERM or the lease is gone.
     KeepAlive {
         /// The lease id (hex).
         id: LeaseId,

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::output::{emit, Format, Render, Text};
-use crate::{until_interrupted, Remote};
+use crate::{stop_signal, until_interrupted, Remote};
 
 /// The `lock` verbs.
 #[derive(Debug, Subcommand)]
@@ -31,7 +31,7 @@ pub enum LockCommand {
         /// Fail at once if the lock is held.
         #[arg(long = "try")]
         try_once: bool,
-        /// Keep the lock (renewing its lease) until Ctrl-C, then release it.
+        /// Keep the lock (renewing its lease) until Ctrl-C or SIGTERM, then release it.
         #[arg(long)]
         hold: bool,
     },
@@ -58,7 +58,8 @@ pub enum LockCommand {
 /// The `elect` verbs.
 #[derive(Debug, Subcommand)]
 pub enum ElectCommand {
-    /// Campaign with VALUE; once elected, lead (renewing the lease) until Ctrl-C, then resign.
+    /// Campaign with VALUE; once elected, lead (renewing the lease) until Ctrl-C or SIGTERM,
+    /// then resign. Exits 1 if the leadership is lost meanwhile.
     Campaign {
         /// The election's name.
         #[arg(value_parser = parse_name)]
@@ -75,7 +76,7 @@ pub enum ElectCommand {
         #[arg(value_parser = parse_name)]
         name: String,
     },
-    /// Print the leader's value now and on every change, until Ctrl-C.
+    /// Print the leader's value now and on every change, until Ctrl-C or SIGTERM.
     Observe {
         /// The election's name.
         #[arg(value_parser = parse_name)]
@@ -129,10 +130,12 @@ pub async fn run_lock(command: LockCommand, remote: &Remote, format: Format) -> 
                 lease: guard.lease().unwrap_or(LeaseId(0)),
                 fencing_token: guard.fencing_token(),
             };
+            // Listening from before the banner: a stop right after it still releases.
+            let stop = stop_signal();
             emit(format, &HeldView::new(&name, &held))?;
             let lost = tokio::select! {
                 error = guard.lost() => Some(error),
-                _ = tokio::signal::ctrl_c() => None,
+                _ = stop => None,
             };
             match lost {
                 Some(error) => anyhow::bail!("lost lock {name:?}: {error}"),
@@ -163,14 +166,18 @@ pub async fn run_elect(
     let elections = remote.connect().await?.election();
     match command {
         ElectCommand::Campaign { name, value, ttl } => {
-            let leadership = elections.campaign(&name, value.clone(), ttl).await?;
+            let mut leadership = elections.campaign(&name, value.clone(), ttl).await?;
             let view = LeaderView {
                 name: name.clone(),
                 value: Some(Text::from(value.as_bytes())),
                 lease: Some(leadership.lease().to_string()),
             };
+            let stop = stop_signal();
             emit(format, &view)?;
-            tokio::signal::ctrl_c().await?;
+            tokio::select! {
+                error = leadership.lost() => anyhow::bail!("lost the leadership of {name:?}: {error}"),
+                _ = stop => {}
+            }
             leadership.resign().await?;
             Ok(())
         }

@@ -23,7 +23,6 @@ use std::fmt;
 use std::future::Future;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use cella_sdk::Client;
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -182,13 +181,14 @@ pub fn stop_signal() -> impl Future<Output = ()> {
     }
 }
 
-/// Runs `work` until it ends or Ctrl-C is pressed; Ctrl-C counts as success.
+/// Runs `work` until it ends or a stop comes (Ctrl-C or SIGTERM), which counts as success.
 pub async fn until_interrupted(
     work: impl Future<Output = anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
+    let stop = stop_signal();
     tokio::select! {
         result = work => result,
-        signal = tokio::signal::ctrl_c() => signal.context("listening for Ctrl-C"),
+        _ = stop => Ok(()),
     }
 }
 

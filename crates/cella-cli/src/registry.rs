@@ -13,8 +13,8 @@ use crate::{until_interrupted, Remote, UsageError};
 /// The `registry` verbs.
 #[derive(Debug, Subcommand)]
 pub enum RegistryCommand {
-    /// Register an instance and print its id; with --keep-alive, beat until Ctrl-C, then
-    /// deregister.
+    /// Register an instance and print its id; with --keep-alive, beat until Ctrl-C or SIGTERM,
+    /// then deregister.
     Register(RegisterArgs),
     /// Remove an instance by id (`ip#port#cluster`).
     Deregister {
@@ -34,7 +34,7 @@ pub enum RegistryCommand {
         #[arg(long, default_value = "")]
         selector: String,
     },
-    /// Print a service's instances, then every change, until Ctrl-C.
+    /// Print a service's instances, then every change, until Ctrl-C or SIGTERM.
     Watch {
         /// The service.
         service: String,
@@ -77,7 +77,7 @@ pub struct RegisterArgs {
     /// Store the instance in the core and probe it, instead of heart-beating.
     #[arg(long, conflicts_with = "keep_alive")]
     persistent: bool,
-    /// Keep the instance alive with heartbeats until Ctrl-C, then deregister it.
+    /// Keep the instance alive with heartbeats until Ctrl-C or SIGTERM, then deregister it.
     #[arg(long)]
     keep_alive: bool,
 }

@@ -185,7 +185,7 @@ fn spawn_up(data: &std::path::Path) -> (std::process::Child, String) {
     (up, listen)
 }
 
-/// Sends SIGTERM and requires a clean exit within [`READY_TIMEOUT`].
+/// Sends SIGTERM to a `cella` process and requires a clean exit within [`READY_TIMEOUT`].
 fn terminate_cleanly(mut up: std::process::Child) {
     let term = Command::new("kill")
         .args(["-TERM", &up.id().to_string()])
@@ -199,7 +199,7 @@ fn terminate_cleanly(mut up: std::process::Child) {
         }
         if std::time::Instant::now() > deadline {
             let _ = up.kill();
-            panic!("cella up did not stop within {READY_TIMEOUT:?} of SIGTERM");
+            panic!("cella did not stop within {READY_TIMEOUT:?} of SIGTERM");
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -207,7 +207,7 @@ fn terminate_cleanly(mut up: std::process::Child) {
     if let Some(mut stderr) = up.stderr.take() {
         let _ = std::io::Read::read_to_string(&mut stderr, &mut log);
     }
-    assert!(status.success(), "cella up after SIGTERM: {status}\n{log}");
+    assert!(status.success(), "cella after SIGTERM: {status}\n{log}");
 }
 
 /// SIGTERM while `cella up` is still starting (right after its banner) stops it cleanly: the
@@ -425,21 +425,31 @@ fn lock_acquire_status_release_and_refusals() {
     server.stop();
 }
 
+/// Starts a `cella --output json` command that holds something until stopped, and returns it
+/// with the first object it printed (what it now holds).
+fn spawn_holding(endpoint: &str, args: &[&str]) -> (std::process::Child, Value) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cella"))
+        .env("CELLA_ENDPOINT", endpoint)
+        .args(["--output", "json"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cella starts");
+    let mut line = String::new();
+    let stdout_pipe = child.stdout.take().expect("piped");
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout_pipe), &mut line)
+        .expect("first line");
+    let held = serde_json::from_str(&line)
+        .unwrap_or_else(|error| panic!("cella {args:?} printed {line:?}: {error}"));
+    (child, held)
+}
+
 #[test]
 fn elect_leader_and_resign() {
     let server = Server::start();
     let endpoint = server.endpoint();
-    let mut campaign = Command::new(env!("CARGO_BIN_EXE_cella"))
-        .env("CELLA_ENDPOINT", &endpoint)
-        .args(["--output", "json", "elect", "campaign", "db", "node-a"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("campaign starts");
-    let mut line = String::new();
-    let stdout_pipe = campaign.stdout.take().expect("piped");
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout_pipe), &mut line)
-        .expect("elected line");
-    let elected: Value = serde_json::from_str(&line).expect("json");
+    let (mut campaign, elected) = spawn_holding(&endpoint, &["elect", "campaign", "db", "node-a"]);
     assert_eq!(elected["value"], "node-a");
     let lease = elected["lease"].as_str().expect("lease").to_string();
     assert_eq!(succeed(&endpoint, &["elect", "leader", "db"]), "node-a\n");
@@ -448,6 +458,37 @@ fn elect_leader_and_resign() {
     assert_eq!(none.status.code(), Some(1));
     let _ = campaign.kill();
     let _ = campaign.wait();
+    server.stop();
+}
+
+/// A command that holds something until stopped (`lock acquire --hold`, `elect campaign`)
+/// gives it up on SIGTERM, as on Ctrl-C, instead of leaving it to its lease's expiry.
+#[test]
+fn holders_give_up_what_they_hold_on_sigterm() {
+    let server = Server::start();
+    let endpoint = server.endpoint();
+    let (lock, _) = spawn_holding(
+        &endpoint,
+        &["lock", "acquire", "jobs", "--hold", "--ttl", "60"],
+    );
+    let (campaign, _) = spawn_holding(
+        &endpoint,
+        &["elect", "campaign", "db", "node-a", "--ttl", "60"],
+    );
+    assert!(succeed(&endpoint, &["lock", "status", "jobs"]).contains("held by lease"));
+    assert_eq!(succeed(&endpoint, &["elect", "leader", "db"]), "node-a\n");
+
+    terminate_cleanly(lock);
+    terminate_cleanly(campaign);
+    assert_eq!(
+        succeed(&endpoint, &["lock", "status", "jobs"]),
+        "lock jobs: free\n"
+    );
+    assert_eq!(
+        cella(&endpoint, &["elect", "leader", "db"]).status.code(),
+        Some(1),
+        "no leader after the campaign stopped"
+    );
     server.stop();
 }
 

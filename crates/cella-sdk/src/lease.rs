@@ -167,6 +167,15 @@ impl KeepAlive {
         }
         self.state.borrow_and_update().clone()
     }
+
+    /// Waits until keep-alive has ended and returns why.
+    pub async fn ended(&mut self) -> Error {
+        loop {
+            if let Err(e) = self.refreshed().await {
+                return e;
+            }
+        }
+    }
 }
 
 impl Drop for KeepAlive {

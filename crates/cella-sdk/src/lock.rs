@@ -238,15 +238,11 @@ impl LockGuard {
     /// Waits until the hold is lost (the lease expired or could not be renewed in time) and
     /// returns why.
     pub async fn lost(&mut self) -> Error {
-        let Some(keep_alive) = self.keep_alive.as_mut() else {
-            return Error::StreamClosed {
+        match self.keep_alive.as_mut() {
+            Some(keep_alive) => keep_alive.ended().await,
+            None => Error::StreamClosed {
                 stream: "lease keep-alive",
-            };
-        };
-        loop {
-            if let Err(e) = keep_alive.refreshed().await {
-                return e;
-            }
+            },
         }
     }
 
@@ -271,7 +267,7 @@ impl LockGuard {
 pub struct Leadership {
     elections: Elections,
     leader: electionpb::LeaderKey,
-    _keep_alive: KeepAlive,
+    keep_alive: KeepAlive,
 }
 
 impl Leadership {
@@ -283,6 +279,12 @@ impl Leadership {
     /// The lease that owns it.
     pub fn lease(&self) -> LeaseId {
         LeaseId(self.leader.lease)
+    }
+
+    /// Waits until the leadership is lost (its lease expired or could not be renewed in
+    /// time) and returns why.
+    pub async fn lost(&mut self) -> Error {
+        self.keep_alive.ended().await
     }
 
     /// Proclaims a new value while still leading.
@@ -340,7 +342,7 @@ impl Elections {
                 Some(leader) => Ok(Leadership {
                     elections: self.clone(),
                     leader,
-                    _keep_alive: keep_alive,
+                    keep_alive,
                 }),
                 None => Err(Error::Server {
                     code: tonic::Code::Internal,
