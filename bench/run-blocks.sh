@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The blocks' benchmarks in one go, each beside its peer where it has one: registry and
 # config vs rnacos, RPC stack and sidecar hop, locks vs etcd, ids, broker vs NATS JetStream
-# and RabbitMQ. Uses an existing release build (target/release/cella; build it first with
-# `cargo build --release -p cella-cli`), starts `cella up` and the peers (bench/peers/*.sh)
+# and RabbitMQ. Uses an existing build of the dist profile (target/dist/cella; build it first
+# with `cargo build --profile dist -p cella-cli`), starts `cella up` and the peers (bench/peers/*.sh)
 # on fixed loopback ports with fresh data dirs, appends every result to
 # bench/results/<block>-DATE.md, and stops exactly the processes it started.
 #
@@ -12,8 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cella=target/release/cella
-[[ -x $cella ]] || { echo "build first: cargo build --release -p cella-cli" >&2; exit 2; }
+cella=target/dist/cella
+[[ -x $cella ]] || { echo "build first: cargo build --profile dist -p cella-cli" >&2; exit 2; }
 duration=${DURATION:-5s}
 day=$(date -u +%Y-%m-%d)
 blocks=("$@")

@@ -4,7 +4,7 @@
 #   bench/run-core.sh              # Cella and etcd
 #   bench/run-core.sh --etcd-only  # etcd alone (to check the setup while Cella is not ready)
 #
-# Builds cella in release, starts `cella up` and etcd (bench/peers/etcd.sh) on free ports
+# Builds cella (dist profile), starts `cella up` and etcd (bench/peers/etcd.sh) on free ports
 # with fresh data dirs, runs the five core workloads with `cella bench` against both,
 # appends the results to bench/results/core-DATE.md, and stops both servers by PID.
 # Every level is bounded by DURATION and COUNT.
@@ -47,11 +47,11 @@ free_port_pair() {
 
 cella=
 if ! $etcd_only || [[ -z ${BENCH_CMD:-} ]]; then
-    echo "building cella (release)" >&2
-    cargo build --release -p cella-cli
+    echo "building cella (dist profile)" >&2
+    cargo build --profile dist -p cella-cli
     target_dir=$(cargo metadata --format-version 1 --no-deps |
         grep -o '"target_directory":"[^"]*"' | cut -d'"' -f4)
-    cella=$target_dir/release/cella
+    cella=$target_dir/dist/cella
 fi
 read -r -a bench_cmd <<<"${BENCH_CMD:-$cella bench}"
 

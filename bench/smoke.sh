@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# Release smoke: every Cella-only workload against a fresh `cella up` of the release build,
+# Release smoke: every Cella-only workload against a fresh `cella up` of the dist build,
 # at 2, 16 and 64 clients for a couple of seconds each. Fails if any call errs, the node logs
 # a panic, or it does not stop cleanly. Some races open only at a release build's timing (a
 # batching-task panic under 16 concurrent writers never showed in debug builds, so not in the
 # test suite); run this after changes to the core's hot paths. Records nothing.
 #
-#   bench/smoke.sh   # needs target/release/cella (cargo build --release -p cella-cli), or BINARY=PATH
+#   bench/smoke.sh   # needs target/dist/cella (cargo build --profile dist -p cella-cli), or BINARY=PATH
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cella=${BINARY:-target/release/cella}
-[[ -x $cella ]] || { echo "build first: cargo build --release -p cella-cli" >&2; exit 2; }
+cella=${BINARY:-target/dist/cella}
+[[ -x $cella ]] || { echo "build first: cargo build --profile dist -p cella-cli" >&2; exit 2; }
 port=${PORT:-27280}
 data=$(mktemp -d /tmp/cella-smoke.XXXXXX)
 $cella up --listen 127.0.0.1:$port --data-dir "$data/node" >"$data/node.log" 2>&1 &
