@@ -174,10 +174,20 @@ pub async fn run_watcher(
 }
 
 /// The key ranges that running watchers wait on, each with the signal that wakes its watcher.
+/// Single-key watchers (most of them: lock waiters, clients following one key) are found by
+/// their key; only range watchers are compared with each changed key.
 #[derive(Default)]
 pub(crate) struct Interests {
     next_id: AtomicU64,
-    ranges: Mutex<HashMap<u64, Interest>>,
+    index: Mutex<Index>,
+}
+
+#[derive(Default)]
+struct Index {
+    /// Single-key watchers by key, each with its id.
+    keys: HashMap<Bytes, Vec<(u64, Arc<Notify>)>>,
+    /// Range watchers by id.
+    ranges: HashMap<u64, Interest>,
 }
 
 struct Interest {
@@ -191,17 +201,29 @@ impl Interests {
     pub(crate) fn register(self: &Arc<Self>, filter: &EventFilter) -> Interested {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let wake = Arc::new(Notify::new());
-        self.ranges().insert(
-            id,
-            Interest {
-                key: filter.key.clone(),
-                range_end: filter.range_end.clone(),
-                wake: Arc::clone(&wake),
-            },
-        );
+        let mut index = self.index();
+        let single_key = filter.range_end.is_empty().then(|| filter.key.clone());
+        match &single_key {
+            Some(key) => index
+                .keys
+                .entry(key.clone())
+                .or_default()
+                .push((id, Arc::clone(&wake))),
+            None => {
+                index.ranges.insert(
+                    id,
+                    Interest {
+                        key: filter.key.clone(),
+                        range_end: filter.range_end.clone(),
+                        wake: Arc::clone(&wake),
+                    },
+                );
+            }
+        }
         Interested {
             interests: Arc::clone(self),
             id,
+            single_key,
             wake,
         }
     }
@@ -211,7 +233,15 @@ impl Interests {
         if changed.clone().next().is_none() {
             return;
         }
-        for interest in self.ranges().values() {
+        let index = self.index();
+        if !index.keys.is_empty() {
+            for key in changed.clone() {
+                for (_, wake) in index.keys.get(key).into_iter().flatten() {
+                    wake.notify_one();
+                }
+            }
+        }
+        for interest in index.ranges.values() {
             if changed
                 .clone()
                 .any(|k| in_range(k, &interest.key, &interest.range_end))
@@ -223,13 +253,15 @@ impl Interests {
 
     /// Wakes every watcher: the store was replaced as a whole (a snapshot was installed).
     pub(crate) fn wake_all(&self) {
-        for interest in self.ranges().values() {
-            interest.wake.notify_one();
+        let index = self.index();
+        let singles = index.keys.values().flatten().map(|(_, wake)| wake);
+        for wake in singles.chain(index.ranges.values().map(|i| &i.wake)) {
+            wake.notify_one();
         }
     }
 
-    fn ranges(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Interest>> {
-        self.ranges
+    fn index(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index
             .lock()
             .expect("watch interests lock poisoned only by a panic")
     }
@@ -239,6 +271,8 @@ impl Interests {
 pub(crate) struct Interested {
     interests: Arc<Interests>,
     id: u64,
+    /// The key of a single-key watcher (its place in the index).
+    single_key: Option<Bytes>,
     wake: Arc<Notify>,
 }
 
@@ -252,7 +286,20 @@ impl Interested {
 
 impl Drop for Interested {
     fn drop(&mut self) {
-        self.interests.ranges().remove(&self.id);
+        let mut index = self.interests.index();
+        match &self.single_key {
+            Some(key) => {
+                if let Some(watchers) = index.keys.get_mut(key) {
+                    watchers.retain(|(id, _)| *id != self.id);
+                    if watchers.is_empty() {
+                        index.keys.remove(key);
+                    }
+                }
+            }
+            None => {
+                index.ranges.remove(&self.id);
+            }
+        }
     }
 }
 
@@ -292,6 +339,7 @@ mod tests {
     fn a_change_wakes_only_the_watchers_of_its_range_and_is_kept_until_waited_for() {
         let interests = Arc::new(Interests::default());
         let key = interests.register(&filter("a", ""));
+        let same_key = interests.register(&filter("a", ""));
         let prefix = interests.register(&filter("b/", "b0"));
         let from_c = interests.register(&filter("c", "\0"));
 
@@ -301,20 +349,24 @@ mod tests {
 
         interests.wake_changed([&b1].into_iter());
         interests.wake_changed([&b1, &a].into_iter());
-        assert!(woken(&key));
+        assert!(woken(&key) && woken(&same_key));
         assert!(woken(&prefix), "kept although nobody was waiting");
         assert!(!woken(&prefix), "two wake-ups before a wait are one");
         interests.wake_changed([&Bytes::from("zz")].into_iter());
         assert!(woken(&from_c) && !woken(&key));
 
         interests.wake_all();
-        assert!(woken(&key) && woken(&prefix) && woken(&from_c));
+        assert!(woken(&key) && woken(&same_key) && woken(&prefix) && woken(&from_c));
 
         drop((key, prefix));
-        assert_eq!(
-            interests.ranges().len(),
-            1,
-            "dropped interests are unregistered"
+        interests.wake_changed([&a].into_iter());
+        assert!(woken(&same_key), "the key's other watcher stays registered");
+        drop(same_key);
+        let index = interests.index();
+        assert!(
+            index.keys.is_empty(),
+            "a key without watchers leaves the index"
         );
+        assert_eq!(index.ranges.len(), 1, "dropped interests are unregistered");
     }
 }
