@@ -42,8 +42,11 @@ pub fn http_status(code: Code) -> StatusCode {
 
 /// `err` as a REST answer.
 pub fn error_response(err: &impl ApiError) -> Response {
-    let message = err.to_string();
-    let code = err.grpc_code();
+    status_response(err.grpc_code(), &err.to_string())
+}
+
+/// A refusal with `code` and `message` as a REST answer, for refusals without an error type.
+pub fn status_response(code: Code, message: &str) -> Response {
     let body = serde_json::json!({ "error": message, "code": code as i32, "message": message });
     (http_status(code), axum::Json(body)).into_response()
 }

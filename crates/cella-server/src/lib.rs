@@ -256,8 +256,7 @@ async fn no_route(request: axum::extract::Request) -> axum::response::Response {
         "no route for {} {path}; the API is described at /openapi.json",
         request.method()
     );
-    let body = serde_json::json!({ "error": message, "code": tonic::Code::NotFound as i32, "message": message });
-    (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+    cella_core::gateway::status_response(tonic::Code::NotFound, &message)
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
