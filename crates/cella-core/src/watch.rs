@@ -7,12 +7,13 @@
 //! behind and catches up from history, or, if compaction removed what it still needed, it is
 //! cancelled with the compact revision (etcd's "compacted" answer).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use cella_base::prefix_end;
 use cella_proto::etcdserverpb::{self as pb, watch_create_request::FilterType};
 use tokio::sync::{mpsc, Notify};
 
@@ -174,8 +175,9 @@ pub async fn run_watcher(
 }
 
 /// The key ranges that running watchers wait on, each with the signal that wakes its watcher.
-/// Single-key watchers (most of them: lock waiters, clients following one key) are found by
-/// their key; only range watchers are compared with each changed key.
+/// Single-key watchers (lock waiters, clients following one key) are found by their key, and
+/// prefix watchers by the changed key's prefixes of the lengths some watcher uses; only other
+/// ranges are compared with each changed key.
 #[derive(Default)]
 pub(crate) struct Interests {
     next_id: AtomicU64,
@@ -184,10 +186,45 @@ pub(crate) struct Interests {
 
 #[derive(Default)]
 struct Index {
-    /// Single-key watchers by key, each with its id.
-    keys: HashMap<Bytes, Vec<(u64, Arc<Notify>)>>,
-    /// Range watchers by id.
+    keys: ByKey,
+    prefixes: ByKey,
+    /// How many indexed prefixes have each length.
+    prefix_lengths: BTreeMap<usize, usize>,
+    /// The other ranges, by watcher id.
     ranges: HashMap<u64, Interest>,
+}
+
+/// Watchers grouped by a key (or a prefix), each with its id.
+#[derive(Default)]
+struct ByKey(HashMap<Bytes, Vec<(u64, Arc<Notify>)>>);
+
+impl ByKey {
+    fn add(&mut self, key: Bytes, id: u64, wake: &Arc<Notify>) {
+        self.0.entry(key).or_default().push((id, Arc::clone(wake)));
+    }
+
+    /// Removes watcher `id` of `key`; true if it was the key's last.
+    fn remove(&mut self, key: &[u8], id: u64) -> bool {
+        let Some(watchers) = self.0.get_mut(key) else {
+            return false;
+        };
+        watchers.retain(|(other, _)| *other != id);
+        let last = watchers.is_empty();
+        if last {
+            self.0.remove(key);
+        }
+        last
+    }
+
+    fn wake(&self, key: &[u8]) {
+        for (_, wake) in self.0.get(key).into_iter().flatten() {
+            wake.notify_one();
+        }
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Arc<Notify>> {
+        self.0.values().flatten().map(|(_, wake)| wake)
+    }
 }
 
 struct Interest {
@@ -196,34 +233,48 @@ struct Interest {
     wake: Arc<Notify>,
 }
 
+/// Where a watcher is in the index.
+enum Place {
+    Key(Bytes),
+    Prefix(Bytes),
+    Range,
+}
+
 impl Interests {
     /// Registers `filter`'s key range until the returned handle is dropped.
     pub(crate) fn register(self: &Arc<Self>, filter: &EventFilter) -> Interested {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let wake = Arc::new(Notify::new());
+        let (key, range_end) = (&filter.key, &filter.range_end);
+        let place = if range_end.is_empty() {
+            Place::Key(key.clone())
+        } else if range_end[..] == prefix_end(key)[..] {
+            Place::Prefix(key.clone())
+        } else {
+            Place::Range
+        };
         let mut index = self.index();
-        let single_key = filter.range_end.is_empty().then(|| filter.key.clone());
-        match &single_key {
-            Some(key) => index
-                .keys
-                .entry(key.clone())
-                .or_default()
-                .push((id, Arc::clone(&wake))),
-            None => {
-                index.ranges.insert(
-                    id,
-                    Interest {
-                        key: filter.key.clone(),
-                        range_end: filter.range_end.clone(),
-                        wake: Arc::clone(&wake),
-                    },
-                );
+        match &place {
+            Place::Key(key) => index.keys.add(key.clone(), id, &wake),
+            Place::Prefix(prefix) => {
+                if !index.prefixes.0.contains_key(prefix) {
+                    *index.prefix_lengths.entry(prefix.len()).or_default() += 1;
+                }
+                index.prefixes.add(prefix.clone(), id, &wake);
+            }
+            Place::Range => {
+                let interest = Interest {
+                    key: key.clone(),
+                    range_end: range_end.clone(),
+                    wake: Arc::clone(&wake),
+                };
+                index.ranges.insert(id, interest);
             }
         }
         Interested {
             interests: Arc::clone(self),
             id,
-            single_key,
+            place,
             wake,
         }
     }
@@ -234,10 +285,12 @@ impl Interests {
             return;
         }
         let index = self.index();
-        if !index.keys.is_empty() {
-            for key in changed.clone() {
-                for (_, wake) in index.keys.get(key).into_iter().flatten() {
-                    wake.notify_one();
+        for key in changed.clone() {
+            index.keys.wake(key);
+            for &len in index.prefix_lengths.keys() {
+                match key.get(..len) {
+                    Some(prefix) => index.prefixes.wake(prefix),
+                    None => break,
                 }
             }
         }
@@ -254,8 +307,8 @@ impl Interests {
     /// Wakes every watcher: the store was replaced as a whole (a snapshot was installed).
     pub(crate) fn wake_all(&self) {
         let index = self.index();
-        let singles = index.keys.values().flatten().map(|(_, wake)| wake);
-        for wake in singles.chain(index.ranges.values().map(|i| &i.wake)) {
+        let ranges = index.ranges.values().map(|i| &i.wake);
+        for wake in index.keys.all().chain(index.prefixes.all()).chain(ranges) {
             wake.notify_one();
         }
     }
@@ -271,8 +324,7 @@ impl Interests {
 pub(crate) struct Interested {
     interests: Arc<Interests>,
     id: u64,
-    /// The key of a single-key watcher (its place in the index).
-    single_key: Option<Bytes>,
+    place: Place,
     wake: Arc<Notify>,
 }
 
@@ -287,16 +339,21 @@ impl Interested {
 impl Drop for Interested {
     fn drop(&mut self) {
         let mut index = self.interests.index();
-        match &self.single_key {
-            Some(key) => {
-                if let Some(watchers) = index.keys.get_mut(key) {
-                    watchers.retain(|(id, _)| *id != self.id);
-                    if watchers.is_empty() {
-                        index.keys.remove(key);
+        match &self.place {
+            Place::Key(key) => {
+                index.keys.remove(key, self.id);
+            }
+            Place::Prefix(prefix) => {
+                if index.prefixes.remove(prefix, self.id) {
+                    if let Some(count) = index.prefix_lengths.get_mut(&prefix.len()) {
+                        *count -= 1;
+                        if *count == 0 {
+                            index.prefix_lengths.remove(&prefix.len());
+                        }
                     }
                 }
             }
-            None => {
+            Place::Range => {
                 index.ranges.remove(&self.id);
             }
         }
@@ -341,32 +398,50 @@ mod tests {
         let key = interests.register(&filter("a", ""));
         let same_key = interests.register(&filter("a", ""));
         let prefix = interests.register(&filter("b/", "b0"));
+        let longer_prefix = interests.register(&filter("b/1", "b/2"));
+        let everything = interests.register(&filter("", "\0"));
         let from_c = interests.register(&filter("c", "\0"));
+        let between = interests.register(&filter("d", "f"));
 
         let (a, b1, x) = (Bytes::from("a"), Bytes::from("b/1"), Bytes::from("ab"));
         interests.wake_changed([&x].into_iter());
-        assert!(!woken(&key) && !woken(&prefix) && !woken(&from_c));
+        assert!(woken(&everything));
+        for other in [&key, &same_key, &prefix, &longer_prefix, &from_c, &between] {
+            assert!(!woken(other));
+        }
 
         interests.wake_changed([&b1].into_iter());
         interests.wake_changed([&b1, &a].into_iter());
-        assert!(woken(&key) && woken(&same_key));
+        assert!(woken(&key) && woken(&same_key) && woken(&longer_prefix));
         assert!(woken(&prefix), "kept although nobody was waiting");
         assert!(!woken(&prefix), "two wake-ups before a wait are one");
-        interests.wake_changed([&Bytes::from("zz")].into_iter());
-        assert!(woken(&from_c) && !woken(&key));
+        interests.wake_changed([&Bytes::from("b/2")].into_iter());
+        assert!(woken(&prefix) && !woken(&longer_prefix));
+        interests.wake_changed([&Bytes::from("e")].into_iter());
+        assert!(woken(&from_c) && woken(&between) && !woken(&key));
 
         interests.wake_all();
-        assert!(woken(&key) && woken(&same_key) && woken(&prefix) && woken(&from_c));
+        for every in [
+            &key,
+            &same_key,
+            &prefix,
+            &longer_prefix,
+            &everything,
+            &from_c,
+        ] {
+            assert!(woken(every));
+        }
 
-        drop((key, prefix));
+        drop((key, prefix, longer_prefix, everything));
         interests.wake_changed([&a].into_iter());
         assert!(woken(&same_key), "the key's other watcher stays registered");
         drop(same_key);
         let index = interests.index();
+        assert!(index.keys.0.is_empty() && index.prefixes.0.is_empty());
         assert!(
-            index.keys.is_empty(),
-            "a key without watchers leaves the index"
+            index.prefix_lengths.is_empty(),
+            "no length is left to look up"
         );
-        assert_eq!(index.ranges.len(), 1, "dropped interests are unregistered");
+        assert_eq!(index.ranges.len(), 2, "dropped interests are unregistered");
     }
 }
