@@ -187,9 +187,7 @@ pub(crate) struct Interests {
 #[derive(Default)]
 struct Index {
     keys: ByKey,
-    prefixes: ByKey,
-    /// How many indexed prefixes have each length.
-    prefix_lengths: BTreeMap<usize, usize>,
+    prefixes: ByPrefix,
     /// The other ranges, by watcher id.
     ranges: HashMap<u64, Interest>,
 }
@@ -227,6 +225,49 @@ impl ByKey {
     }
 }
 
+/// Prefix watchers, and how many indexed prefixes have each length: a changed key is looked
+/// up only at those lengths.
+#[derive(Default)]
+struct ByPrefix {
+    prefixes: ByKey,
+    lengths: BTreeMap<usize, usize>,
+}
+
+impl ByPrefix {
+    fn add(&mut self, prefix: Bytes, id: u64, wake: &Arc<Notify>) {
+        if !self.prefixes.0.contains_key(&prefix) {
+            *self.lengths.entry(prefix.len()).or_default() += 1;
+        }
+        self.prefixes.add(prefix, id, wake);
+    }
+
+    fn remove(&mut self, prefix: &[u8], id: u64) {
+        if !self.prefixes.remove(prefix, id) {
+            return;
+        }
+        if let Some(count) = self.lengths.get_mut(&prefix.len()) {
+            *count -= 1;
+            if *count == 0 {
+                self.lengths.remove(&prefix.len());
+            }
+        }
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Arc<Notify>> {
+        self.prefixes.all()
+    }
+
+    /// Wakes the watchers of every indexed prefix of `key`.
+    fn wake_prefixes_of(&self, key: &[u8]) {
+        for &len in self.lengths.keys() {
+            match key.get(..len) {
+                Some(prefix) => self.prefixes.wake(prefix),
+                None => break,
+            }
+        }
+    }
+}
+
 struct Interest {
     key: Bytes,
     range_end: Bytes,
@@ -256,12 +297,7 @@ impl Interests {
         let mut index = self.index();
         match &place {
             Place::Key(key) => index.keys.add(key.clone(), id, &wake),
-            Place::Prefix(prefix) => {
-                if !index.prefixes.0.contains_key(prefix) {
-                    *index.prefix_lengths.entry(prefix.len()).or_default() += 1;
-                }
-                index.prefixes.add(prefix.clone(), id, &wake);
-            }
+            Place::Prefix(prefix) => index.prefixes.add(prefix.clone(), id, &wake),
             Place::Range => {
                 let interest = Interest {
                     key: key.clone(),
@@ -287,12 +323,7 @@ impl Interests {
         let index = self.index();
         for key in changed.clone() {
             index.keys.wake(key);
-            for &len in index.prefix_lengths.keys() {
-                match key.get(..len) {
-                    Some(prefix) => index.prefixes.wake(prefix),
-                    None => break,
-                }
-            }
+            index.prefixes.wake_prefixes_of(key);
         }
         for interest in index.ranges.values() {
             if changed
@@ -343,16 +374,7 @@ impl Drop for Interested {
             Place::Key(key) => {
                 index.keys.remove(key, self.id);
             }
-            Place::Prefix(prefix) => {
-                if index.prefixes.remove(prefix, self.id) {
-                    if let Some(count) = index.prefix_lengths.get_mut(&prefix.len()) {
-                        *count -= 1;
-                        if *count == 0 {
-                            index.prefix_lengths.remove(&prefix.len());
-                        }
-                    }
-                }
-            }
+            Place::Prefix(prefix) => index.prefixes.remove(prefix, self.id),
             Place::Range => {
                 index.ranges.remove(&self.id);
             }
@@ -437,9 +459,9 @@ mod tests {
         assert!(woken(&same_key), "the key's other watcher stays registered");
         drop(same_key);
         let index = interests.index();
-        assert!(index.keys.0.is_empty() && index.prefixes.0.is_empty());
+        assert!(index.keys.0.is_empty() && index.prefixes.prefixes.0.is_empty());
         assert!(
-            index.prefix_lengths.is_empty(),
+            index.prefixes.lengths.is_empty(),
             "no length is left to look up"
         );
         assert_eq!(index.ranges.len(), 2, "dropped interests are unregistered");
