@@ -5,12 +5,14 @@
 
 mod backoff;
 mod clock;
+mod coalesce;
 mod hash;
 mod keys;
 mod utc;
 
 pub use backoff::Backoff;
 pub use clock::{Clock, ManualClock, SystemClock, UnixClock};
+pub use coalesce::CoalescedWrites;
 pub use hash::fnv1a64;
 pub use keys::prefix_end;
 pub use utc::UtcTime;

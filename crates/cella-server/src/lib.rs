@@ -14,7 +14,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use cella_base::{Clock, SystemClock, UnixClock};
+use cella_base::{Clock, CoalescedWrites, SystemClock, UnixClock};
 use cella_core::{Core, Membership};
 use cella_mq::Broker;
 use cella_registry::Registry;
@@ -170,7 +170,7 @@ async fn serve(listener: TcpListener, app: Router, mut drain: watch::Receiver<bo
             },
         ));
         let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+            .serve_connection_with_upgrades(TokioIo::new(CoalescedWrites::new(tcp)), service)
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {

@@ -11,6 +11,7 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use cella_base::CoalescedWrites;
 use http_body_util::Full;
 use hyper::client::conn::http2;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -66,7 +67,8 @@ fn aim(request: &mut RpcRequest, authority: &http::uri::Authority) {
 /// HTTP/2 connections for gRPC: each endpoint gets one multiplexed connection, made on first
 /// use and remade after it breaks. Calls go straight to hyper's connection task, without
 /// the request queue (and its task hop) a tonic `Channel` puts in front, and without
-/// hyper-util's pool, whose checkout made 16 callers ~20% slower (rpc-overhead p50).
+/// hyper-util's pool, whose checkout made 16 callers ~20% slower (rpc-overhead p50);
+/// concurrent calls share writes ([`CoalescedWrites`]).
 #[derive(Debug, Clone, Default)]
 pub struct GrpcConnect;
 
@@ -134,7 +136,7 @@ async fn connect_http2(
         .map_err(|e| unavailable(&e))?;
     stream.set_nodelay(true).map_err(|e| unavailable(&e))?;
     let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-        .handshake(TokioIo::new(stream))
+        .handshake(TokioIo::new(CoalescedWrites::new(stream)))
         .await
         .map_err(|e| unavailable(&e))?;
     tokio::spawn(async move {
