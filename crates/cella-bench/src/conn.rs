@@ -1,12 +1,17 @@
-//! Connections to one target: a fixed set of tonic channels (one HTTP/2 connection each)
-//! that the simulated clients share round-robin.
+//! Connections to one target: a fixed set of HTTP/2 connections that the simulated clients
+//! share round-robin, each called directly for tonic's generated clients.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use anyhow::Context;
+use cella_base::CoalescedWrites;
 use cella_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use cella_proto::etcdserverpb::StatusRequest;
-use tonic::transport::{Channel, Endpoint};
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::args::Target;
 
@@ -17,58 +22,97 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub(crate) struct Connections {
     uri: String,
-    endpoint: Endpoint,
+    authority: http::uri::Authority,
     channels: Vec<Channel>,
+}
+
+/// One HTTP/2 connection, handed each call straight away (a tonic `Channel` queues every
+/// call for a worker task first), its writes coalesced. The bench shares the machine with
+/// the server it measures, so every cycle the client saves goes to the server.
+#[derive(Debug, Clone)]
+pub(crate) struct Channel {
+    sender: http2::SendRequest<tonic::body::Body>,
+    authority: http::uri::Authority,
+}
+
+impl Channel {
+    async fn connect(authority: &http::uri::Authority) -> anyhow::Result<Channel> {
+        let stream = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio::net::TcpStream::connect(authority.as_str()),
+        )
+        .await
+        .context("timed out")??;
+        stream.set_nodelay(true)?;
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .handshake(TokioIo::new(CoalescedWrites::new(stream)))
+            .await?;
+        tokio::spawn(connection);
+        Ok(Channel {
+            sender,
+            authority: authority.clone(),
+        })
+    }
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for Channel {
+    type Response = http::Response<hyper::body::Incoming>;
+    type Error = hyper::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, hyper::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), hyper::Error>> {
+        self.sender.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
+        // HTTP/2 needs the scheme and authority; tonic's generated clients send the path only.
+        let mut parts = request.uri().clone().into_parts();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(self.authority.clone());
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+        Box::pin(self.sender.send_request(request))
+    }
 }
 
 impl Connections {
     /// Opens `n` connections to `target`, failing if any of them cannot be established.
     pub(crate) async fn open(target: &Target, n: u32) -> anyhow::Result<Connections> {
-        let endpoint = Endpoint::from_shared(target.uri.clone())
-            .with_context(|| format!("target {}: bad address {}", target.name, target.uri))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
-        let mut channels = Vec::with_capacity(n as usize);
+        let mut connections = Connections::http(target)?;
         for _ in 0..n {
-            let channel = endpoint.connect().await.with_context(|| {
-                format!("target {}: cannot connect to {}", target.name, target.uri)
-            })?;
-            channels.push(channel);
+            let channel = Channel::connect(&connections.authority)
+                .await
+                .with_context(|| {
+                    format!("target {}: cannot connect to {}", target.name, target.uri)
+                })?;
+            connections.channels.push(channel);
         }
-        Ok(Connections {
-            uri: target.uri.clone(),
-            endpoint,
-            channels,
-        })
+        Ok(connections)
     }
 
     /// These connections plus new ones, `n` in all: for workloads holding more streams than
     /// a server lets one connection carry (HTTP/2 servers commonly allow 100-200).
     pub(crate) async fn at_least(&self, n: usize) -> anyhow::Result<Connections> {
-        let mut channels = self.channels.clone();
-        while channels.len() < n {
-            channels.push(
-                self.endpoint
-                    .connect()
-                    .await
-                    .context("opening another connection")?,
-            );
+        let mut more = self.clone();
+        while more.channels.len() < n {
+            let channel = Channel::connect(&self.authority)
+                .await
+                .context("opening another connection")?;
+            more.channels.push(channel);
         }
-        Ok(Connections {
-            uri: self.uri.clone(),
-            endpoint: self.endpoint.clone(),
-            channels,
-        })
+        Ok(more)
     }
 
     /// Connections for an HTTP/1.1 workload: nothing is opened here; its clients connect to
     /// [`Connections::authority`] themselves.
     pub(crate) fn http(target: &Target) -> anyhow::Result<Connections> {
-        let endpoint = Endpoint::from_shared(target.uri.clone())
-            .with_context(|| format!("target {}: bad address {}", target.name, target.uri))?;
+        let bad = || format!("target {}: bad address {}", target.name, target.uri);
+        let uri: http::Uri = target.uri.parse().with_context(bad)?;
+        let authority = uri.authority().cloned().with_context(bad)?;
         Ok(Connections {
             uri: target.uri.clone(),
-            endpoint,
+            authority,
             channels: Vec::new(),
         })
     }
@@ -80,7 +124,7 @@ impl Connections {
 
     /// `HOST:PORT` of the target.
     pub(crate) fn authority(&self) -> &str {
-        self.endpoint.uri().authority().map_or("", |a| a.as_str())
+        self.authority.as_str()
     }
 
     /// The connection client number `i` uses.

@@ -12,10 +12,9 @@ use anyhow::{bail, Context};
 use cella_proto::cella::registry::v1 as rpb;
 use cella_proto::cella::registry::v1::registry_client::RegistryClient;
 use futures::StreamExt as _;
-use tonic::transport::Channel;
 
 use super::{instance_shares, measure, nacos, Settings};
-use crate::conn::Connections;
+use crate::conn::{Channel, Connections};
 use crate::driver::LoadClient;
 use crate::progress::Progress;
 use crate::stats::Measurement;

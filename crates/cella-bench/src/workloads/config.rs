@@ -18,12 +18,11 @@ use cella_proto::cella::config::v1::config_service_client::ConfigServiceClient;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 use tonic::Code;
 
 use super::fanout::{nanos_since, Readers, Received};
 use super::{measure, Settings};
-use crate::conn::Connections;
+use crate::conn::{Channel, Connections};
 use crate::driver::LoadClient;
 use crate::progress::Progress;
 use crate::stats::Measurement;

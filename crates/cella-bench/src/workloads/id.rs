@@ -8,10 +8,9 @@ use std::collections::HashMap;
 
 use cella_proto::cella::idgen::v1::ids_client::IdsClient;
 use cella_proto::cella::idgen::v1::{BatchRequest, NextRequest};
-use tonic::transport::Channel;
 
 use super::{measure, Settings};
-use crate::conn::Connections;
+use crate::conn::{Channel, Connections};
 use crate::driver::LoadClient;
 use crate::progress::Progress;
 use crate::stats::Measurement;

@@ -13,10 +13,9 @@ use bytes::Bytes;
 use cella_proto::etcdserverpb::kv_client::KvClient;
 use cella_proto::etcdserverpb::request_op::Request;
 use cella_proto::etcdserverpb::{PutRequest, RangeRequest, RequestOp, TxnRequest};
-use tonic::transport::Channel;
 
 use super::{measure, numbered_key, value_with_head, Settings};
-use crate::conn::Connections;
+use crate::conn::{Channel, Connections};
 use crate::driver::LoadClient;
 use crate::progress::Progress;
 use crate::stats::Measurement;

@@ -13,11 +13,10 @@ use cella_proto::etcdserverpb::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 use tonic::Streaming;
 
 use super::{grant_lease, measure, Settings};
-use crate::conn::Connections;
+use crate::conn::{Channel, Connections};
 use crate::driver::LoadClient;
 use crate::progress::Progress;
 use crate::stats::Measurement;

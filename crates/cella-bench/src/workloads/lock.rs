@@ -16,10 +16,9 @@ use cella_proto::etcdserverpb::LeaseRevokeRequest;
 use cella_proto::v3lockpb::lock_client::LockClient;
 use cella_proto::v3lockpb::{LockRequest, UnlockRequest};
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 use super::{grant_lease, measure, Settings, KEY_PREFIX};
-use crate::conn::Connections;
+use crate::conn::{Channel, Connections};
 use crate::driver::LoadClient;
 use crate::progress::Progress;
 use crate::stats::Measurement;

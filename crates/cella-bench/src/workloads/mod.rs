@@ -232,7 +232,7 @@ async fn measure<C: LoadClient>(
 
 /// Grants client `i` a lease of `ttl_secs` seconds and returns its id.
 async fn grant_lease(
-    leases: &mut cella_proto::etcdserverpb::lease_client::LeaseClient<tonic::transport::Channel>,
+    leases: &mut cella_proto::etcdserverpb::lease_client::LeaseClient<crate::conn::Channel>,
     i: usize,
     ttl_secs: i64,
 ) -> anyhow::Result<i64> {

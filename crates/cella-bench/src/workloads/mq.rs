@@ -36,13 +36,12 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use mq::message_queue_client::MessageQueueClient;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 use super::fanout::{encode_stamp, nanos_since, Readers, Received};
 use super::mq_peers::{NatsRun, RabbitRun};
 use super::{measure, value_with_head, Settings};
 use crate::args::{Broker, Flush};
-use crate::conn::Connections;
+use crate::conn::{Channel, Connections};
 use crate::driver::{drive, Bounds, LoadClient};
 use crate::progress::Progress;
 use crate::stats::Measurement;

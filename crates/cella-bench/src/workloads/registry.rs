@@ -14,11 +14,10 @@ use cella_proto::cella::registry::v1::registry_client::RegistryClient;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 use super::fanout::{decode_stamp, encode_stamp, nanos_since, Readers, Received, STAMP_LEN};
 use super::{measure, Settings, DEFAULT_WATCH_RATE};
-use crate::conn::Connections;
+use crate::conn::{Channel, Connections};
 use crate::driver::{Bounds, LoadClient};
 use crate::progress::Progress;
 use crate::stats::Measurement;

@@ -12,10 +12,9 @@ use cella_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUni
 use cella_proto::etcdserverpb::kv_client::KvClient;
 use cella_proto::etcdserverpb::request_op::Request;
 use cella_proto::etcdserverpb::{Compare, PutRequest, RequestOp, ResponseHeader, TxnRequest};
-use tonic::transport::Channel;
 
 use super::{measure, value_with_head, Settings, KEY_PREFIX};
-use crate::conn::Connections;
+use crate::conn::{Channel, Connections};
 use crate::driver::LoadClient;
 use crate::progress::Progress;
 use crate::stats::Measurement;

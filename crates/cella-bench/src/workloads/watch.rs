@@ -24,12 +24,11 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 use tonic::Streaming;
 
 use super::fanout::{decode_stamp, encode_stamp, nanos_since, Readers, Received};
 use super::{measure, value_with_head, Settings, KEY_PREFIX};
-use crate::conn::Connections;
+use crate::conn::{Channel, Connections};
 use crate::driver::{Bounds, LoadClient};
 use crate::progress::Progress;
 use crate::stats::Measurement;
