@@ -8,8 +8,10 @@
 //! frames, and all leave in one write (the idea of Netty's `FlushConsolidationHandler`).
 //!
 //! A yield costs a lone call about 25 µs on a 2-core machine (tokio rouses the other worker
-//! for the yielded task), so a yield that gathered nothing more turns yielding off for the
-//! next [`WRITE_THROUGH_AFTER_IDLE_YIELD`] batches.
+//! for the yielded task), so a yield that gathered nothing more lets the next batches
+//! through without one: 1, then 2, 4, … up to [`MAX_WRITE_THROUGH`] after each further
+//! idle yield, so that a lone caller meets a yield in under 1% of its calls (its p99 stays
+//! clear of them), and none after a yield that gathered something.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -17,8 +19,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Batches written straight through after a yield that found nothing to add.
-const WRITE_THROUGH_AFTER_IDLE_YIELD: u8 = 15;
+/// Most batches written straight through after a yield that found nothing to add.
+const MAX_WRITE_THROUGH: u8 = 128;
 
 /// Where the current batch (the writes between two flushes) stands.
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +41,8 @@ pub struct CoalescedWrites<T> {
     batch: Batch,
     /// Batches left to write through without yielding.
     write_through: u8,
+    /// How many batches the last idle yield let through (0 after a yield that gathered).
+    backoff: u8,
 }
 
 impl<T> CoalescedWrites<T> {
@@ -48,6 +52,7 @@ impl<T> CoalescedWrites<T> {
             inner,
             batch: Batch::Fresh,
             write_through: 0,
+            backoff: 0,
         }
     }
 
@@ -66,9 +71,12 @@ impl<T> CoalescedWrites<T> {
                 return Poll::Pending;
             }
             Batch::Yielded { offered: before } => {
-                if offered <= before {
-                    self.write_through = WRITE_THROUGH_AFTER_IDLE_YIELD;
-                }
+                self.backoff = if offered > before {
+                    0
+                } else {
+                    self.backoff.saturating_mul(2).clamp(1, MAX_WRITE_THROUGH)
+                };
+                self.write_through = self.backoff;
                 self.batch = Batch::Writing;
             }
         }
@@ -184,27 +192,32 @@ mod tests {
     }
 
     #[test]
-    fn a_yield_that_gathered_nothing_lets_the_next_batches_through() {
+    fn idle_yields_let_ever_more_batches_through_until_one_gathers() {
         let waker = Waker::from(Arc::new(CountingWaker::default()));
         let mut cx = Context::from_waker(&waker);
         let mut io = CoalescedWrites::new(Vec::new());
 
-        assert!(!write(&mut io, &mut cx, b"alone"));
-        assert!(
-            write(&mut io, &mut cx, b"alone"),
-            "nothing was added while yielding"
-        );
-        flush(&mut io, &mut cx);
-        for _ in 0..WRITE_THROUGH_AFTER_IDLE_YIELD {
+        for batches in [1, 2, 4, 8, 16, 32, 64, 128, 128] {
+            assert!(!write(&mut io, &mut cx, b"alone"), "the batch yields");
             assert!(
-                write(&mut io, &mut cx, b"straight"),
-                "written without a yield"
+                write(&mut io, &mut cx, b"alone"),
+                "nothing was added meanwhile"
             );
             flush(&mut io, &mut cx);
+            for _ in 0..batches {
+                assert!(
+                    write(&mut io, &mut cx, b"straight"),
+                    "written without a yield"
+                );
+                flush(&mut io, &mut cx);
+            }
         }
+        assert!(!write(&mut io, &mut cx, b"busy"), "then a yield");
+        assert!(write(&mut io, &mut cx, b"busy, busier"), "that gathers");
+        flush(&mut io, &mut cx);
         assert!(
-            !write(&mut io, &mut cx, b"again"),
-            "then batches yield again"
+            !write(&mut io, &mut cx, b"x"),
+            "and the next batch yields again"
         );
     }
 }
