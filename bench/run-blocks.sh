@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The blocks' benchmarks in one go, each beside its peer where it has one: registry and
-# config vs rnacos, RPC stack and sidecar hop, locks vs etcd, ids, broker vs NATS JetStream
-# and RabbitMQ. Uses an existing build of the dist profile (target/dist/cella; build it first
+# config vs rnacos, RPC stack and sidecar hop (beside nginx), locks vs etcd, ids, broker vs
+# NATS JetStream and RabbitMQ. Uses an existing build of the dist profile (target/dist/cella; build it first
 # with `cargo build --profile dist -p cella-cli`), starts `cella up` and the peers (bench/peers/*.sh)
 # on fixed loopback ports with fresh data dirs, appends every result to
 # bench/results/<block>-DATE.md, and stops exactly the processes it started.
@@ -60,7 +60,9 @@ for block in "${blocks[@]}"; do
         ;;
     rpc)
         b rpc-overhead --targets $cella_t --clients 1,16 "${rounds[@]}" --out "$out"
-        b sidecar-hop --targets $cella_t --clients 1,16 "${rounds[@]}" --out "$out"
+        # nginx forwards 28180 to the bench's echo app on 28181: a reference for the hop.
+        peer nginx 28180
+        b sidecar-hop --targets $cella_t --clients 1,16 --app-port 28181 --proxies nginx=127.0.0.1:28180 "${rounds[@]}" --out "$out"
         ;;
     lock)
         peer etcd 27390

@@ -69,3 +69,49 @@ stop_peer() {
     rm -f "$pidfile" "$dirfile"
     echo "$name on port $port stopped (pid $pid)" >&2
 }
+
+# The peer's fresh data dir (recorded in $dirfile): its name says peer and port, so `stop`
+# removes only what `start` made.
+make_data_dir() {
+    local dir
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/cella-bench-$name-$port.XXXXXX")
+    echo "$dir" >"$dirfile"
+    echo "$dir"
+}
+
+# Prints the PID in the pid file if that process's command line still contains $1 (so it is
+# the peer this script started, not a later process with the same PID).
+pid_with_arg() {
+    [[ -f $pidfile && -f $dirfile ]] || return 1
+    local pid
+    pid=$(<"$pidfile")
+    [[ $pid =~ ^[0-9]+$ && -r /proc/$pid/cmdline ]] || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$1" || return 1
+    echo "$pid"
+}
+
+# Exits when this script's peer already runs on $port or one of the ports given is taken.
+refuse_if_running() {
+    local pid p
+    if pid=$(our_pid); then
+        echo "$name on port $port is already running (pid $pid)" >&2
+        exit 1
+    fi
+    for p in "$@"; do
+        if port_in_use "$p"; then
+            echo "port $p is in use; pick another PORT ($name takes PORT to PORT+$(($# - 1)))" >&2
+            exit 1
+        fi
+    done
+}
+
+# Stops the peer this script started on $port (`our_pid`), if it still runs.
+stop_ours() {
+    local pid
+    if ! pid=$(our_pid); then
+        echo "no $name started by this script on port $port" >&2
+        rm -f "$pidfile"
+        return 0
+    fi
+    stop_peer "$pid" "*/cella-bench-$name-$port.*"
+}

@@ -38,34 +38,14 @@ install_etcd() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y etcd-server
 }
 
-# Prints the PID in the pid file if that process is still the etcd we started.
-our_pid() {
-    [[ -f $pidfile ]] || return 1
-    local pid
-    pid=$(<"$pidfile")
-    [[ $pid =~ ^[0-9]+$ ]] || return 1
-    [[ -r /proc/$pid/cmdline ]] || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "--data-dir $(<"$dirfile")/data" || return 1
-    echo "$pid"
-}
+our_pid() { [[ -f $dirfile ]] && pid_with_arg "--data-dir $(<"$dirfile")/data"; }
 
 start() {
     install_etcd
     mkdir -p "$state"
-    if pid=$(our_pid); then
-        echo "etcd on port $port is already running (pid $pid)" >&2
-        exit 1
-    fi
-    local peer=$((port + 1))
-    for p in "$port" "$peer"; do
-        if port_in_use "$p"; then
-            echo "port $p is in use; pick another client port (etcd also needs PORT+1)" >&2
-            exit 1
-        fi
-    done
-    local dir
-    dir=$(mktemp -d "${TMPDIR:-/tmp}/cella-bench-etcd-$port.XXXXXX")
-    echo "$dir" >"$dirfile"
+    local peer=$((port + 1)) dir
+    refuse_if_running "$port" "$peer"
+    dir=$(make_data_dir)
     # Default durability: no --unsafe-no-fsync. A larger backend quota keeps long put
     # runs from hitting the 2 GiB NOSPACE alarm; it does not change what is synced.
     etcd --name "bench-$port" \
@@ -85,15 +65,7 @@ start() {
     echo "etcd $(etcd --version | sed -n 's/^etcd Version: //p') on 127.0.0.1:$port (pid $pid, data $dir)" >&2
 }
 
-stop() {
-    local pid
-    if ! pid=$(our_pid); then
-        echo "no etcd started by this script on port $port" >&2
-        rm -f "$pidfile"
-        return 0
-    fi
-    stop_peer "$pid" "*/cella-bench-etcd-$port.*"
-}
+stop() { stop_ours; }
 
 case $action in
 start) start ;;

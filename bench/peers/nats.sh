@@ -38,31 +38,14 @@ install_nats() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y nats-server
 }
 
-# Prints the PID in the pid file if that process is still the nats-server we started.
-our_pid() {
-    [[ -f $pidfile && -f $dirfile ]] || return 1
-    local pid
-    pid=$(<"$pidfile")
-    [[ $pid =~ ^[0-9]+$ ]] || return 1
-    [[ -r /proc/$pid/cmdline ]] || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "--store_dir $(<"$dirfile")/store" || return 1
-    echo "$pid"
-}
+our_pid() { [[ -f $dirfile ]] && pid_with_arg "--store_dir $(<"$dirfile")/store"; }
 
 start() {
     install_nats
     mkdir -p "$state"
-    if pid=$(our_pid); then
-        echo "nats-server on port $port is already running (pid $pid)" >&2
-        exit 1
-    fi
-    if port_in_use "$port"; then
-        echo "port $port is in use; pick another" >&2
-        exit 1
-    fi
+    refuse_if_running "$port"
     local dir
-    dir=$(mktemp -d "${TMPDIR:-/tmp}/cella-bench-nats-$port.XXXXXX")
-    echo "$dir" >"$dirfile"
+    dir=$(make_data_dir)
     nats-server --addr 127.0.0.1 --port "$port" \
         --jetstream --store_dir "$dir/store" \
         --server_name "bench-$port" \
@@ -73,15 +56,7 @@ start() {
     echo "$(nats-server --version) with JetStream on 127.0.0.1:$port (pid $pid, store $dir)" >&2
 }
 
-stop() {
-    local pid
-    if ! pid=$(our_pid); then
-        echo "no nats-server started by this script on port $port" >&2
-        rm -f "$pidfile"
-        return 0
-    fi
-    stop_peer "$pid" "*/cella-bench-nats-$port.*"
-}
+stop() { stop_ours; }
 
 case $action in
 start) start ;;

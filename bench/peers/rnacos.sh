@@ -55,13 +55,9 @@ our_pid() {
 start() {
     install_rnacos
     mkdir -p "$state"
-    if pid=$(our_pid); then
-        echo "rnacos on port $port is already running (pid $pid)" >&2
-        exit 1
-    fi
+    refuse_if_running
     local dir
-    dir=$(mktemp -d "${TMPDIR:-/tmp}/cella-bench-rnacos-$port.XXXXXX")
-    echo "$dir" >"$dirfile"
+    dir=$(make_data_dir)
     (
         cd "$dir"
         RNACOS_HTTP_PORT=$port RNACOS_GRPC_PORT=$((port + 1000)) RNACOS_HTTP_CONSOLE_PORT=0 \
@@ -74,15 +70,7 @@ start() {
     echo "rnacos on 127.0.0.1:$port (pid $pid, data $dir)" >&2
 }
 
-stop() {
-    local pid
-    if ! pid=$(our_pid); then
-        echo "no rnacos started by this script on port $port" >&2
-        rm -f "$pidfile"
-        return 0
-    fi
-    stop_peer "$pid" "*/cella-bench-rnacos-$port.*"
-}
+stop() { stop_ours; }
 
 case $action in
 start) start ;;

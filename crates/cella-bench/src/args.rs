@@ -95,6 +95,17 @@ pub struct BenchArgs {
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
 
+    /// sidecar-hop: the echo app's port on 127.0.0.1 [default: any free port]; --proxies
+    /// forward to it.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub app_port: Option<u16>,
+
+    /// sidecar-hop: HTTP reverse proxies that forward to the echo app (at --app-port), as
+    /// NAME=HOST:PORT,...; each is measured as one more path beside the sidecar, a reference
+    /// for its hop (e.g. nginx from bench/peers/nginx.sh).
+    #[arg(long, value_name = "NAME=ADDR,...", value_parser = parse_targets, requires = "app_port")]
+    pub proxies: Option<Targets>,
+
     /// Target whose figures the others are divided by in the ratio table [default: etcd;
     /// for rpc-overhead and sidecar-hop the direct path, `tonic` or `direct`].
     #[arg(long, value_name = "NAME")]

@@ -15,8 +15,8 @@
 //!   rpc-overhead, sidecar-hop, id-batch, id-single, config-push, config-read,
 //!   config-publish-nacos, config-read-nacos, mq-produce, mq-consume, mq-e2e (the mq ones
 //!   also against NATS JetStream and RabbitMQ, by the target's scheme). rpc-overhead and
-//!   sidecar-hop measure two paths to one target side by side (their "targets" in the
-//!   report are the paths).
+//!   sidecar-hop measure paths to one target side by side (their "targets" in the report
+//!   are the paths; sidecar-hop adds a path per `--proxies` reverse proxy).
 //! - `usage`: the server process's CPU share and memory (`--server-pid`).
 //! - `stats`, `report`, `progress`: histograms and ratios, the markdown section, the
 //!   stderr progress line.
@@ -78,6 +78,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         backlog: args.backlog,
         consumers: args.consumers as usize,
         batch: args.batch as usize,
+        app_port: args.app_port,
+        proxies: args.proxies.clone().map(|p| p.0).unwrap_or_default(),
     };
     let date = report::utc_now();
     let machine = Machine::this();
@@ -112,7 +114,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     // Workloads that compare two paths to one server measure the paths instead of targets.
     let paths = match targets.as_slice() {
-        [(target, _, _)] => workloads::Paths::open(args.workload, target).await?,
+        [(target, _, _)] => workloads::Paths::open(args.workload, target, &settings).await?,
         _ if matches!(args.workload, Workload::RpcOverhead | Workload::SidecarHop) => {
             anyhow::bail!(
                 "{} takes one target (the registry node)",

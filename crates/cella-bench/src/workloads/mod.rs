@@ -1,6 +1,6 @@
 //! The workloads. Each builds its clients (and any fixture: preloaded keys, leases,
 //! watchers), then hands them to the shared driver through [`measure`]; none has a load loop
-//! of its own. rpc-overhead and sidecar-hop compare two paths to one server ([`Paths`]).
+//! of its own. rpc-overhead and sidecar-hop compare paths to one server ([`Paths`]).
 
 mod beat;
 mod config;
@@ -77,6 +77,10 @@ pub(crate) struct Settings {
     pub consumers: usize,
     /// mq-produce and mq-e2e: messages per send call.
     pub batch: usize,
+    /// sidecar-hop: the echo app's port (None: any free one).
+    pub app_port: Option<u16>,
+    /// sidecar-hop: reverse proxies to the echo app, measured as further paths.
+    pub proxies: Vec<Target>,
 }
 
 /// Runs `workload` once at `clients` against `conns`; `progress` labels the progress line.
@@ -154,9 +158,9 @@ where
     Ok(stop)
 }
 
-/// Two paths to one server measured side by side in one run, the direct path first (the
+/// Paths to one server measured side by side in one run, the direct path first (the
 /// baseline): rpc-overhead (raw tonic vs the SDK stack) and sidecar-hop (direct vs through
-/// the sidecar).
+/// the sidecar, and through any reference proxies).
 pub(crate) enum Paths {
     /// rpc-overhead's echo server and channels.
     Rpc(Box<rpc::RpcPaths>),
@@ -166,11 +170,15 @@ pub(crate) enum Paths {
 
 impl Paths {
     /// Sets up `workload`'s paths against `target`; `None` for workloads that measure targets.
-    pub(crate) async fn open(workload: Workload, target: &Target) -> anyhow::Result<Option<Paths>> {
+    pub(crate) async fn open(
+        workload: Workload,
+        target: &Target,
+        settings: &Settings,
+    ) -> anyhow::Result<Option<Paths>> {
         Ok(match workload {
             Workload::RpcOverhead => Some(Paths::Rpc(Box::new(rpc::RpcPaths::open(target).await?))),
             Workload::SidecarHop => Some(Paths::Sidecar(Box::new(
-                sidecar::SidecarPaths::open(target).await?,
+                sidecar::SidecarPaths::open(target, settings).await?,
             ))),
             _ => None,
         })
@@ -178,15 +186,14 @@ impl Paths {
 
     /// (name, what it is) of each path, the baseline first.
     pub(crate) fn describe(&self, target: &Target) -> Vec<(String, String)> {
-        let (names, descriptions) = match self {
-            Paths::Rpc(p) => (rpc::NAMES, p.describe(target)),
-            Paths::Sidecar(p) => (sidecar::NAMES, p.describe(target)),
-        };
-        names
-            .iter()
-            .map(|n| n.to_string())
-            .zip(descriptions)
-            .collect()
+        match self {
+            Paths::Rpc(p) => rpc::NAMES
+                .iter()
+                .map(|n| n.to_string())
+                .zip(p.describe(target))
+                .collect(),
+            Paths::Sidecar(p) => p.describe(target),
+        }
     }
 
     /// Measures path number `path` with `clients` callers.

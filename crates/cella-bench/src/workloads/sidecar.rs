@@ -10,10 +10,13 @@
 //!
 //! - `direct`: `POST /echo` to the app;
 //! - `sidecar`: `POST /v1.0/invoke/<app-id>/method/echo` to the sidecar, which finds the
-//!   app through discovery and forwards the call through the SDK's HTTP stack.
+//!   app through discovery and forwards the call through the SDK's HTTP stack;
+//! - one per `--proxies NAME=ADDR`: `POST /echo` to a reverse proxy already forwarding to
+//!   the app (started at `--app-port`), e.g. nginx from `bench/peers/nginx.sh`: what a
+//!   lean proxy without discovery or balancing adds on the same machine in the same run.
 //!
 //! An operation is one call with a `--value-size` body whose echo is checked; the sidecar's
-//! hop is the difference between the two paths' latencies.
+//! hop is the difference between its latency and the direct path's.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -33,14 +36,13 @@ use crate::stats::Measurement;
 /// How long the sidecar may take to start, register the app and forward a first call.
 const SIDECAR_START: Duration = Duration::from_secs(20);
 
-/// The paths' names, the direct one (the baseline) first.
-pub(crate) const NAMES: [&str; 2] = ["direct", "sidecar"];
-
-/// The echo app and its sidecar process.
+/// The echo app and its sidecar process (and the reference proxies to the app).
 pub(crate) struct SidecarPaths {
     app: SocketAddr,
     sidecar: SocketAddr,
     app_id: String,
+    /// (name, address) of each reference proxy.
+    proxies: Vec<(String, String)>,
     _sidecar_process: Child,
     /// Stops the echo app (dropping it does too).
     _stop_app: tokio::sync::oneshot::Sender<()>,
@@ -51,9 +53,11 @@ fn invoke_path(app_id: &str) -> String {
     format!("/v1.0/invoke/{app_id}/method/echo")
 }
 
-/// Starts the echo app apart from the callers ([`serve_apart`]).
-fn start_echo_app() -> anyhow::Result<(SocketAddr, tokio::sync::oneshot::Sender<()>)> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+/// Starts the echo app on 127.0.0.1:`port` (0: any free port) apart from the callers
+/// ([`serve_apart`]).
+fn start_echo_app(port: u16) -> anyhow::Result<(SocketAddr, tokio::sync::oneshot::Sender<()>)> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port))
+        .with_context(|| format!("binding the echo app to 127.0.0.1:{port} (--app-port)"))?;
     listener.set_nonblocking(true)?;
     let app = listener.local_addr()?;
     let stop = serve_apart("echo-app", move || async move {
@@ -79,9 +83,9 @@ fn free_port() -> anyhow::Result<u16> {
 
 impl SidecarPaths {
     /// Starts the echo app and a sidecar for it registered with `target`, and waits until a
-    /// call through the sidecar reaches the app.
-    pub(crate) async fn open(target: &Target) -> anyhow::Result<SidecarPaths> {
-        let (app, stop_app) = start_echo_app()?;
+    /// call through the sidecar (and through each reference proxy) reaches the app.
+    pub(crate) async fn open(target: &Target, settings: &Settings) -> anyhow::Result<SidecarPaths> {
+        let (app, stop_app) = start_echo_app(settings.app_port.unwrap_or(0))?;
 
         let app_id = format!("cella-bench-app-{}", std::process::id());
         let sidecar = SocketAddr::from(([127, 0, 0, 1], free_port()?));
@@ -102,7 +106,7 @@ impl SidecarPaths {
             .with_context(|| format!("starting {} sidecar", binary.display()))?;
 
         let deadline = Instant::now() + SIDECAR_START;
-        let mut probe = Caller::new(sidecar, invoke_path(&app_id), "ready");
+        let mut probe = Caller::new(&sidecar.to_string(), invoke_path(&app_id), "ready");
         loop {
             if let Some(status) = process.try_wait()? {
                 bail!("the sidecar exited before serving ({status})");
@@ -115,29 +119,58 @@ impl SidecarPaths {
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
+        let mut proxies = Vec::new();
+        for proxy in &settings.proxies {
+            let addr = proxy
+                .uri
+                .split_once("://")
+                .map_or(proxy.uri.as_str(), |(_, rest)| rest);
+            Caller::new(addr, "/echo".into(), "ready")
+                .call()
+                .await
+                .with_context(|| {
+                    format!(
+                        "proxy {} at {addr} did not reach the echo app at {app}",
+                        proxy.name
+                    )
+                })?;
+            proxies.push((proxy.name.clone(), addr.to_owned()));
+        }
         Ok(SidecarPaths {
             app,
             sidecar,
             app_id,
+            proxies,
             _sidecar_process: process,
             _stop_app: stop_app,
         })
     }
 
-    /// What each path is, for the report.
-    pub(crate) fn describe(&self, target: &Target) -> [String; 2] {
-        [
-            format!("HTTP echo app at {}, POST /echo", self.app),
-            format!(
-                "cella sidecar at {} (registry {}), POST {}",
-                self.sidecar,
-                target.uri,
-                invoke_path(&self.app_id)
+    /// (name, what it is) of each path, the direct one (the baseline) first, for the report.
+    pub(crate) fn describe(&self, target: &Target) -> Vec<(String, String)> {
+        let mut paths = vec![
+            (
+                "direct".to_owned(),
+                format!("HTTP echo app at {}, POST /echo", self.app),
             ),
-        ]
+            (
+                "sidecar".to_owned(),
+                format!(
+                    "cella sidecar at {} (registry {}), POST {}",
+                    self.sidecar,
+                    target.uri,
+                    invoke_path(&self.app_id)
+                ),
+            ),
+        ];
+        for (name, addr) in &self.proxies {
+            let what = format!("reverse proxy at {addr} to the echo app, POST /echo");
+            paths.push((name.clone(), what));
+        }
+        paths
     }
 
-    /// Measures path `path` (an index into [`NAMES`]) with `clients` callers.
+    /// Measures path `path` (an index into [`Self::describe`]'s list) with `clients` callers.
     pub(crate) async fn run_level(
         &self,
         path: usize,
@@ -147,11 +180,18 @@ impl SidecarPaths {
     ) -> anyhow::Result<Measurement> {
         let body = "x".repeat(settings.value_size);
         let (addr, route) = match path {
-            0 => (self.app, "/echo".to_string()),
-            _ => (self.sidecar, invoke_path(&self.app_id)),
+            0 => (self.app.to_string(), "/echo".to_string()),
+            1 => (self.sidecar.to_string(), invoke_path(&self.app_id)),
+            _ => {
+                let (_, addr) = self
+                    .proxies
+                    .get(path - 2)
+                    .context("no such sidecar-hop path")?;
+                (addr.clone(), "/echo".to_string())
+            }
         };
         let callers = (0..clients)
-            .map(|_| Caller::new(addr, route.clone(), &body))
+            .map(|_| Caller::new(&addr, route.clone(), &body))
             .collect();
         Ok(measure(callers, settings, progress).await?.1)
     }
@@ -165,9 +205,9 @@ struct Caller {
 }
 
 impl Caller {
-    fn new(addr: SocketAddr, path: String, body: &str) -> Self {
+    fn new(addr: &str, path: String, body: &str) -> Self {
         Caller {
-            conn: HttpConn::new(&addr.to_string()),
+            conn: HttpConn::new(addr),
             path,
             body: body.to_string(),
         }
