@@ -4,6 +4,7 @@
 //! TTLs, leases and timeouts with a [`ManualClock`] deterministically.
 
 mod backoff;
+mod busy_poll;
 mod clock;
 mod coalesce;
 mod hash;
@@ -11,6 +12,7 @@ mod keys;
 mod utc;
 
 pub use backoff::Backoff;
+pub use busy_poll::{BusyPoll, GROW_START};
 pub use clock::{Clock, ManualClock, SystemClock, UnixClock};
 pub use coalesce::CoalescedWrites;
 pub use hash::fnv1a64;

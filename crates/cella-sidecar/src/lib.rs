@@ -43,6 +43,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::Router;
+use cella_base::BusyPoll;
 use cella_sdk::config::Identity;
 use cella_sdk::registry::{pb, Registry};
 use cella_sdk::rpc::{serve_registered, RpcSettings, ServeOptions};
@@ -58,6 +59,11 @@ use pubsub::{PubSub, Publish};
 
 /// The largest request body the sidecar forwards.
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
+
+/// The default [`SidecarConfig::busy_poll`]: long enough to span a fast app's answer and a
+/// busy caller's next request on loopback even when wake-ups are slow (bench/results/README.md,
+/// 2026-12-06).
+pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(200);
 
 /// What the sidecar serves and for which app.
 #[derive(Debug, Clone)]
@@ -80,6 +86,9 @@ pub struct SidecarConfig {
     pub pubsub_names: Vec<String>,
     /// The config group Dapr configuration keys live in (the store name is the namespace).
     pub config_group: String,
+    /// The longest the sidecar keeps polling its sockets after an invocation's events
+    /// instead of sleeping (adaptive below it, see [`cella_base::BusyPoll`]); zero: never.
+    pub busy_poll: Duration,
 }
 
 impl SidecarConfig {
@@ -98,6 +107,7 @@ impl SidecarConfig {
             rpc: RpcSettings::default(),
             pubsub_names: vec!["pubsub".into()],
             config_group: "DEFAULT_GROUP".into(),
+            busy_poll: DEFAULT_BUSY_POLL,
         }
     }
 
@@ -226,7 +236,11 @@ impl Sidecar {
             .clone()
             .map(|pubsub| tokio::spawn(pubsub.deliver(config.serve.ready_timeout, stopped)));
         let state = AppState {
-            invoker: Invoker::new(self.registry.clone(), config.rpc.clone()),
+            invoker: Invoker::new(
+                self.registry.clone(),
+                config.rpc.clone(),
+                BusyPoll::start(config.busy_poll),
+            ),
             config: config.clone(),
             pubsub,
             stores,

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
+use cella_base::BusyPoll;
 use cella_sdk::registry::Registry;
 use cella_sdk::rpc::{self, Context, HttpConnection, RpcSettings, RpcStack};
 use http::{HeaderMap, Method, Uri};
@@ -54,6 +55,9 @@ pub(crate) struct Invoker {
     registry: Registry,
     settings: RpcSettings,
     stacks: Mutex<HashMap<String, RpcStack<HttpConnection>>>,
+    /// Marked when a call arrives and when its answer is back: for a busy caller, the app's
+    /// answer and the next request come within the window.
+    busy_poll: BusyPoll,
 }
 
 /// One call to forward.
@@ -67,11 +71,12 @@ pub(crate) struct Invocation {
 }
 
 impl Invoker {
-    pub fn new(registry: Registry, settings: RpcSettings) -> Arc<Self> {
+    pub fn new(registry: Registry, settings: RpcSettings, busy_poll: BusyPoll) -> Arc<Self> {
         Arc::new(Invoker {
             registry,
             settings,
             stacks: Mutex::new(HashMap::new()),
+            busy_poll,
         })
     }
 
@@ -92,6 +97,7 @@ impl Invoker {
 
     /// Forwards `call` and returns the target's answer, streamed.
     pub async fn invoke(&self, call: Invocation) -> Result<Response, SidecarError> {
+        self.busy_poll.arrival();
         check_app_id(&call.app_id)?;
         let stack = self.stack(&call.app_id).await?;
         let uri: Uri = call
@@ -110,10 +116,9 @@ impl Invoker {
         }
         *request.headers_mut() = headers;
         request.extensions_mut().insert(context);
-        let answer = stack
-            .oneshot(request)
-            .await
-            .map_err(|e| upstream_error(&call.app_id, e))?;
+        let answer = stack.oneshot(request).await;
+        self.busy_poll.activity();
+        let answer = answer.map_err(|e| upstream_error(&call.app_id, e))?;
         let (mut parts, body) = answer.into_parts();
         for name in HOP_BY_HOP {
             parts.headers.remove(name);
