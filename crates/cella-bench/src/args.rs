@@ -300,6 +300,15 @@ pub struct Target {
     pub uri: String,
 }
 
+impl Target {
+    /// The address without its scheme: `host:port`.
+    pub fn host_port(&self) -> &str {
+        self.uri
+            .split_once("://")
+            .map_or(self.uri.as_str(), |(_, rest)| rest)
+    }
+}
+
 /// The endpoints of one run, in the order given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Targets(pub Vec<Target>);
@@ -433,6 +442,7 @@ mod tests {
             parse_targets("x=https://h:1").unwrap().0[0].uri,
             "https://h:1"
         );
+        assert_eq!(t.0[0].host_port(), "127.0.0.1:7070");
     }
 
     #[test]

@@ -89,10 +89,7 @@ impl SidecarPaths {
 
         let app_id = format!("cella-bench-app-{}", std::process::id());
         let sidecar = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let endpoint = target
-            .uri
-            .split_once("://")
-            .map_or(target.uri.as_str(), |(_, rest)| rest);
+        let endpoint = target.host_port();
         let binary = std::env::current_exe().context("finding the cella binary")?;
         let mut process = Command::new(&binary)
             .args(["--endpoint", endpoint, "sidecar", "--app-id", &app_id])
@@ -121,10 +118,7 @@ impl SidecarPaths {
         }
         let mut proxies = Vec::new();
         for proxy in &settings.proxies {
-            let addr = proxy
-                .uri
-                .split_once("://")
-                .map_or(proxy.uri.as_str(), |(_, rest)| rest);
+            let addr = proxy.host_port();
             Caller::new(addr, "/echo".into(), "ready")
                 .call()
                 .await
