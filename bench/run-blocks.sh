@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The blocks' benchmarks in one go, each beside its peer where it has one: registry and
 # config vs rnacos, RPC stack and sidecar hop (beside nginx), locks vs etcd, ids, broker vs
-# NATS JetStream and RabbitMQ. Uses an existing build of the dist profile (target/dist/cella; build it first
-# with `cargo build --profile dist -p cella-cli`), starts `cella up` and the peers (bench/peers/*.sh)
-# on fixed loopback ports with fresh data dirs, appends every result to
-# bench/results/<block>-DATE.md, and stops exactly the processes it started.
+# NATS JetStream and RabbitMQ. Uses an existing build of the dist profile (target/dist/cella;
+# build it first with `cargo build --profile dist -p cella-cli`), starts `cella up` and the
+# peers (bench/peers/*.sh) on fixed loopback ports with fresh data dirs, appends every result
+# to bench/results/<block>-DATE.md, and stops exactly the processes it started.
 #
 #   bench/run-blocks.sh [BLOCK...]   # blocks: config registry rpc lock idgen mq (default: all)
 #

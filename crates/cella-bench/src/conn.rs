@@ -7,11 +7,9 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use anyhow::Context;
-use cella_base::CoalescedWrites;
 use cella_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use cella_proto::etcdserverpb::StatusRequest;
 use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::args::Target;
 
@@ -37,19 +35,8 @@ pub(crate) struct Channel {
 
 impl Channel {
     async fn connect(authority: &http::uri::Authority) -> anyhow::Result<Channel> {
-        let stream = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            tokio::net::TcpStream::connect(authority.as_str()),
-        )
-        .await
-        .context("timed out")??;
-        stream.set_nodelay(true)?;
-        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-            .handshake(TokioIo::new(CoalescedWrites::new(stream)))
-            .await?;
-        tokio::spawn(connection);
         Ok(Channel {
-            sender,
+            sender: cella_sdk::rpc::connect_http2(authority, CONNECT_TIMEOUT).await?,
             authority: authority.clone(),
         })
     }
@@ -65,13 +52,7 @@ impl tower::Service<http::Request<tonic::body::Body>> for Channel {
     }
 
     fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
-        // HTTP/2 needs the scheme and authority; tonic's generated clients send the path only.
-        let mut parts = request.uri().clone().into_parts();
-        parts.scheme = Some(http::uri::Scheme::HTTP);
-        parts.authority = Some(self.authority.clone());
-        if let Ok(uri) = http::Uri::from_parts(parts) {
-            *request.uri_mut() = uri;
-        }
+        cella_sdk::rpc::aim(&mut request, &self.authority);
         Box::pin(self.sender.send_request(request))
     }
 }

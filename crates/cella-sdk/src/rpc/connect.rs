@@ -51,8 +51,9 @@ fn authority(instance: &pb::Instance) -> Result<http::uri::Authority> {
         })
 }
 
-/// Puts `authority` (and `http`) into the request's URI, keeping path and query.
-fn aim(request: &mut RpcRequest, authority: &http::uri::Authority) {
+/// Puts `authority` (and `http`) into the request's URI, keeping path and query: HTTP/2
+/// needs them, and tonic's generated clients send the path only.
+pub fn aim<B>(request: &mut http::Request<B>, authority: &http::uri::Authority) {
     let mut parts = request.uri().clone().into_parts();
     parts.scheme = Some(http::uri::Scheme::HTTP);
     parts.authority = Some(authority.clone());
@@ -122,15 +123,22 @@ impl HttpConnection {
     }
 }
 
-/// A new HTTP/2 connection to `authority`, its driver spawned.
-async fn connect_http2(
+/// A new HTTP/2 connection to `authority` (connecting within `timeout`), its writes
+/// coalesced ([`CoalescedWrites`]) and its driver spawned.
+pub async fn connect_http2<B>(
     authority: &http::uri::Authority,
-) -> Result<http2::SendRequest<Full<Bytes>>> {
+    timeout: Duration,
+) -> Result<http2::SendRequest<B>>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let unavailable = |e: &dyn std::fmt::Display| Error::Unavailable {
         message: format!("connecting to {authority}: {e}"),
     };
     let address = authority.as_str();
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address))
+    let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address))
         .await
         .map_err(|e| unavailable(&e))?
         .map_err(|e| unavailable(&e))?;
@@ -189,7 +197,7 @@ impl Service<RpcRequest> for HttpConnection {
                     let mut sender = match open {
                         Some(sender) => sender,
                         None => {
-                            let sender = connect_http2(&authority).await?;
+                            let sender = connect_http2(&authority, CONNECT_TIMEOUT).await?;
                             let mut slot = slot.lock().expect("sender lock is never poisoned");
                             slot.insert(sender).clone()
                         }

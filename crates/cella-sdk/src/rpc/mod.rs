@@ -42,7 +42,7 @@ use tower::ServiceBuilder;
 
 pub use balancer::{Balancer, Discovered};
 pub use channel::GrpcChannel;
-pub use connect::{Connect, GrpcConnect, HttpConnect, HttpConnection};
+pub use connect::{aim, connect_http2, Connect, GrpcConnect, HttpConnect, HttpConnection};
 pub use context::{headers, Context, ContextLayer, ContextService, RouteHints};
 pub use deadline::{DeadlineLayer, DeadlineService};
 pub use discover::{fixed, from_registry, EndpointChange};
