@@ -14,7 +14,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::io::Cursor;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -46,6 +46,10 @@ pub(crate) struct Shared {
     /// What running watchers wait on; woken by the batches that change their ranges.
     pub watchers: Arc<Interests>,
     applied: Mutex<(Option<LogId>, Membership)>,
+    /// The last log id of the snapshot on disk. Held while a snapshot is written: a build and
+    /// an install from the leader can run at once, and they share the temp file, and the
+    /// older of two must not replace the newer.
+    snapshot_on_disk: Mutex<Option<LogId>>,
 }
 
 impl Shared {
@@ -59,6 +63,26 @@ impl Shared {
         self.store
             .write()
             .expect("store lock poisoned only by a panic while applying")
+    }
+
+    /// Writes `bytes`, the snapshot up to `last_log_id`, to `path` unless the file already
+    /// holds a snapshot as new (blocking: call off the runtime).
+    fn persist_snapshot(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        last_log_id: Option<LogId>,
+    ) -> std::io::Result<()> {
+        let mut on_disk = self
+            .snapshot_on_disk
+            .lock()
+            .expect("snapshot lock poisoned only by a panic");
+        if on_disk.is_some() && *on_disk >= last_log_id {
+            return Ok(());
+        }
+        write_atomically(path, bytes)?;
+        *on_disk = last_log_id;
+        Ok(())
     }
 
     pub fn leases(&self) -> std::sync::MutexGuard<'_, LeaseTimer> {
@@ -126,6 +150,7 @@ impl StateMachine {
             leases: Mutex::new(leases),
             watchers: Arc::default(),
             applied: Mutex::new((applied, membership)),
+            snapshot_on_disk: Mutex::new(applied),
         });
         {
             let store = shared.store();
@@ -280,8 +305,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError<NodeId>> {
         let bytes = snapshot.into_inner();
         let file = decode_snapshot(&bytes)?;
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
+        let (path, shared, last_log_id) =
+            (self.path.clone(), self.shared.clone(), meta.last_log_id);
+        tokio::task::spawn_blocking(move || shared.persist_snapshot(&path, &bytes, last_log_id))
             .await
             .map_err(write_err)?
             .map_err(write_err)?;
@@ -344,11 +370,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta: meta.clone(),
             image,
         };
-        let path = self.path.clone();
+        let (path, shared) = (self.path.clone(), self.shared.clone());
         let bytes =
             tokio::task::spawn_blocking(move || -> Result<Vec<u8>, StorageError<NodeId>> {
                 let bytes = encode_snapshot(&file)?;
-                write_atomically(&path, &bytes).map_err(write_err)?;
+                shared
+                    .persist_snapshot(&path, &bytes, file.meta.last_log_id)
+                    .map_err(write_err)?;
                 Ok(bytes)
             })
             .await
@@ -358,5 +386,56 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cella_base::ManualClock;
+    use openraft::CommittedLeaderId;
+
+    fn log_id(index: u64) -> Option<LogId> {
+        Some(LogId::new(CommittedLeaderId::new(1, 1), index))
+    }
+
+    #[test]
+    fn snapshot_writes_never_interleave_and_never_go_back() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("snapshot");
+        let clock = Arc::new(ManualClock::new());
+        let machine = StateMachine::open(path.clone(), LeaseTimer::new(clock)).expect("open");
+        let shared = machine.shared();
+        // A build and an install at once, as openraft may run them: they share the temp
+        // file, so unserialised one's rename found the other's already gone (ENOENT).
+        let writers: Vec<_> = (0..2u64)
+            .map(|writer| {
+                let (shared, path) = (shared.clone(), path.clone());
+                std::thread::spawn(move || {
+                    for round in 0..200u64 {
+                        let index = round * 2 + writer;
+                        let bytes = index.to_le_bytes();
+                        shared
+                            .persist_snapshot(&path, &bytes, log_id(index))
+                            .expect("every write succeeds or is skipped");
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().expect("writer thread");
+        }
+        assert_eq!(
+            std::fs::read(&path).expect("snapshot"),
+            399u64.to_le_bytes()
+        );
+        shared
+            .persist_snapshot(&path, b"older", log_id(10))
+            .expect("skipped");
+        assert_eq!(
+            std::fs::read(&path).expect("snapshot"),
+            399u64.to_le_bytes(),
+            "an older snapshot does not replace a newer one"
+        );
     }
 }
